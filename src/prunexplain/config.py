@@ -1,0 +1,234 @@
+"""Typed settings of every stage, read from TOML files and the reference's named-run JSON.
+
+The defaults describe the demo (compact VGG-16 on the embedded synthetic dataset), so a run with no
+configuration works on a CPU. `examples/study.toml` holds the reproduced study's settings. Every
+error a user can cause here becomes one `UserError` line that names the file, the key and the value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class UserError(Exception):
+    """A problem with the user's input (file, key, value, data): shown as one line, no traceback."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticSettings(_Section):
+    """The embedded default dataset: generated from a seed, never downloaded."""
+
+    seed: int = 0
+    train_per_class: int = Field(360, ge=1)
+    val_per_class: int = Field(120, ge=1)
+    distractors: int = Field(5, ge=0, le=30)
+
+
+class DataSettings(_Section):
+    dataset: Literal["synthetic", "imagenette"] = "synthetic"
+    root: Path | None = Field(None, description="dataset folder; None: <run>/data/synthetic")
+    image_size: int = Field(64, ge=32, le=512, description="square side the model sees, pixels")
+    split_seed: int = Field(69, description="seed of the val/ -> test/valid split (the study's 69)")
+    hflip: bool = True
+    vflip: bool = True
+    rotation: float = Field(10.0, ge=0, le=180, description="max random rotation, degrees")
+    normalize: bool = Field(False, description="ImageNet mean/std normalisation")
+    cache: bool = Field(True, description="decode images once into a memory-mapped uint8 array")
+    cache_dir: Path | None = Field(None, description="None: <dataset root>/.cache")
+    num_workers: int = Field(0, ge=0)
+    synthetic: SyntheticSettings = SyntheticSettings()
+
+
+class ModelSettings(_Section):
+    arch: str = "vgg16"
+    width: float = Field(0.125, gt=0, le=1, description="channel width multiplier (1 = torchvision)")
+    pool_size: int = Field(2, ge=1, le=7, description="side of the pooled map fed to the classifier")
+    batch_norm: bool = Field(True, description="BN after each conv: the narrow model does not train from scratch without it")
+    dropout: float = Field(0.5, ge=0, lt=1)
+    weights: str | None = Field(None, description="'imagenet' or a local state-dict file")
+
+
+class TrainSettings(_Section):
+    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(45, ge=1)
+    optimizer: Literal["SGD", "Adam"] = "Adam"
+    learning_rate: float = Field(0.001, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(10, ge=1, description="epochs without improvement before stopping")
+    min_improvement: float = Field(0.01, ge=0, description="relative gain of valid accuracy that counts")
+    frozen_parts: list[str] = Field(default_factory=list, description="e.g. ['features'] (study: vgg_no_train_parts)")
+    seed: int = 0
+    device: str = Field("auto", description="auto (cuda, then cpu), cpu, cuda, cuda:1 ...")
+    amp: bool = Field(True, description="mixed precision on cuda")
+    channels_last: bool = Field(True, description="channels_last memory format on cuda")
+    progress: bool = True
+    model_path: Path | None = Field(None, description="also save the checkpoint here (study: model_path)")
+    results_path: Path | None = Field(None, description="append results to this JSON array (study: results_path)")
+
+
+class PruneSettings(_Section):
+    """Iterative pruning: after step k the layers in scope keep exactly 1/rates[k] of their weights."""
+
+    methods: list[str] = Field(
+        default_factory=lambda: ["local_magnitude_unstructured", "local_random_unstructured"],
+        description="names in prunexplain.pruning.METHODS",
+    )
+    rates: list[float] = Field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
+    scope: Literal["conv", "conv_linear"] = Field("conv", description="Conv2d layers (the study), or Linear too")
+    max_epochs: int = Field(50, ge=0, description="fine-tuning epochs after each step, at most")
+    patience: int | None = Field(None, ge=1, description="None: train.patience")
+    learning_rate: float | None = Field(None, gt=0, description="None: train.learning_rate")
+    seed: int = Field(0, description="seed of the random methods")
+
+    @field_validator("rates")
+    @classmethod
+    def _increasing_above_one(cls, rates: list[float]) -> list[float]:
+        if not rates:
+            raise ValueError("give at least one rate")
+        if rates[0] <= 1:
+            raise ValueError(f"rates must be > 1, got {rates[0]:g}")
+        for before, after in zip(rates, rates[1:]):
+            if after <= before:
+                raise ValueError(f"rates must increase strictly, got {before:g} then {after:g}")
+        return rates
+
+
+class RunSettings(_Section):
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9._-]+$")
+    root: Path = Path("runs")
+
+
+class Settings(_Section):
+    run: RunSettings = RunSettings()
+    data: DataSettings = DataSettings()
+    model: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
+    prune: PruneSettings = PruneSettings()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.root / self.run.name
+
+    def fingerprint(self, *sections: str) -> str:
+        """Hash of the named sections: a stage whose sections are unchanged need not run again."""
+        dump = {name: getattr(self, name).model_dump(mode="json") for name in sections}
+        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+# The reference's named-run JSON keys and where each lands in Settings.
+_REFERENCE_KEYS = {
+    "batch_size": ("train", "batch_size"),
+    "epochs": ("train", "epochs"),
+    "vgg_no_train_parts": ("train", "frozen_parts"),
+    "optimizer": ("train", "optimizer"),
+    "learning_rate": ("train", "learning_rate"),
+    "momentum": ("train", "momentum"),
+    "model_path": ("train", "model_path"),
+    "results_path": ("train", "results_path"),
+    "pretrained": ("model", "weights"),
+}
+
+
+def load_settings(
+    config: Path | None = None,
+    overrides: list[str] = (),
+    reference: tuple[Path, str] | None = None,
+) -> Settings:
+    """Defaults, then the TOML file, then a named run of a reference JSON, then `key=value` overrides.
+
+    Each layer is validated on its own so an error names the place it came from.
+    """
+    data: dict[str, Any] = {}
+    if config is not None:
+        data = _read_toml(config)
+        _validate(data, str(config))
+    if reference is not None:
+        for dotted, value in read_reference_run(*reference).items():
+            _set_dotted(data, dotted, value)
+        _validate(data, f"{reference[0]} [{reference[1]}]")
+    for item in overrides:
+        dotted, value = _parse_override(item)
+        _set_dotted(data, dotted, value)
+        _validate(data, f"--set {item}")
+    return Settings.model_validate(data)
+
+
+def read_reference_run(path: Path, name: str) -> dict[str, Any]:
+    """One named run of the study's training_config.json, as dotted Settings keys."""
+    try:
+        runs = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: not a valid JSON file ({error})") from None
+    if not isinstance(runs, dict) or not all(isinstance(v, dict) for v in runs.values()):
+        raise UserError(f"{path}: expected an object of named runs, e.g. {{\"run8\": {{...}}}}")
+    if name not in runs:
+        raise UserError(f"{path}: no run named '{name}' (runs: {', '.join(sorted(runs)) or 'none'})")
+    values = {}
+    for key, value in runs[name].items():
+        if key not in _REFERENCE_KEYS:
+            raise UserError(f"{path}: {name}.{key}: unknown key (known: {', '.join(_REFERENCE_KEYS)})")
+        if key == "pretrained":
+            if not isinstance(value, bool):
+                raise UserError(f"{path}: {name}.pretrained: expected true or false, got {value!r}")
+            value = "imagenet" if value else None
+        values[".".join(_REFERENCE_KEYS[key])] = value
+    return values
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise UserError(f"{path}: not a valid TOML file ({error})") from None
+
+
+def _validate(data: dict[str, Any], source: str) -> None:
+    try:
+        Settings.model_validate(data)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            key = ".".join(str(part) for part in item["loc"])
+            message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
+            problems.append(f"{key}: {message} (got {item['input']!r})")
+        raise UserError(f"{source}: " + "; ".join(problems)) from None
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {item}: expected KEY=VALUE, e.g. train.epochs=5")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word: take it as a string
+    return key.strip(), value
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"{dotted}: '{part}' is a value, not a section")
+        node = child
+    node[leaf] = value
