@@ -1,0 +1,180 @@
+"""From a dataset folder to batches: the reference split, the decoded-image cache, augmentation.
+
+Datasets yield uint8 images `[3, H, W]` already resized to the model's square input. Augmentation
+and scaling happen per batch on the training device (`augment`, `to_input`): one batched affine
+warp instead of a PIL rotation per image, and the same code on the CPU and the GPU.
+
+The decoded-image cache decodes and resizes every image once into a memory-mapped uint8 array
+(`<root>/.cache/<split>-<size>-<key>.npy`), so epochs never decode a JPEG again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from prunexplain.config import DataSettings, UserError
+from prunexplain.data.folders import scan_image_folder
+from prunexplain.runs import write_with
+
+log = logging.getLogger(__name__)
+
+# The study split imagenette2's val/ folder (3925 images) into test 2800 / valid 1125.
+REFERENCE_TEST, REFERENCE_VALID = 2800, 1125
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Image files with their labels (and object masks where the dataset has them)."""
+
+    paths: tuple[Path, ...]
+    labels: tuple[int, ...]
+    classes: tuple[str, ...]
+    masks: tuple[Path, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: Sequence[int]) -> ImageSet:
+        pick = lambda items: tuple(items[i] for i in indices)  # noqa: E731
+        return ImageSet(pick(self.paths), pick(self.labels), self.classes, self.masks and pick(self.masks))
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: ImageSet
+    valid: ImageSet
+    test: ImageSet
+
+
+def scan_split(root: Path, split: str) -> ImageSet:
+    """One split folder (`train` or `val`) of an ImageFolder tree, with masks when `masks/` exists."""
+    samples, classes = scan_image_folder(Path(root) / split)
+    paths = tuple(Path(p) for p, _ in samples)
+    mask_root = Path(root) / "masks" / split
+    masks = tuple(mask_root / p.relative_to(Path(root) / split) for p in paths) if mask_root.is_dir() else None
+    return ImageSet(paths, tuple(label for _, label in samples), tuple(classes), masks)
+
+
+def split_sizes(n: int) -> tuple[int, int]:
+    """The study's 2800/1125 proportions, exact on the complete val/ folder."""
+    test = round(n * REFERENCE_TEST / (REFERENCE_TEST + REFERENCE_VALID))
+    return test, n - test
+
+
+def load_splits(root: Path, split_seed: int = 69) -> Splits:
+    """train/ for training; val/ split into test and valid with `random_split` seeded as the study."""
+    train, val = scan_split(root, "train"), scan_split(root, "val")
+    generator = torch.Generator().manual_seed(split_seed)
+    test_idx, valid_idx = torch.utils.data.random_split(range(len(val)), split_sizes(len(val)), generator)
+    return Splits(train, val.subset(list(valid_idx)), val.subset(list(test_idx)))
+
+
+def decode(path: Path, size: int) -> np.ndarray:
+    """An image file as uint8 `[size, size, 3]`; unreadable files name themselves in the error."""
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB").resize((size, size), Image.BILINEAR))
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise UserError(f"{path}: cannot read image ({error})") from None
+
+
+class FolderImages(Dataset):
+    """Decodes each image on every access (no cache)."""
+
+    def __init__(self, images: ImageSet, size: int) -> None:
+        self.images, self.size = images, size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        array = decode(self.images.paths[index], self.size)
+        return torch.from_numpy(array).permute(2, 0, 1), self.images.labels[index]
+
+
+class CachedImages(Dataset):
+    """Reads decoded images from the memory-mapped cache."""
+
+    def __init__(self, images: ImageSet, array: np.ndarray) -> None:
+        self.labels, self.array = images.labels, array
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(np.array(self.array[index])).permute(2, 0, 1), self.labels[index]
+
+
+def _cache_key(images: ImageSet, size: int) -> str:
+    """Changes when any file is added, removed, resized or touched, or when the size changes."""
+    digest = hashlib.sha256(str(size).encode())
+    for path in images.paths:
+        stat = path.stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def decoded_cache(images: ImageSet, size: int, cache_dir: Path, name: str, progress: bool = True) -> np.ndarray:
+    """The images decoded once into `cache_dir` as a .npy file, returned memory-mapped."""
+    path = Path(cache_dir) / f"{name}-{size}-{_cache_key(images, size)}.npy"
+    if not path.exists():
+        array = np.empty((len(images), size, size, 3), np.uint8)
+        for i, file in enumerate(tqdm(images.paths, desc=f"cache {name}", disable=not progress)):
+            array[i] = decode(file, size)
+        write_with(path, lambda handle: np.save(handle, array))
+        log.info("cached %d decoded images in %s", len(images), path)
+    return np.load(path, mmap_mode="r")
+
+
+def image_dataset(images: ImageSet, data: DataSettings, root: Path, name: str, progress: bool = True) -> Dataset:
+    """The dataset of one split: cached if `data.cache`, else decoding on every access."""
+    if not data.cache:
+        return FolderImages(images, data.image_size)
+    cache_dir = data.cache_dir or Path(root) / ".cache"
+    return CachedImages(images, decoded_cache(images, data.image_size, cache_dir, name, progress))
+
+
+def prepare(batch: torch.Tensor, data: DataSettings, generator: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 `[B,3,H,W]` to the model's float input: scaled to 0..1, augmented when a generator is
+    given (training), then ImageNet-normalised if `data.normalize`."""
+    x = batch.float().div_(255)
+    if generator is not None:
+        x = augment(x, data, generator)
+    if data.normalize:
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+    return x
+
+
+def augment(x: torch.Tensor, data: DataSettings, generator: torch.Generator) -> torch.Tensor:
+    """The study's augmentation on a 0..1 batch: random h/v flips and rotation by up to +-rotation.
+
+    Draws come from `generator` (on the CPU), so a seed gives the same batches on any device. One
+    affine grid per batch; corners that rotate in are black, as torchvision's RandomRotation.
+    """
+    n = x.shape[0]
+    ones = torch.ones(n)
+    flip_x = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if data.hflip else ones
+    flip_y = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if data.vflip else ones
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(data.rotation)
+    cos, sin, zero = torch.cos(angle), torch.sin(angle), torch.zeros(n)
+    theta = torch.stack(
+        [torch.stack([cos * flip_x, -sin * flip_y, zero], 1), torch.stack([sin * flip_x, cos * flip_y, zero], 1)], 1
+    )
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

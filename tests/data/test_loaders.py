@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+import torch
+from torchvision.datasets import ImageFolder
+
+from prunexplain.config import DataSettings, UserError
+from prunexplain.data.loaders import (
+    CachedImages,
+    FolderImages,
+    augment,
+    decoded_cache,
+    load_splits,
+    prepare,
+    scan_split,
+    split_sizes,
+)
+
+
+def test_the_reference_split_sizes_and_their_scaling():
+    assert split_sizes(3925) == (2800, 1125)
+    assert split_sizes(60) == (43, 17)
+
+
+def test_split_is_the_studys_random_split_of_the_imagefolder_order(tiny_dataset):
+    splits = load_splits(tiny_dataset, split_seed=69)
+    folder = ImageFolder(tiny_dataset / "val")
+    generator = torch.Generator().manual_seed(69)
+    test, valid = torch.utils.data.random_split(folder, split_sizes(len(folder)), generator)
+    assert [str(p) for p in splits.test.paths] == [folder.samples[i][0] for i in test.indices]
+    assert [str(p) for p in splits.valid.paths] == [folder.samples[i][0] for i in valid.indices]
+    assert list(splits.test.labels) == [folder.samples[i][1] for i in test.indices]
+    assert len(splits.train) == 80 and splits.train.classes[0] == "0-disk"
+    other = load_splits(tiny_dataset, split_seed=70)
+    assert other.test.paths != splits.test.paths
+
+
+def test_masks_follow_their_images(tiny_dataset):
+    images = scan_split(tiny_dataset, "train")
+    assert images.masks is not None
+    assert all(m.exists() and m.name == p.name and m.parent.name == p.parent.name for p, m in zip(images.paths, images.masks))
+    assert images.subset([3, 1]).masks == (images.masks[3], images.masks[1])
+
+
+def test_cache_holds_exactly_the_decoded_images_and_is_reused(tiny_dataset, tmp_path):
+    images = scan_split(tiny_dataset, "val")
+    array = decoded_cache(images, 24, tmp_path, "val", progress=False)
+    cached, plain = CachedImages(images, array), FolderImages(images, 24)
+    for i in (0, 7, len(images) - 1):
+        assert torch.equal(cached[i][0], plain[i][0]) and cached[i][1] == plain[i][1]
+    assert cached[0][0].shape == (3, 24, 24) and cached[0][0].dtype == torch.uint8
+    files = list(tmp_path.glob("*.npy"))
+    decoded_cache(images, 24, tmp_path, "val", progress=False)
+    assert list(tmp_path.glob("*.npy")) == files
+    decoded_cache(images, 16, tmp_path, "val", progress=False)
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+
+
+def test_a_corrupt_image_is_named(tiny_dataset, tmp_path):
+    images = scan_split(tiny_dataset, "val")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    bad = type(images)((broken,), (0,), images.classes)
+    with pytest.raises(UserError, match="broken.png: cannot read image"):
+        FolderImages(bad, 32)[0]
+    with pytest.raises(UserError, match="broken.png: cannot read image"):
+        decoded_cache(bad, 32, tmp_path, "bad", progress=False)
+    assert not list(tmp_path.glob("*.npy"))
+
+
+def test_augment_without_rotation_is_the_flips():
+    x = torch.rand(64, 3, 8, 8)
+    settings = DataSettings(rotation=0)
+    out = augment(x, settings, torch.Generator().manual_seed(0))
+    draws = torch.rand(2, 64, generator=torch.Generator().manual_seed(0))
+    for i in range(64):
+        expected = x[i]
+        if draws[0, i] < 0.5:
+            expected = expected.flip(-1)
+        if draws[1, i] < 0.5:
+            expected = expected.flip(-2)
+        assert torch.allclose(out[i], expected, atol=1e-5)
+    assert 10 < (draws[0] < 0.5).sum() < 54
+
+
+def test_rotation_is_seeded_and_bounded():
+    x = torch.zeros(1, 1, 33, 33)
+    x[..., 16, :] = 1  # a horizontal line through the centre
+    settings = DataSettings(hflip=False, vflip=False, rotation=10)
+    a = augment(x.expand(200, 1, 33, 33), settings, torch.Generator().manual_seed(1))
+    b = augment(x.expand(200, 1, 33, 33), settings, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    ys, xs = torch.meshgrid(torch.arange(33.0), torch.arange(33.0), indexing="ij")
+    for image in a[:, 0]:
+        w = image.clamp(min=0)
+        slope = ((w * (xs - 16) * (ys - 16)).sum() / (w * (xs - 16) ** 2).sum()).item()
+        assert abs(np.degrees(np.arctan(slope))) <= 10.5
+
+
+def test_prepare_scales_and_normalises():
+    batch = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
+    assert torch.equal(prepare(batch, DataSettings(normalize=False)), torch.ones(2, 3, 4, 4))
+    normalised = prepare(batch, DataSettings(normalize=True))
+    assert torch.allclose(normalised[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]))
+
+
+def test_folder_errors_name_the_folder(tmp_path):
+    from prunexplain.data.folders import scan_image_folder
+
+    with pytest.raises(UserError, match=f"{tmp_path / 'nope'}: no such folder"):
+        scan_image_folder(tmp_path / "nope")
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    (tmp_path / "train" / "b").mkdir()
+    (tmp_path / "train" / "a" / "x.png").write_bytes(b"")
+    with pytest.raises(UserError, match=f"{tmp_path / 'train' / 'b'}: empty class folder"):
+        scan_image_folder(tmp_path / "train")
+    with pytest.raises(UserError, match=r"class folders do not match \(unknown: \['a', 'b'\], missing: \['c'\]\)"):
+        scan_image_folder(tmp_path / "train", {"c": "0-c"})
