@@ -1,0 +1,132 @@
+"""The one model factory and the checkpoint format.
+
+`build_model("vgg16", ...)` at width 1 and pool 7 is torchvision's VGG-16 with its last classifier
+layer replaced for the number of classes, as the study did. A width multiplier and a smaller pooled
+map give the compact VGG-16 (same 13 conv + 3 FC topology) the demo trains on a CPU.
+
+Checkpoints are `{"arch", "num_classes", "state_dict", "masks", "meta"}` saved with `torch.save`
+and read with `weights_only=True`: never a pickled module. `meta["model"]` holds the settings that
+rebuild the architecture, so any stage can load any checkpoint without being told its shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision import models as tv
+
+from prunexplain.config import ModelSettings, UserError
+from prunexplain.runs import write_with
+
+# torchvision's VGG-16 layout ("D"): conv widths, "M" = 2x2 max pool.
+VGG16_LAYOUT: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+VGG16_HIDDEN = 4096
+
+_IMAGENET_WEIGHTS = {False: tv.VGG16_Weights.IMAGENET1K_V1, True: tv.VGG16_BN_Weights.IMAGENET1K_V1}
+
+
+def _create_vgg16(num_classes: int, settings: ModelSettings) -> nn.Module:
+    """VGG-16 with 1000 ImageNet outputs first, so ImageNet weights load; then the head is replaced."""
+    scale = settings.width
+    layout = [v if v == "M" else max(1, round(v * scale)) for v in VGG16_LAYOUT]
+    hidden = max(1, round(VGG16_HIDDEN * scale))
+    model = tv.VGG(tv.vgg.make_layers(layout, batch_norm=settings.batch_norm), num_classes=1000, dropout=settings.dropout)
+    if (scale, settings.pool_size) != (1, 7):
+        model.avgpool = nn.AdaptiveAvgPool2d(settings.pool_size)
+        model.classifier = _classifier(layout[-2] * settings.pool_size**2, hidden, 1000, settings.dropout)
+    if settings.weights is not None:
+        model.load_state_dict(_pretrained_state(settings))
+    model.classifier[6] = nn.Linear(model.classifier[6].in_features, num_classes)
+    return model
+
+
+def _classifier(inputs: int, hidden: int, outputs: int, dropout: float) -> nn.Sequential:
+    """torchvision's VGG head (same module indices, so classifier[6] is the last layer).
+
+    Linear layers keep PyTorch's fan-in init: torchvision's N(0, 0.01) suits 4096-wide layers but
+    shrinks the signal about 40x per layer at width 256, and the narrow model then never leaves chance.
+    """
+    head = nn.Sequential(
+        nn.Linear(inputs, hidden),
+        nn.ReLU(True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, outputs),
+    )
+    return head
+
+
+def _pretrained_state(settings: ModelSettings) -> dict[str, torch.Tensor]:
+    """ImageNet weights through torchvision's weights API, or a local state-dict file."""
+    if (settings.width, settings.pool_size) != (1, 7):
+        raise UserError(
+            f"model.weights={settings.weights!r}: ImageNet weights fit only the full VGG-16 "
+            f"(model.width=1, model.pool_size=7), not width={settings.width}, pool_size={settings.pool_size}"
+        )
+    if settings.weights == "imagenet":
+        return _IMAGENET_WEIGHTS[settings.batch_norm].get_state_dict(progress=True)
+    path = Path(settings.weights)
+    if not path.is_file():
+        raise UserError(f"model.weights: no such file {path} (give 'imagenet' or a local .pth state dict)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state)
+
+
+ARCHITECTURES: dict[str, Callable[[int, ModelSettings], nn.Module]] = {"vgg16": _create_vgg16}
+
+
+def build_model(num_classes: int, settings: ModelSettings = ModelSettings()) -> nn.Module:
+    """The model of `settings.arch`; unknown names fail with the list of known ones."""
+    if settings.arch not in ARCHITECTURES:
+        raise UserError(f"model.arch: unknown architecture {settings.arch!r} (known: {', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[settings.arch](num_classes, settings)
+
+
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    settings: ModelSettings,
+    num_classes: int,
+    masks: dict[str, torch.Tensor] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Atomically write the checkpoint contract of DESIGN.md; tensors are moved to the CPU."""
+    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    checkpoint = {
+        "arch": settings.arch,
+        "num_classes": num_classes,
+        "state_dict": state,
+        "masks": {k: v.cpu() for k, v in (masks or {}).items()},
+        "meta": {"model": settings.model_dump(mode="json"), **(meta or {})},
+    }
+    return write_with(path, lambda handle: torch.save(checkpoint, handle))
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from a checkpoint file; returns (model in eval mode, the checkpoint dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_model(checkpoint["num_classes"], model_settings(checkpoint))
+        model.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, TypeError, RuntimeError, EOFError) as error:
+        raise UserError(f"{path}: not a prunexplain checkpoint ({error})") from None
+    return model.to(device).eval(), checkpoint
+
+
+def model_settings(checkpoint: dict[str, Any]) -> ModelSettings:
+    """The architecture settings stored in a checkpoint (weights come from its state dict)."""
+    return ModelSettings.model_validate({**checkpoint["meta"]["model"], "weights": None})
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel (or the model itself)."""
+    return getattr(model, "module", model)

@@ -1,0 +1,363 @@
+"""Training: `fit()` with the study's early stopping, `evaluate()` top-1/top-5, and the train stage.
+
+`fit` is also what pruning calls to fine-tune, with `after_step` re-applying masks. Under
+`torchrun` the same code runs DDP: each process trains on its shard (DistributedSampler), accuracy
+counts are summed over processes, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from prunexplain.config import DataSettings, Settings, TrainSettings, UserError
+from prunexplain.data import dataset_root
+from prunexplain.data.loaders import Splits, image_dataset, load_splits, prepare
+from prunexplain.models import build_model, save_checkpoint
+from prunexplain.runs import Run, append_json_array, write_csv, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Where this process stands among DDP processes (a single process is rank 0 of 1)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0  # 0-based epoch whose weights were restored (the study's early_stopping_epoch)
+    stopped_epoch: int | None = None  # 0-based epoch after which early stopping ended training
+    train_accuracy: float = 0.0
+    valid_accuracy: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def epochs_trained(self) -> int:
+        return len(self.history)
+
+
+@dataclass
+class TrainResult:
+    train_accuracy: float
+    valid_accuracy: float
+    test_top1: float
+    test_top5: float
+    epochs_trained: int
+    best_epoch: int
+    stopped_epoch: int | None
+    seconds: float
+    device: str
+    processes: int
+    checkpoint: str
+
+    def summary(self) -> str:
+        return (
+            f"test top-1 {self.test_top1:.4f}, top-5 {self.test_top5:.4f}, valid {self.valid_accuracy:.4f} "
+            f"after {self.epochs_trained} epochs ({self.seconds:.0f} s on {self.device}); model: {self.checkpoint}"
+        )
+
+
+def select_device(name: str) -> torch.device:
+    """`auto`: cuda when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device: unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device={name!r}: CUDA is not available on this machine")
+    return device
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
+
+
+def _share_buffers(model: nn.Module) -> None:
+    """Give every DDP process rank 0's buffers (BN running statistics), which DDP does not keep equal
+    between forward passes: evaluation then scores the one model that rank 0 saves."""
+    if dist.is_available() and dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+
+
+def _sum_over_processes(values: list[float], device: torch.device) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, data: DataSettings, device: torch.device, amp: bool = True
+) -> dict[str, float]:
+    """Top-1 and top-5 accuracy and mean loss over the loader (summed over DDP processes)."""
+    model.eval()
+    correct1 = correct5 = loss = count = 0.0
+    for images, labels in loader:
+        x, y = prepare(images.to(device, non_blocking=True), data), labels.to(device)
+        with _autocast(device, amp):
+            logits = model(x).float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(dim=1).sum().item()
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        count += len(y)
+    correct1, correct5, loss, count = _sum_over_processes([correct1, correct5, loss, count], device)
+    count = max(count, 1)
+    return {"top1": correct1 / count, "top5": correct5 / count, "loss": loss / count, "n": int(count)}
+
+
+def _freeze(model: nn.Module, parts: list[str]) -> None:
+    """Stop training whole parts of the model (the study's vgg_no_train_parts, e.g. features)."""
+    known = [name for name, _ in model.named_children()]
+    for part in parts:
+        if part not in known:
+            raise UserError(f"train.frozen_parts: the model has no part {part!r} (parts: {', '.join(known)})")
+        getattr(model, part).requires_grad_(False)
+
+
+def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "SGD":
+        return torch.optim.SGD(
+            params, lr=settings.learning_rate, momentum=settings.momentum, weight_decay=settings.weight_decay
+        )
+    return torch.optim.Adam(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
+def _train_epoch(model, loader, optimizer, scaler, data, settings, device, generator, after_step, bar):
+    model.train()
+    correct = loss_sum = count = 0.0
+    for images, labels in bar(loader):
+        x = prepare(images.to(device, non_blocking=True), data, generator)
+        y = labels.to(device, non_blocking=True)
+        if device.type == "cuda" and settings.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, settings.amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if after_step is not None:
+            after_step()
+        correct += (logits.argmax(1) == y).sum().item()
+        loss_sum += loss.item() * len(y)
+        count += len(y)
+    correct, loss_sum, count = _sum_over_processes([correct, loss_sum, count], device)
+    return correct / max(count, 1), loss_sum / max(count, 1)
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    valid_loader: DataLoader,
+    settings: TrainSettings,
+    data: DataSettings,
+    device: torch.device,
+    after_step: Callable[[], None] | None = None,
+    description: str = "train",
+) -> FitResult:
+    """Train until `settings.epochs` or early stopping; restore the weights of the best valid epoch.
+
+    Early stopping as the study: an epoch improves when valid accuracy beats the best so far by more
+    than `min_improvement` (relative); `patience` epochs without one end training. The restored
+    weights are those of the highest valid accuracy seen.
+    """
+    with _seeded(settings.seed, device, train_loader):
+        return _fit(model, train_loader, valid_loader, settings, data, device, after_step, description)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device, loader: DataLoader) -> Iterator[None]:
+    """Every draw of a fit (shuffling, dropout) from its own seed, so a fit started on its own (a
+    resumed pruning step) draws what it would have drawn in an uninterrupted run. The global RNG is
+    restored afterwards."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        if getattr(loader, "generator", None) is not None:
+            loader.generator.manual_seed(seed)
+        yield
+
+
+def _fit(model, train_loader, valid_loader, settings, data, device, after_step, description) -> FitResult:
+    _freeze(model, settings.frozen_parts)
+    optimizer = _optimizer(model, settings)
+    scaler = torch.amp.GradScaler(device.type, enabled=settings.amp and device.type == "cuda")
+    generator = torch.Generator().manual_seed(settings.seed + 1 + (dist.get_rank() if dist.is_initialized() else 0))
+    show = settings.progress and (not dist.is_initialized() or dist.get_rank() == 0)
+    result, start = FitResult(), time.perf_counter()
+    best_state, best_accuracy, reference, waited = None, -1.0, 0.0, 0
+    epochs = tqdm(range(settings.epochs), desc=description, unit="epoch", disable=not show)
+    for epoch in epochs:
+        sampler = getattr(train_loader, "sampler", None)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        bar = lambda it: tqdm(it, leave=False, unit="batch", disable=not show)  # noqa: E731
+        train_acc, train_loss = _train_epoch(
+            model, train_loader, optimizer, scaler, data, settings, device, generator, after_step, bar
+        )
+        _share_buffers(model)
+        valid = evaluate(model, valid_loader, data, device, settings.amp)
+        result.history.append(
+            {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+             "valid_loss": valid["loss"], "valid_accuracy": valid["top1"], "seconds": time.perf_counter() - start}
+        )
+        epochs.set_postfix(loss=f"{train_loss:.3f}", train=f"{train_acc:.3f}", valid=f"{valid['top1']:.3f}")
+        if valid["top1"] > best_accuracy:
+            best_accuracy, result.best_epoch = valid["top1"], epoch
+            result.train_accuracy, result.valid_accuracy = train_acc, valid["top1"]
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if epoch == 0 or valid["top1"] > reference * (1 + settings.min_improvement):
+            reference, waited = valid["top1"], 0
+        else:
+            waited += 1
+            if waited >= settings.patience:
+                result.stopped_epoch = epoch
+                log.info("%s: early stop after epoch %d (best epoch %d)", description, epoch, result.best_epoch)
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+@contextlib.contextmanager
+def processes(device: torch.device) -> Iterator[Processes]:
+    """Join the DDP process group when started by torchrun (WORLD_SIZE > 1); leave it on exit."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        yield Processes()
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend)
+    try:
+        yield Processes(dist.get_rank(), dist.get_world_size())
+    finally:
+        dist.destroy_process_group()
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, data: DataSettings, device: torch.device, shuffle_seed: int | None = None
+) -> DataLoader:
+    """Shuffled (seeded) for training, in order for evaluation; sharded across DDP processes."""
+    options = dict(batch_size=batch_size, num_workers=data.num_workers, pin_memory=device.type == "cuda")
+    distributed = dist.is_available() and dist.is_initialized()
+    if shuffle_seed is None:
+        if distributed:  # each process scores a disjoint slice; the counts are summed
+            dataset = Subset(dataset, range(dist.get_rank(), len(dataset), dist.get_world_size()))
+        return DataLoader(dataset, shuffle=False, **options)
+    if distributed:
+        return DataLoader(dataset, sampler=DistributedSampler(dataset, seed=shuffle_seed), **options)
+    return DataLoader(dataset, shuffle=True, generator=torch.Generator().manual_seed(shuffle_seed), **options)
+
+
+def device_for(settings: TrainSettings) -> torch.device:
+    device = select_device(settings.device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def train_stage(settings: Settings, run: Run) -> TrainResult | None:
+    """Train the run's model on its dataset and write `train/`; returns None on DDP ranks > 0."""
+    device = device_for(settings.train)
+    with processes(device) as procs:
+        if procs.main:
+            write_text(run.path("config.toml"), settings.to_toml())
+        splits, loaders = run_loaders(settings, run, device, procs)
+        torch.manual_seed(settings.train.seed)
+        model = build_model(len(splits.train.classes), settings.model).to(device)
+        if device.type == "cuda" and settings.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        trained = nn.parallel.DistributedDataParallel(model) if procs.world > 1 else model
+        fitted = fit(trained, loaders["train"], loaders["valid"], settings.train, settings.data, device)
+        test = evaluate(model, loaders["test"], settings.data, device, settings.train.amp)
+        result = TrainResult(
+            train_accuracy=fitted.train_accuracy,
+            valid_accuracy=fitted.valid_accuracy,
+            test_top1=test["top1"],
+            test_top5=test["top5"],
+            epochs_trained=fitted.epochs_trained,
+            best_epoch=fitted.best_epoch,
+            stopped_epoch=fitted.stopped_epoch,
+            seconds=round(fitted.seconds, 2),
+            device=str(device),
+            processes=procs.world,
+            checkpoint=str(run.path("train", "model.pt")),
+        )
+        if not procs.main:
+            return None
+        _write_outputs(settings, run, model, splits.train.classes, fitted, result)
+        return result
+
+
+def run_loaders(
+    settings: Settings, run: Run, device: torch.device, procs: Processes = Processes()
+) -> tuple[Splits, dict[str, DataLoader]]:
+    """The run's splits and their loaders: train shuffled from the seed, valid and test in order."""
+    splits, datasets = _datasets_on_main_first(settings, run, procs)
+    batch, seed = settings.train.batch_size, settings.train.seed
+    loaders = {name: make_loader(datasets[name], batch, settings.data, device) for name in ("valid", "test")}
+    return splits, {"train": make_loader(datasets["train"], batch, settings.data, device, seed), **loaders}
+
+
+def _datasets_on_main_first(settings: Settings, run: Run, procs: Processes):
+    """Rank 0 generates the dataset and decodes the caches; the others wait, then find them ready."""
+
+    def prepare_all(progress: bool):
+        root = dataset_root(settings.data, run.root, progress)
+        splits = load_splits(root, settings.data.split_seed)
+        names = ("train", "valid", "test")
+        return splits, {name: image_dataset(getattr(splits, name), settings.data, root, name, progress) for name in names}
+
+    if procs.main:
+        prepared = prepare_all(settings.train.progress)
+    if procs.world > 1:
+        dist.barrier()
+    return prepared if procs.main else prepare_all(progress=False)
+
+
+def _write_outputs(settings, run, model, classes, fitted: FitResult, result: TrainResult) -> None:
+    meta = {
+        "classes": list(classes),
+        "data": {"image_size": settings.data.image_size, "normalize": settings.data.normalize},
+        "train": asdict(result),
+    }
+    path = save_checkpoint(run.path("train", "model.pt"), model, settings.model, len(classes), meta=meta)
+    write_csv(run.path("train", "history.csv"), fitted.history)
+    write_json(run.path("train", "result.json"), {"run": settings.run.name, **asdict(result)})
+    if settings.train.model_path is not None:
+        save_checkpoint(settings.train.model_path, model, settings.model, len(classes), meta=meta)
+    if settings.train.results_path is not None:
+        append_json_array(settings.train.results_path, {"run": settings.run.name, **asdict(result)})
+    log.info("trained model in %s", path)

@@ -1,0 +1,63 @@
+import pytest
+import torch
+from torchvision import models as tv
+
+from prunexplain.config import ModelSettings, UserError
+from prunexplain.models import build_model, load_checkpoint, save_checkpoint
+
+FULL = ModelSettings(width=1, pool_size=7, batch_norm=False)
+
+
+def test_full_model_is_torchvision_vgg16_with_a_new_last_layer():
+    model, reference = build_model(10, FULL), tv.vgg16(num_classes=10)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in reference.state_dict().items()}
+    assert model.classifier[6].out_features == 10
+
+
+def test_imagenet_weights_from_a_local_file_load_everywhere_but_the_head(tmp_path):
+    imagenet = tv.vgg16()
+    torch.save(imagenet.state_dict(), tmp_path / "vgg16.pth")
+    model = build_model(10, FULL.model_copy(update={"weights": str(tmp_path / "vgg16.pth")}))
+    assert torch.equal(model.features[0].weight, imagenet.features[0].weight)
+    assert torch.equal(model.classifier[3].weight, imagenet.classifier[3].weight)
+    assert model.classifier[6].weight.shape == (10, 4096)
+
+
+def test_weights_errors_name_the_setting(tmp_path):
+    with pytest.raises(UserError, match="model.weights: no such file"):
+        build_model(10, FULL.model_copy(update={"weights": str(tmp_path / "missing.pth")}))
+    with pytest.raises(UserError, match="fit only the full VGG-16"):
+        build_model(10, ModelSettings(weights="imagenet"))
+    with pytest.raises(UserError, match=r"unknown architecture 'resnet' \(known: vgg16\)"):
+        build_model(10, ModelSettings(arch="resnet"))
+
+
+def test_compact_model_keeps_the_vgg16_topology():
+    model = build_model(10, ModelSettings(width=0.125, pool_size=2))
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    linears = [m for m in model.classifier if isinstance(m, torch.nn.Linear)]
+    assert len(convs) == 13 and len(linears) == 3
+    assert [c.out_channels for c in convs] == [8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64]
+    assert model(torch.rand(2, 3, 64, 64)).shape == (2, 10)
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path):
+    settings = ModelSettings(width=0.0625, pool_size=1)
+    model = build_model(4, settings).eval()
+    masks = {"features.0.weight": torch.rand_like(model.features[0].weight) > 0.5}
+    path = save_checkpoint(tmp_path / "m.pt", model, settings, 4, masks, {"classes": list("abcd")})
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) == {"arch", "num_classes", "state_dict", "masks", "meta"}
+    loaded, checkpoint = load_checkpoint(path)
+    x = torch.rand(3, 3, 32, 32)
+    assert torch.equal(loaded(x), model(x))
+    assert torch.equal(checkpoint["masks"]["features.0.weight"], masks["features.0.weight"])
+    assert checkpoint["meta"]["classes"] == list("abcd")
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"weights": 1}, path)
+    with pytest.raises(UserError, match="x.pt: not a prunexplain checkpoint"):
+        load_checkpoint(path)

@@ -1,0 +1,88 @@
+import json
+
+import pytest
+import torch
+
+from prunexplain.config import DataSettings, TrainSettings, UserError
+from prunexplain.data.loaders import image_dataset, load_splits
+from prunexplain.models import build_model, load_checkpoint
+from prunexplain.runs import Run
+from prunexplain.train import evaluate, fit, make_loader, train_stage
+from tests.conftest import tiny_settings
+
+CPU = torch.device("cpu")
+
+
+def _loaders(settings, dataset):
+    splits = load_splits(dataset)
+    make = lambda name, seed=None: make_loader(  # noqa: E731
+        image_dataset(getattr(splits, name), settings.data, dataset, name, False), 16, settings.data, CPU, seed
+    )
+    return make("train", 0), make("valid"), make("test")
+
+
+def test_train_stage_writes_checkpoint_history_and_results(tmp_path, tiny_dataset):
+    settings = tiny_settings(tmp_path, tiny_dataset, "train.results_path=" + json.dumps(str(tmp_path / "out.json")))
+    run = Run(settings.run_dir)
+    result = train_stage(settings, run)
+    model, checkpoint = load_checkpoint(run.path("train", "model.pt"))
+    assert checkpoint["meta"]["classes"][0] == "0-disk" and checkpoint["meta"]["data"]["image_size"] == 32
+    history = run.path("train", "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,train_loss,train_accuracy") and len(history) == 3
+    stored = json.loads(run.path("train", "result.json").read_text())
+    assert stored["test_top1"] == result.test_top1 and stored["epochs_trained"] == 2
+    assert 0 <= result.test_top1 <= result.test_top5 <= 1
+    train_stage(settings, run)
+    assert [r["run"] for r in json.loads((tmp_path / "out.json").read_text())] == ["demo", "demo"]
+    assert "train" in run.path("config.toml").read_text()
+    # the checkpoint's test accuracy is the model's: evaluating it again gives the same figure
+    _, _, test = _loaders(settings, tiny_dataset)
+    assert evaluate(model, test, settings.data, CPU)["top1"] == pytest.approx(result.test_top1)
+
+
+def test_seeded_runs_are_identical_on_the_cpu(tmp_path, tiny_dataset):
+    states = []
+    for name in ("a", "b"):
+        settings = tiny_settings(tmp_path, tiny_dataset, f"run.name={name}")
+        train_stage(settings, Run(settings.run_dir))
+        states.append(torch.load(settings.run_dir / "train" / "model.pt", weights_only=True)["state_dict"])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_fit_learns_and_restores_the_best_weights(tmp_path, tiny_dataset):
+    settings = tiny_settings(  # no augmentation, no dropout: 80 images are memorised fast
+        tmp_path, tiny_dataset, "train.epochs=12", "train.patience=12", "train.learning_rate=0.003",
+        "data.hflip=false", "data.vflip=false", "data.rotation=0", "model.dropout=0",
+    )
+    train, valid, _ = _loaders(settings, tiny_dataset)
+    torch.manual_seed(0)
+    model = build_model(10, settings.model)
+    before = evaluate(model, train, settings.data, CPU)["loss"]
+    result = fit(model, train, valid, settings.train, settings.data, CPU)
+    assert min(h["train_loss"] for h in result.history) < before * 0.8
+    best = max(h["valid_accuracy"] for h in result.history)
+    assert result.valid_accuracy == best == result.history[result.best_epoch]["valid_accuracy"]
+    assert evaluate(model, valid, settings.data, CPU)["top1"] == pytest.approx(best)
+
+
+def test_early_stopping_after_patience_epochs_without_a_one_percent_gain(tmp_path, tiny_dataset):
+    settings = tiny_settings(tmp_path, tiny_dataset, "train.epochs=20", "train.patience=3", "train.learning_rate=1e-12",
+                             "model.batch_norm=false")  # no running statistics: valid accuracy stays put
+    train, valid, _ = _loaders(settings, tiny_dataset)
+    torch.manual_seed(0)
+    result = fit(build_model(10, settings.model), train, valid, settings.train, settings.data, CPU)
+    assert result.epochs_trained == 4 and result.stopped_epoch == 3 and result.best_epoch == 0
+
+
+def test_frozen_parts_do_not_change_and_unknown_parts_are_named(tmp_path, tiny_dataset):
+    settings = tiny_settings(tmp_path, tiny_dataset, "train.frozen_parts=['features']", "train.epochs=1")
+    train, valid, _ = _loaders(settings, tiny_dataset)
+    model = build_model(10, settings.model)
+    before = {k: v.clone() for k, v in model.features.state_dict().items() if "running" not in k and "tracked" not in k}
+    head = model.classifier[6].weight.clone()
+    fit(model, train, valid, settings.train, settings.data, CPU)
+    assert all(torch.equal(model.features.state_dict()[k], v) for k, v in before.items())
+    assert not torch.equal(model.classifier[6].weight, head)
+    bad = TrainSettings(frozen_parts=["backbone"], epochs=1, progress=False)
+    with pytest.raises(UserError, match=r"train.frozen_parts: the model has no part 'backbone' \(parts: features, avgpool, classifier\)"):
+        fit(model, train, valid, bad, DataSettings(), CPU)
