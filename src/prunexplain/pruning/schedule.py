@@ -1,0 +1,158 @@
+"""Iterative pruning with fine-tuning over a compression schedule, resumable rate by rate.
+
+Step k takes the model of step k-1, prunes the layers in scope down to exactly 1/rates[k] of their
+weights, fine-tunes it with masks held fixed (pruned weights are zeroed after every optimiser step,
+so they are exactly zero in every forward pass and in the saved state), and saves a checkpoint
+with its masks and its results row. A killed run starts again at the first rate without a
+checkpoint made with the same settings; `results.csv` is rewritten from those checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunexplain.config import Settings, UserError
+from prunexplain.models import load_checkpoint, model_settings, save_checkpoint
+from prunexplain.pruning.masks import apply_masks, count_nonzero
+from prunexplain.pruning.methods import compute_masks, get_method, prunable_weights
+from prunexplain.runs import Run, write_csv
+from prunexplain.train import device_for, evaluate, fit, run_loaders
+
+log = logging.getLogger(__name__)
+
+STUDY_COLUMNS = (
+    "pruning_method", "sparsity", "modules_pruned_and_finetuned", "pruned_model_path", "batch_size",
+    "max_epochs_finetuned", "early_stopping_epoch", "training_accuracy", "validation_accuracy", "time_elapsed",
+    "test_top1_accuracy", "test_top5_accuracy",
+)
+MEASURED_COLUMNS = ("measured_rate_scope", "measured_rate_model", "nonzero_params", "accuracy_before_finetune")
+
+
+@dataclass
+class PruneResult:
+    tables: dict[str, Path]
+    rows: dict[str, list[dict[str, Any]]]
+
+    def summary(self) -> str:
+        lines = []
+        for method, rows in self.rows.items():
+            accuracies = ", ".join(f"{r['sparsity']}x {float(r['test_top1_accuracy']):.3f}" for r in rows)
+            lines.append(f"{method}: test top-1 {accuracies} ({self.tables[method]})")
+        return "\n".join(lines)
+
+
+def rate_dir(run: Run, method: str, rate: float) -> Path:
+    return run.path("prune", method, f"cr_{rate:g}")
+
+
+def _elapsed(seconds: float) -> str:
+    """The study's `24m 24s` format."""
+    return f"{int(seconds // 60)}m {int(seconds % 60)}s"
+
+
+def _step_seed(seed: int, step: int) -> int:
+    """One seed per (seed, step): a resumed schedule draws what an uninterrupted one would."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
+def _dense_row(method: str, meta: dict[str, Any]) -> dict[str, Any]:
+    train = meta["train"]
+    row = dict.fromkeys(STUDY_COLUMNS + MEASURED_COLUMNS, "-")
+    row.update(
+        pruning_method=method, sparsity=1, training_accuracy=train["train_accuracy"],
+        validation_accuracy=train["valid_accuracy"], test_top1_accuracy=train["test_top1"],
+        test_top5_accuracy=train["test_top5"], measured_rate_scope=1.0, measured_rate_model=1.0,
+    )
+    return row
+
+
+def _finetune_settings(settings: Settings, step: int):
+    prune = settings.prune
+    return settings.train.model_copy(
+        update={
+            "seed": _step_seed(settings.train.seed, step),
+            "epochs": max(prune.max_epochs, 1),
+            "patience": prune.patience or settings.train.patience,
+            "learning_rate": prune.learning_rate or settings.train.learning_rate,
+        }
+    )
+
+
+def prune_method(
+    name: str, settings: Settings, run: Run, loaders: dict, device: torch.device, dense: Path
+) -> list[dict[str, Any]]:
+    """The whole schedule of one method; returns the results rows (dense first)."""
+    method, prune = get_method(name), settings.prune
+    model, checkpoint = load_checkpoint(dense, device)
+    meta = checkpoint["meta"]
+    fingerprint = settings.fingerprint("data", "model", "train", "prune")
+    weights = prunable_weights(model, prune.scope)
+    masks = {k: torch.ones_like(w, dtype=torch.bool, device="cpu") for k, w in weights.items()}
+    rows = [{**_dense_row(name, meta), "nonzero_params": count_nonzero(model, weights)["nonzero_params"]}]
+    part = "features" if prune.scope == "conv" else "features+classifier"
+    for step, rate in enumerate(prune.rates):
+        path = rate_dir(run, name, rate) / "model.pt"
+        finished = _finished(path, fingerprint, device)
+        if finished is not None:
+            model, saved = finished
+            weights, masks = prunable_weights(model, prune.scope), saved["masks"]
+            rows.append(saved["meta"]["row"])
+            log.info("%s %gx: done already", name, rate)
+            continue
+        start = time.perf_counter()
+        masks = compute_masks(method, weights, masks, rate, torch.Generator().manual_seed(_step_seed(prune.seed, step)))
+        apply_masks(weights, masks)
+        before = evaluate(model, loaders["test"], settings.data, device, settings.train.amp)
+        fitted = None
+        if prune.max_epochs > 0:
+            fitted = fit(model, loaders["train"], loaders["valid"], _finetune_settings(settings, step), settings.data, device,
+                         after_step=lambda: apply_masks(weights, masks), description=f"{name} {rate:g}x")
+        valid = evaluate(model, loaders["valid"], settings.data, device, settings.train.amp)
+        test = evaluate(model, loaders["test"], settings.data, device, settings.train.amp)
+        row = {
+            "pruning_method": name, "sparsity": f"{rate:g}", "modules_pruned_and_finetuned": part,
+            "pruned_model_path": str(path), "batch_size": settings.train.batch_size,
+            "max_epochs_finetuned": prune.max_epochs, "early_stopping_epoch": fitted.best_epoch if fitted else "-",
+            "training_accuracy": fitted.train_accuracy if fitted else "-", "validation_accuracy": valid["top1"],
+            "time_elapsed": _elapsed(time.perf_counter() - start), "test_top1_accuracy": test["top1"],
+            "test_top5_accuracy": test["top5"], **count_nonzero(model, weights),
+            "accuracy_before_finetune": before["top1"],
+        }
+        save_checkpoint(path, model, model_settings(checkpoint), checkpoint["num_classes"], masks,
+                        {**meta, "prune": {"method": name, "rate": rate, "step": step}, "row": row,
+                         "fingerprint": fingerprint})
+        rows.append(row)
+        write_csv(run.path("prune", name, "results.csv"), rows)
+        log.info("%s %gx: test top-1 %.4f (before fine-tuning %.4f)", name, rate, test["top1"], before["top1"])
+    write_csv(run.path("prune", name, "results.csv"), rows)
+    return rows
+
+
+def _finished(path: Path, fingerprint: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]] | None:
+    """(model, checkpoint) at `path` if an earlier run made it with the same settings."""
+    if not path.exists():
+        return None
+    model, checkpoint = load_checkpoint(path, device)
+    return (model, checkpoint) if checkpoint["meta"].get("fingerprint") == fingerprint else None
+
+
+def prune_stage(settings: Settings, run: Run) -> PruneResult:
+    """Every method of `settings.prune` over its schedule, starting from the run's trained model."""
+    for name in settings.prune.methods:
+        get_method(name)  # unknown names fail before any work
+    dense = run.path("train", "model.pt")
+    if not dense.exists():
+        raise UserError(f"{dense}: no trained model; run `prunexplain train` (or `prunexplain run`) first")
+    device = device_for(settings.train)
+    _, loaders = run_loaders(settings, run, device)
+    rows = {name: prune_method(name, settings, run, loaders, device, dense) for name in settings.prune.methods}
+    tables = {name: run.path("prune", name, "results.csv") for name in rows}
+    return PruneResult(tables, rows)

@@ -1,0 +1,113 @@
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from prunexplain.config import UserError
+from prunexplain.models import load_checkpoint
+from prunexplain.pruning.methods import prunable_weights
+from prunexplain.pruning.schedule import MEASURED_COLUMNS, STUDY_COLUMNS, prune_stage
+from prunexplain.runs import Run
+from prunexplain.train import train_stage
+from tests.conftest import TINY, tiny_settings
+
+PRUNE = ["prune.max_epochs=1", "prune.rates=[2, 8]"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_dataset):
+    """A run directory holding a trained tiny model (copied by tests that prune it)."""
+    root = tmp_path_factory.mktemp("trained")
+    settings = tiny_settings(root, tiny_dataset, "train.epochs=1")
+    train_stage(settings, Run(settings.run_dir))
+    return settings.run_dir
+
+
+def _copy_run(trained, tmp_path):
+    shutil.copytree(trained / "train", tmp_path / "runs" / "demo" / "train")
+    return Run(tmp_path / "runs" / "demo")
+
+
+def test_schedule_writes_the_studys_table_with_measured_rates(tmp_path, tiny_dataset, trained):
+    run = _copy_run(trained, tmp_path)
+    methods = 'prune.methods=["local_magnitude_unstructured", "local_l1_structured"]'
+    settings = tiny_settings(tmp_path, tiny_dataset, *PRUNE, methods)
+    result = prune_stage(settings, run)
+    for method, tolerance in (("local_magnitude_unstructured", 0.002), ("local_l1_structured", 0.2)):
+        with open(run.path("prune", method, "results.csv")) as handle:
+            rows = list(csv.DictReader(handle))
+        assert tuple(rows[0]) == STUDY_COLUMNS + MEASURED_COLUMNS
+        assert [r["sparsity"] for r in rows] == ["1", "2", "8"]
+        assert rows[0]["pruned_model_path"] == "-" and rows[1]["max_epochs_finetuned"] == "1"
+        for row in rows[1:]:
+            assert float(row["measured_rate_scope"]) == pytest.approx(float(row["sparsity"]), rel=tolerance)
+            assert 1 < float(row["measured_rate_model"]) < float(row["measured_rate_scope"])
+            assert os.path.exists(row["pruned_model_path"])
+    assert "local_l1_structured" in result.summary()
+
+
+def test_pruned_weights_stay_zero_through_finetuning_and_a_round_trip(tmp_path, tiny_dataset, trained):
+    run = _copy_run(trained, tmp_path)
+    settings = tiny_settings(tmp_path, tiny_dataset, "prune.max_epochs=2", "prune.rates=[4]",
+                             'prune.methods=["local_random_unstructured"]')
+    prune_stage(settings, run)
+    model, checkpoint = load_checkpoint(run.path("prune", "local_random_unstructured", "cr_4", "model.pt"))
+    weights = prunable_weights(model, "conv")
+    assert set(checkpoint["masks"]) == set(weights)
+    for name, weight in weights.items():
+        mask = checkpoint["masks"][name]
+        assert (weight[~mask] == 0).all() and (weight[mask] != 0).all()
+    dense, _ = load_checkpoint(run.path("train", "model.pt"))
+    assert not torch.equal(dense.classifier[6].weight, model.classifier[6].weight)  # it was fine-tuned
+
+
+def test_bad_schedules_and_missing_models_fail_before_any_work(tmp_path, tiny_dataset):
+    settings = tiny_settings(tmp_path, tiny_dataset)
+    with pytest.raises(UserError, match="no trained model; run `prunexplain train`"):
+        prune_stage(settings, Run(settings.run_dir))
+    with pytest.raises(UserError, match=r"prune.rates: rates must increase strictly, got 8 then 4"):
+        tiny_settings(tmp_path, tiny_dataset, "prune.rates=[2, 8, 4]")
+    with pytest.raises(UserError, match="prune.methods: unknown method 'l0'"):
+        prune_stage(tiny_settings(tmp_path, tiny_dataset, 'prune.methods=["l0"]'), Run(tmp_path))
+    assert not (tmp_path / "prune").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_prune_resumes_at_the_first_unfinished_rate(tmp_path, tiny_dataset, trained):
+    """SIGKILL after the first rate; the rerun keeps it and ends where an uninterrupted run does."""
+    options = [a for item in [*TINY, "prune.max_epochs=3", "prune.rates=[2, 4, 8]",
+                              'prune.methods=["local_random_unstructured"]', f'data.root="{tiny_dataset}"']
+               for a in ("--set", item)]
+
+    def command(root):
+        return [sys.executable, "-m", "prunexplain", "prune", *options, "--set", f'run.root="{root}"']
+
+    killed, whole = _copy_run(trained, tmp_path / "killed"), _copy_run(trained, tmp_path / "whole")
+    first = killed.path("prune", "local_random_unstructured", "cr_2", "model.pt")
+    process = subprocess.Popen(command(killed.root.parent), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not first.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert first.exists(), "the first rate never finished"
+    last = killed.path("prune", "local_random_unstructured", "cr_8", "model.pt")
+    assert not last.exists()
+    stamp = first.stat().st_mtime_ns
+    for root in (killed.root.parent, whole.root.parent):
+        done = subprocess.run(command(root), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert first.stat().st_mtime_ns == stamp
+    resumed = torch.load(last, weights_only=True)
+    straight = torch.load(whole.path("prune", "local_random_unstructured", "cr_8", "model.pt"), weights_only=True)
+    assert all(torch.equal(resumed["state_dict"][k], straight["state_dict"][k]) for k in straight["state_dict"])
+    assert all(torch.equal(resumed["masks"][k], straight["masks"][k]) for k in straight["masks"])
+    with open(killed.path("prune", "local_random_unstructured", "results.csv")) as handle:
+        assert [r["sparsity"] for r in csv.DictReader(handle)] == ["1", "2", "4", "8"]
+    assert not list(killed.root.rglob("*.tmp"))
