@@ -1,0 +1,151 @@
+"""`prunexplain`: one command per pipeline stage. Commands parse options and call the stage; no logic.
+
+Heavy imports (torch, pandas) happen inside the commands so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from prunexplain.config import UserError
+
+app = typer.Typer(
+    help="How much can a CNN be pruned before its explanations stop making sense to people?",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Get a dataset: the embedded synthetic one, or Imagenette.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", exists=True, dir_okay=False, help="TOML settings file (see examples/)."),
+]
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override one setting, e.g. train.epochs=5. Repeatable."),
+]
+NameOption = Annotated[Optional[str], typer.Option("--name", "-n", help="Run name: writes to runs/<name>.")]
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a UserError into one line on stderr and exit status 2, never a traceback."""
+    try:
+        yield
+    except UserError as error:
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _settings(config: Path | None, overrides: list[str] | None, name: str | None, reference=None):
+    from prunexplain.config import load_settings
+
+    extra = [f'run.name="{name}"'] if name else []
+    return load_settings(config, [*extra, *(overrides or [])], reference)
+
+
+@data_app.command("synthetic")
+def data_synthetic(
+    dest: Annotated[Path, typer.Option(help="Folder to write the ImageFolder tree and masks into.")] = Path(
+        "data/synthetic"
+    ),
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Generate the embedded dataset: 10 shape classes on cluttered backgrounds, with object masks."""
+    from prunexplain.data.synthetic import generate
+
+    with user_errors():
+        settings = _settings(config, overrides, None)
+        info = generate(settings.data.synthetic, settings.data.image_size, dest)
+        typer.echo(f"{info.images} images of {len(info.classes)} classes in {dest}")
+
+
+@app.command()
+def train(
+    reference: Annotated[
+        Optional[Path],
+        typer.Argument(help="The study's named-run JSON (training_config.json); needs RUN_NAME.", exists=True),
+    ] = None,
+    reference_run: Annotated[Optional[str], typer.Argument(metavar="RUN_NAME", help="Run in that JSON.")] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    name: NameOption = None,
+) -> None:
+    """Train the classifier of a run (VGG-16 by default); writes runs/<name>/train/.
+
+    Also reads the study's named-run JSON: `prunexplain train training_config.json run8`.
+    Under `torchrun --nproc_per_node N -m prunexplain train ...` it trains with DDP.
+    """
+    from prunexplain.runs import Run
+    from prunexplain.train import train_stage
+
+    with user_errors():
+        if (reference is None) != (reference_run is None):
+            raise UserError("give both the reference JSON and a RUN_NAME, e.g. training_config.json run8")
+        ref = (reference, reference_run) if reference else None
+        settings = _settings(config, overrides, name or reference_run, ref)
+        result = train_stage(settings, Run(settings.run_dir))
+        if result is not None:
+            typer.echo(result.summary())
+
+
+@app.command()
+def prune(
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    name: NameOption = None,
+    methods: Annotated[
+        Optional[list[str]], typer.Option("--method", "-m", help="Pruning method; repeatable. Default: the study's two.")
+    ] = None,
+    rates: Annotated[
+        Optional[list[float]], typer.Option("--rate", "-r", help="Compression rate; repeatable, > 1, increasing.")
+    ] = None,
+) -> None:
+    """Prune the trained model step by step to each compression rate, fine-tuning after each step.
+
+    Methods: local_magnitude_unstructured, local_random_unstructured (the study's),
+    global_magnitude_unstructured, local_l1_structured, local_random_structured.
+    Writes runs/<name>/prune/<method>/cr_<rate>/model.pt and results.csv; resumes where it stopped.
+    """
+    from prunexplain.pruning.schedule import prune_stage
+    from prunexplain.runs import Run
+
+    with user_errors():
+        extra = [f"prune.methods={list(methods)!r}".replace("'", '"')] if methods else []
+        extra += [f"prune.rates={list(rates)!r}"] if rates else []
+        settings = _settings(config, [*(overrides or []), *extra], name)
+        typer.echo(prune_stage(settings, Run(settings.run_dir)).summary())
+
+
+@app.command()
+def run(config: ConfigOption = None, overrides: SetOption = None, name: NameOption = None) -> None:
+    """Run every stage in order over runs/<name>, skipping stages already done with the same settings."""
+    from prunexplain.pipeline import run_pipeline
+    from prunexplain.runs import Run
+
+    with user_errors():
+        settings = _settings(config, overrides, name)
+        report = run_pipeline(settings, Run(settings.run_dir))
+        typer.echo(report)
+
+
+def main() -> None:
+    app()
