@@ -20,7 +20,7 @@ def _run_schedule(name: str, rates, seed: int = 0, scope: str = "conv"):
     measured = []
     for step, rate in enumerate(rates):
         masks = compute_masks(METHODS[name], weights, masks, rate, torch.Generator().manual_seed(seed * 100 + step))
-        apply_masks(weights, masks)
+        apply_masks(model, masks)
         measured.append(count_nonzero(model, weights)["measured_rate_scope"])
     return model, masks, measured
 

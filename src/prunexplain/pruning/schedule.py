@@ -21,8 +21,9 @@ from torch import nn
 
 from prunexplain.config import Settings, UserError
 from prunexplain.models import load_checkpoint, model_settings, save_checkpoint
-from prunexplain.pruning.masks import apply_masks, count_nonzero
+from prunexplain.pruning.masks import apply_masks, channel_masks, count_nonzero
 from prunexplain.pruning.methods import compute_masks, get_method, prunable_weights
+from prunexplain.pruning.plot import plot_accuracy
 from prunexplain.runs import Run, write_csv
 from prunexplain.train import device_for, evaluate, fit, run_loaders
 
@@ -40,13 +41,14 @@ MEASURED_COLUMNS = ("measured_rate_scope", "measured_rate_model", "nonzero_param
 class PruneResult:
     tables: dict[str, Path]
     rows: dict[str, list[dict[str, Any]]]
+    plot: Path
 
     def summary(self) -> str:
         lines = []
         for method, rows in self.rows.items():
             accuracies = ", ".join(f"{r['sparsity']}x {float(r['test_top1_accuracy']):.3f}" for r in rows)
             lines.append(f"{method}: test top-1 {accuracies} ({self.tables[method]})")
-        return "\n".join(lines)
+        return "\n".join([*lines, f"plot: {self.plot}"])
 
 
 def rate_dir(run: Run, method: str, rate: float) -> Path:
@@ -109,12 +111,14 @@ def prune_method(
             continue
         start = time.perf_counter()
         masks = compute_masks(method, weights, masks, rate, torch.Generator().manual_seed(_step_seed(prune.seed, step)))
-        apply_masks(weights, masks)
+        if method.unit == "filter":
+            masks.update(channel_masks(model, masks))
+        apply_masks(model, masks)
         before = evaluate(model, loaders["test"], settings.data, device, settings.train.amp)
         fitted = None
         if prune.max_epochs > 0:
             fitted = fit(model, loaders["train"], loaders["valid"], _finetune_settings(settings, step), settings.data, device,
-                         after_step=lambda: apply_masks(weights, masks), description=f"{name} {rate:g}x")
+                         after_step=lambda: apply_masks(model, masks), description=f"{name} {rate:g}x")
         valid = evaluate(model, loaders["valid"], settings.data, device, settings.train.amp)
         test = evaluate(model, loaders["test"], settings.data, device, settings.train.amp)
         row = {
@@ -155,4 +159,4 @@ def prune_stage(settings: Settings, run: Run) -> PruneResult:
     _, loaders = run_loaders(settings, run, device)
     rows = {name: prune_method(name, settings, run, loaders, device, dense) for name in settings.prune.methods}
     tables = {name: run.path("prune", name, "results.csv") for name in rows}
-    return PruneResult(tables, rows)
+    return PruneResult(tables, rows, plot_accuracy(rows, run.path("prune", "accuracy.png")))
