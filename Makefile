@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PYTHON) -m pytest
 
 demo: $(STAMP)
-	$(VENV)/bin/prunexplain run --name demo
+	$(VENV)/bin/prunexplain run --config examples/demo.toml
 
 bench: $(STAMP)
 	$(PYTHON) -m benchmarks
