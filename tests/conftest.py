@@ -20,6 +20,8 @@ TINY = [
     "train.epochs=2",
     "train.batch_size=16",
     "train.progress=false",
+    "prune.max_epochs=1",
+    "prune.rates=[2, 8]",
 ]
 
 

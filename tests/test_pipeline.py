@@ -8,12 +8,15 @@ def test_run_skips_finished_stages_and_reruns_changed_ones(tmp_path, tiny_datase
     run = Run(settings.run_dir)
     report = run_pipeline(settings, run)
     assert "train: test top-1" in report and str(run.root) in report
+    assert "local_random_unstructured: test top-1 1x" in report and run.path("prune", "accuracy.png").exists()
     model = run.path("train", "model.pt")
     stamp = model.stat().st_mtime_ns
-    assert "train: done (skipped)" in run_pipeline(settings, run)
+    again = run_pipeline(settings, run)
+    assert "train: done (skipped)" in again and "prune: done (skipped)" in again
     assert model.stat().st_mtime_ns == stamp
     changed = tiny_settings(tmp_path, tiny_dataset, "train.epochs=1")
     report = run_pipeline(changed, run)
     assert "data: done (skipped)" in report and "train: test top-1" in report
+    assert "prune: local_magnitude_unstructured" in report  # downstream of train: reruns too
     assert model.stat().st_mtime_ns != stamp
     assert "epochs = 1" in run.path("config.toml").read_text()

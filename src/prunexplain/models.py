@@ -11,6 +11,7 @@ rebuild the architecture, so any stage can load any checkpoint without being tol
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,15 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
     except (KeyError, TypeError, RuntimeError, EOFError) as error:
         raise UserError(f"{path}: not a prunexplain checkpoint ({error})") from None
     return model.to(device).eval(), checkpoint
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file: ties later results to the exact checkpoint they came from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def model_settings(checkpoint: dict[str, Any]) -> ModelSettings:

@@ -111,3 +111,16 @@ def test_a_killed_prune_resumes_at_the_first_unfinished_rate(tmp_path, tiny_data
     with open(killed.path("prune", "local_random_unstructured", "results.csv")) as handle:
         assert [r["sparsity"] for r in csv.DictReader(handle)] == ["1", "2", "4", "8"]
     assert not list(killed.root.rglob("*.tmp"))
+
+
+def test_finished_rates_are_reused_only_for_the_same_dense_model(tmp_path, tiny_dataset, trained):
+    run = _copy_run(trained, tmp_path)
+    settings = tiny_settings(tmp_path, tiny_dataset, 'prune.methods=["local_magnitude_unstructured"]')
+    prune_stage(settings, run)
+    checkpoint = run.path("prune", "local_magnitude_unstructured", "cr_8", "model.pt")
+    stamp = checkpoint.stat().st_mtime_ns
+    prune_stage(settings, run)
+    assert checkpoint.stat().st_mtime_ns == stamp
+    train_stage(tiny_settings(tmp_path, tiny_dataset, "train.seed=5"), run)  # another dense model
+    prune_stage(settings, run)
+    assert checkpoint.stat().st_mtime_ns != stamp

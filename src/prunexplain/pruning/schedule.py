@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from prunexplain.config import Settings, UserError
-from prunexplain.models import load_checkpoint, model_settings, save_checkpoint
+from prunexplain.models import file_digest, load_checkpoint, model_settings, save_checkpoint
 from prunexplain.pruning.masks import apply_masks, channel_masks, count_nonzero
 from prunexplain.pruning.methods import compute_masks, get_method, prunable_weights
 from prunexplain.pruning.plot import plot_accuracy
@@ -95,7 +95,7 @@ def prune_method(
     method, prune = get_method(name), settings.prune
     model, checkpoint = load_checkpoint(dense, device)
     meta = checkpoint["meta"]
-    fingerprint = settings.fingerprint("data", "model", "train", "prune")
+    fingerprint = settings.fingerprint("data", "model", "train", "prune") + file_digest(dense)[:16]
     weights = prunable_weights(model, prune.scope)
     masks = {k: torch.ones_like(w, dtype=torch.bool, device="cpu") for k, w in weights.items()}
     rows = [{**_dense_row(name, meta), "nonzero_params": count_nonzero(model, weights)["nonzero_params"]}]
