@@ -78,6 +78,21 @@ def data_synthetic(
         typer.echo(f"{info.images} images of {len(info.classes)} classes in {dest}")
 
 
+@data_app.command("imagenette")
+def data_imagenette(
+    size: Annotated[str, typer.Option(help="Archive: full, 320 or 160 (shorter side in pixels).")] = "320",
+    dest: Annotated[Path, typer.Option(help="Folder to download and extract into.")] = Path("data"),
+    url: Annotated[Optional[str], typer.Option(help="Mirror URL of the archive (default: fast.ai's).")] = None,
+    md5: Annotated[Optional[str], typer.Option(help="Expected MD5 with --url (default: the published one).")] = None,
+) -> None:
+    """Download Imagenette (resumes a partial download, verifies the MD5, extracts safely)."""
+    from prunexplain.data.imagenette import download
+
+    with user_errors():
+        folder = download(size, dest, url, md5)
+        typer.echo(f"Imagenette in {folder}; train with --set data.dataset=imagenette --set data.root=\"{folder}\"")
+
+
 @app.command()
 def train(
     reference: Annotated[

@@ -24,7 +24,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from prunexplain.config import DataSettings, Settings, TrainSettings, UserError
-from prunexplain.data import dataset_root
+from prunexplain.data import class_names, dataset_root
 from prunexplain.data.loaders import Splits, image_dataset, load_splits, prepare
 from prunexplain.models import build_model, save_checkpoint
 from prunexplain.runs import Run, append_json_array, write_csv, write_json, write_text
@@ -336,7 +336,7 @@ def _datasets_on_main_first(settings: Settings, run: Run, procs: Processes):
 
     def prepare_all(progress: bool):
         root = dataset_root(settings.data, run.root, progress)
-        splits = load_splits(root, settings.data.split_seed)
+        splits = load_splits(root, settings.data.split_seed, class_names(settings.data))
         names = ("train", "valid", "test")
         return splits, {name: image_dataset(getattr(splits, name), settings.data, root, name, progress) for name in names}
 

@@ -23,3 +23,12 @@ def dataset_root(data: DataSettings, run_root: Path, progress: bool = True) -> P
     if not data.root.is_dir():
         raise UserError(f"data.root: no such folder {data.root}")
     return data.root
+
+
+def class_names(data: DataSettings) -> dict[str, str] | None:
+    """Folder name -> label for datasets whose folders are not named by label (Imagenette)."""
+    if data.dataset == "imagenette":
+        from prunexplain.data.imagenette import CLASSES
+
+        return CLASSES
+    return None

@@ -60,9 +60,12 @@ class Splits:
     test: ImageSet
 
 
-def scan_split(root: Path, split: str) -> ImageSet:
-    """One split folder (`train` or `val`) of an ImageFolder tree, with masks when `masks/` exists."""
-    samples, classes = scan_image_folder(Path(root) / split)
+def scan_split(root: Path, split: str, class_names: dict[str, str] | None = None) -> ImageSet:
+    """One split folder (`train` or `val`) of an ImageFolder tree, with masks when `masks/` exists.
+
+    `class_names` maps folder names to labels (Imagenette's WordNet ids); None: folders are labels.
+    """
+    samples, classes = scan_image_folder(Path(root) / split, class_names)
     paths = tuple(Path(p) for p, _ in samples)
     mask_root = Path(root) / "masks" / split
     masks = tuple(mask_root / p.relative_to(Path(root) / split) for p in paths) if mask_root.is_dir() else None
@@ -75,9 +78,9 @@ def split_sizes(n: int) -> tuple[int, int]:
     return test, n - test
 
 
-def load_splits(root: Path, split_seed: int = 69) -> Splits:
+def load_splits(root: Path, split_seed: int = 69, class_names: dict[str, str] | None = None) -> Splits:
     """train/ for training; val/ split into test and valid with `random_split` seeded as the study."""
-    train, val = scan_split(root, "train"), scan_split(root, "val")
+    train, val = scan_split(root, "train", class_names), scan_split(root, "val", class_names)
     generator = torch.Generator().manual_seed(split_seed)
     test_idx, valid_idx = torch.utils.data.random_split(range(len(val)), split_sizes(len(val)), generator)
     return Splits(train, val.subset(list(valid_idx)), val.subset(list(test_idx)))

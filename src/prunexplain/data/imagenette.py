@@ -1,0 +1,128 @@
+"""Imagenette: its labels and a resumable, verified download.
+
+The archives and their MD5 checksums are the ones fast.ai publishes (torchvision lists the same).
+A download goes to `<archive>.part` and resumes from there with an HTTP Range request; the file
+becomes the archive only once its checksum matches; extraction goes to a temp folder renamed at
+the end, with tarfile's `data` filter (no absolute paths, links or devices outside the folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tarfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from prunexplain.config import UserError
+
+log = logging.getLogger(__name__)
+
+# WordNet-id folders -> the study's class labels (sorted ids give the labels' order).
+CLASSES: dict[str, str] = {
+    "n01440764": "0-fish",
+    "n02102040": "1-dog",
+    "n02979186": "2-cassetteplayer",
+    "n03000684": "3-chainsaw",
+    "n03028079": "4-church",
+    "n03394916": "5-frenchhorn",
+    "n03417042": "6-garbagetruck",
+    "n03425413": "7-gaspump",
+    "n03445777": "8-golfball",
+    "n03888605": "9-parachute",
+}
+
+_BASE = "https://s3.amazonaws.com/fast-ai-imageclas"
+ARCHIVES: dict[str, tuple[str, str]] = {
+    "full": (f"{_BASE}/imagenette2.tgz", "fe2fc210e6bb7c5664d602c3cd71e612"),
+    "320": (f"{_BASE}/imagenette2-320.tgz", "3df6f0d01a2c9592104656642f5e78a3"),
+    "160": (f"{_BASE}/imagenette2-160.tgz", "e793b78cc4c9e9a4ccc0c1155377a412"),
+}
+_CHUNK = 1 << 20
+
+
+def download(size: str, dest: Path, url: str | None = None, md5: str | None = None, progress: bool = True) -> Path:
+    """Download, verify and extract one Imagenette archive into `dest`; returns the dataset folder.
+
+    `url` and `md5` replace the published ones (a mirror, or a test server). Work already done is
+    skipped: an extracted folder returns at once, a verified archive is not fetched again, and a
+    partial download resumes.
+    """
+    if size not in ARCHIVES:
+        raise UserError(f"--size: unknown Imagenette size {size!r} (sizes: {', '.join(ARCHIVES)})")
+    url, md5 = url or ARCHIVES[size][0], md5 or ARCHIVES[size][1]
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / url.rsplit("/", 1)[-1]
+    folder = dest / archive.name.removesuffix(".tgz").removesuffix(".tar.gz")
+    if folder.is_dir():
+        log.info("Imagenette already in %s", folder)
+        return folder
+    if not (archive.exists() and _md5(archive) == md5):
+        part = archive.with_name(archive.name + ".part")
+        _fetch(url, part, progress)
+        found = _md5(part)
+        if found != md5:
+            part.unlink()
+            raise UserError(f"{archive}: checksum mismatch (expected md5 {md5}, got {found}); the download was removed")
+        os.replace(part, archive)
+    _extract(archive, folder)
+    log.info("Imagenette extracted to %s", folder)
+    return folder
+
+
+def _fetch(url: str, part: Path, progress: bool) -> None:
+    """Append the rest of `url` to `part`, starting over when the server ignores the Range header."""
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as error:
+        if error.code == 416:  # nothing left to fetch: the part file is complete
+            return
+        raise UserError(f"{url}: download failed (HTTP {error.code} {error.reason})") from None
+    except (urllib.error.URLError, OSError) as error:
+        raise UserError(f"{url}: download failed ({getattr(error, 'reason', error)}); run again to resume") from None
+    with response:
+        if have and response.status != 206:
+            have = 0  # the server sent the whole file
+        total = have + int(response.headers.get("Content-Length") or 0)
+        bar = tqdm(total=total or None, initial=have, unit="B", unit_scale=True, desc=part.name, disable=not progress)
+        try:
+            with open(part, "ab" if have else "wb") as out, bar:
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        except OSError as error:
+            raise UserError(f"{url}: download interrupted ({error}); {part} is kept, run again to resume") from None
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while block := handle.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _extract(archive: Path, folder: Path) -> None:
+    """Extract into a temp folder, then move the dataset folder into place in one rename."""
+    tmp = folder.with_name(f".{folder.name}.extracting")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{archive}: cannot extract ({error})") from None
+    inner = tmp / folder.name
+    if not inner.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{archive}: expected a top folder {folder.name}/ inside the archive")
+    os.replace(inner, folder)
+    shutil.rmtree(tmp)

@@ -1,0 +1,158 @@
+"""The Imagenette download against a local HTTP server serving a small archive made here."""
+
+import hashlib
+import io
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from prunexplain.cli import app
+from prunexplain.config import UserError
+from prunexplain.data.imagenette import CLASSES, download
+from prunexplain.data.loaders import load_splits
+from prunexplain.runs import Run
+from prunexplain.train import train_stage
+from tests.conftest import tiny_settings
+
+
+def _archive() -> bytes:
+    """imagenette2-160/{train,val}/<wnid>/*.JPEG: 2 train and 3 val images per class."""
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(0)
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for split, count in (("train", 2), ("val", 3)):
+            for wnid in CLASSES:
+                for i in range(count):
+                    image = io.BytesIO()
+                    Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(image, "JPEG")
+                    info = tarfile.TarInfo(f"imagenette2-160/{split}/{wnid}/{wnid}_{i}.JPEG")
+                    info.size = image.tell()
+                    image.seek(0)
+                    tar.addfile(info, image)
+    return buffer.getvalue()
+
+
+ARCHIVE = _archive()
+MD5 = hashlib.md5(ARCHIVE).hexdigest()
+
+
+class _Server:
+    """Serves `payload` at /imagenette2-160.tgz; honours Range requests unless told not to."""
+
+    def __init__(self, payload: bytes, ranges: bool = True) -> None:
+        self.payload, self.ranges, self.requests = payload, ranges, []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                outer.requests.append(self.headers.get("Range"))
+                start = 0
+                if outer.ranges and self.headers.get("Range"):
+                    start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-"))
+                    if start >= len(outer.payload):
+                        self.send_response(416)
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(outer.payload) - 1}/{len(outer.payload)}")
+                else:
+                    self.send_response(200)
+                body = outer.payload[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/imagenette2-160.tgz"
+
+    def __enter__(self):
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_download_verifies_extracts_and_the_split_reads_it(tmp_path):
+    with _Server(ARCHIVE) as server:
+        folder = download("160", tmp_path, server.url, MD5, progress=False)
+    assert folder == tmp_path / "imagenette2-160" and server.requests == [None]
+    splits = load_splits(folder, 69, CLASSES)
+    assert splits.train.classes == tuple(CLASSES.values()) and splits.train.classes[0] == "0-fish"
+    assert (len(splits.train), len(splits.test), len(splits.valid)) == (20, 21, 9)
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*extracting"))
+
+
+def test_a_partial_download_resumes_with_a_range_request(tmp_path):
+    half = len(ARCHIVE) // 2
+    (tmp_path / "imagenette2-160.tgz.part").write_bytes(ARCHIVE[:half])
+    with _Server(ARCHIVE) as server:
+        download("160", tmp_path, server.url, MD5, progress=False)
+    assert server.requests == [f"bytes={half}-"]
+    assert (tmp_path / "imagenette2-160.tgz").read_bytes() == ARCHIVE
+
+
+def test_a_server_that_ignores_ranges_makes_it_start_over(tmp_path):
+    (tmp_path / "imagenette2-160.tgz.part").write_bytes(b"stale bytes")
+    with _Server(ARCHIVE, ranges=False) as server:
+        download("160", tmp_path, server.url, MD5, progress=False)
+    assert (tmp_path / "imagenette2-160.tgz").read_bytes() == ARCHIVE
+
+
+def test_finished_work_is_not_done_again(tmp_path):
+    with _Server(ARCHIVE) as server:
+        download("160", tmp_path, server.url, MD5, progress=False)
+        download("160", tmp_path, server.url, MD5, progress=False)
+        assert len(server.requests) == 1
+        (tmp_path / "imagenette2-160").rename(tmp_path / "moved")  # archive kept: extraction only
+        download("160", tmp_path, server.url, MD5, progress=False)
+        assert len(server.requests) == 1 and (tmp_path / "imagenette2-160" / "val").is_dir()
+
+
+def test_a_wrong_checksum_removes_the_download(tmp_path):
+    with _Server(ARCHIVE) as server, pytest.raises(UserError, match=f"checksum mismatch \\(expected md5 {'0' * 32}, got {MD5}"):
+        download("160", tmp_path, server.url, "0" * 32, progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_corrupt_archive_and_an_unreachable_server_are_named(tmp_path):
+    junk = b"this is not a gzip file" * 100
+    with _Server(junk) as server, pytest.raises(UserError, match="imagenette2-160.tgz: cannot extract"):
+        download("160", tmp_path, server.url, hashlib.md5(junk).hexdigest(), progress=False)
+    assert not (tmp_path / "imagenette2-160").exists()
+    with _Server(ARCHIVE) as server:
+        url = server.url
+    with pytest.raises(UserError, match=f"{url}: download failed"):
+        download("160", tmp_path / "other", url, MD5, progress=False)
+
+
+def test_the_cli_downloads_and_names_bad_input(tmp_path):
+    runner = CliRunner()
+    with _Server(ARCHIVE) as server:
+        result = runner.invoke(app, ["data", "imagenette", "--size", "160", "--dest", str(tmp_path),
+                                     "--url", server.url, "--md5", MD5])
+    assert result.exit_code == 0, result.output
+    assert f"Imagenette in {tmp_path / 'imagenette2-160'}" in result.output
+    result = runner.invoke(app, ["data", "imagenette", "--size", "100", "--dest", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "error: --size: unknown Imagenette size '100' (sizes: full, 320, 160)" in result.output
+
+
+def test_a_run_trains_on_the_downloaded_folder(tmp_path):
+    with _Server(ARCHIVE) as server:
+        folder = download("160", tmp_path, server.url, MD5, progress=False)
+    settings = tiny_settings(tmp_path, folder, 'data.dataset="imagenette"', "train.epochs=1")
+    result = train_stage(settings, Run(settings.run_dir))
+    assert result.epochs_trained == 1
+    meta = torch.load(settings.run_dir / "train" / "model.pt", weights_only=True)["meta"]
+    assert meta["classes"] == list(CLASSES.values())
