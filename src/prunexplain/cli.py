@@ -97,7 +97,9 @@ def data_imagenette(
 def train(
     reference: Annotated[
         Optional[Path],
-        typer.Argument(help="The study's named-run JSON (training_config.json); needs RUN_NAME.", exists=True),
+        typer.Argument(
+            metavar="REFERENCE_JSON", help="The study's named-run JSON (training_config.json); needs RUN_NAME.", exists=True
+        ),
     ] = None,
     reference_run: Annotated[Optional[str], typer.Argument(metavar="RUN_NAME", help="Run in that JSON.")] = None,
     config: ConfigOption = None,
