@@ -2,6 +2,8 @@
 
 import hashlib
 import io
+import re
+import shutil
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,17 +45,21 @@ MD5 = hashlib.md5(ARCHIVE).hexdigest()
 
 
 class _Server:
-    """Serves `payload` at /imagenette2-160.tgz; honours Range requests unless told not to."""
+    """Serves `payload` at /imagenette2-160.tgz and records each request's Range header.
 
-    def __init__(self, payload: bytes, ranges: bool = True) -> None:
-        self.payload, self.ranges, self.requests = payload, ranges, []
+    Modes: "ranges" honours Range requests; "no-ranges" always sends the whole file (status 200);
+    "truncate" announces the whole length but drops the connection halfway.
+    """
+
+    def __init__(self, payload: bytes, mode: str = "ranges") -> None:
+        self.payload, self.mode, self.requests = payload, mode, []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
                 outer.requests.append(self.headers.get("Range"))
                 start = 0
-                if outer.ranges and self.headers.get("Range"):
+                if outer.mode == "ranges" and self.headers.get("Range"):
                     start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-"))
                     if start >= len(outer.payload):
                         self.send_response(416)
@@ -66,6 +72,8 @@ class _Server:
                 body = outer.payload[start:]
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if outer.mode == "truncate":
+                    body, self.close_connection = body[: len(body) // 2], True
                 self.wfile.write(body)
 
             def log_message(self, *args):
@@ -75,12 +83,20 @@ class _Server:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/imagenette2-160.tgz"
 
     def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        # A short poll interval: shutdown() waits for it, and the default 0.5 s would dominate the tests.
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
         return self
 
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _tree(tmp_path):
+    """The archive's imagenette2-160 folder, extracted here without any download."""
+    with tarfile.open(fileobj=io.BytesIO(ARCHIVE)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    return tmp_path / "imagenette2-160"
 
 
 def test_download_verifies_extracts_and_the_split_reads_it(tmp_path):
@@ -91,6 +107,8 @@ def test_download_verifies_extracts_and_the_split_reads_it(tmp_path):
     assert splits.train.classes == tuple(CLASSES.values()) and splits.train.classes[0] == "0-fish"
     assert (len(splits.train), len(splits.test), len(splits.valid)) == (20, 21, 9)
     assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*extracting"))
+    for images in (splits.train, splits.test, splits.valid):
+        assert all(path.parent.name == list(CLASSES)[label] for path, label in zip(images.paths, images.labels))
 
 
 def test_a_partial_download_resumes_with_a_range_request(tmp_path):
@@ -104,9 +122,27 @@ def test_a_partial_download_resumes_with_a_range_request(tmp_path):
 
 def test_a_server_that_ignores_ranges_makes_it_start_over(tmp_path):
     (tmp_path / "imagenette2-160.tgz.part").write_bytes(b"stale bytes")
-    with _Server(ARCHIVE, ranges=False) as server:
+    with _Server(ARCHIVE, mode="no-ranges") as server:
         download("160", tmp_path, server.url, MD5, progress=False)
     assert (tmp_path / "imagenette2-160.tgz").read_bytes() == ARCHIVE
+
+
+def test_a_dropped_connection_keeps_the_part_for_the_next_run(tmp_path):
+    with _Server(ARCHIVE, mode="truncate") as server, pytest.raises(UserError, match="download interrupted after"):
+        download("160", tmp_path, server.url, MD5, progress=False)
+    part = tmp_path / "imagenette2-160.tgz.part"
+    half = len(ARCHIVE) // 2
+    assert part.read_bytes() == ARCHIVE[:half]
+    with _Server(ARCHIVE) as server:
+        download("160", tmp_path, server.url, MD5, progress=False)
+    assert server.requests == [f"bytes={half}-"] and (tmp_path / "imagenette2-160" / "train").is_dir()
+
+
+def test_a_complete_part_file_is_verified_not_fetched(tmp_path):
+    (tmp_path / "imagenette2-160.tgz.part").write_bytes(ARCHIVE)
+    with _Server(ARCHIVE) as server:  # answers 416: the range starts past the end
+        folder = download("160", tmp_path, server.url, MD5, progress=False)
+    assert server.requests == [f"bytes={len(ARCHIVE)}-"] and (folder / "val").is_dir()
 
 
 def test_finished_work_is_not_done_again(tmp_path):
@@ -134,6 +170,25 @@ def test_a_corrupt_archive_and_an_unreachable_server_are_named(tmp_path):
         url = server.url
     with pytest.raises(UserError, match=f"{url}: download failed"):
         download("160", tmp_path / "other", url, MD5, progress=False)
+
+
+def test_scan_errors_name_the_folder(tmp_path):
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'absent' / 'train'}: no such folder")):
+        load_splits(tmp_path / "absent", 69, CLASSES)
+    root = _tree(tmp_path)
+    fish = root / "val" / "n01440764"
+    for image in fish.iterdir():
+        image.unlink()
+    with pytest.raises(UserError, match=re.escape(f"{fish}: empty class folder")):
+        load_splits(root, 69, CLASSES)
+    fish.rmdir()
+    (root / "val" / "n99999999").mkdir()
+    mismatch = f"{root / 'val'}: class folders do not match (unknown: ['n99999999'], missing: ['n01440764'])"
+    with pytest.raises(UserError, match=re.escape(mismatch)):
+        load_splits(root, 69, CLASSES)
+    shutil.rmtree(root / "val")
+    with pytest.raises(UserError, match=re.escape(f"{root / 'val'}: no such folder")):
+        load_splits(root, 69, CLASSES)
 
 
 def test_the_cli_downloads_and_names_bad_input(tmp_path):

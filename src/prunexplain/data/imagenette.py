@@ -9,6 +9,7 @@ the end, with tarfile's `data` filter (no absolute paths, links or devices outsi
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -43,6 +44,8 @@ ARCHIVES: dict[str, tuple[str, str]] = {
     "320": (f"{_BASE}/imagenette2-320.tgz", "3df6f0d01a2c9592104656642f5e78a3"),
     "160": (f"{_BASE}/imagenette2-160.tgz", "e793b78cc4c9e9a4ccc0c1155377a412"),
 }
+# The top folder inside each archive, named for the archive rather than for a mirror's URL.
+FOLDERS: dict[str, str] = {"full": "imagenette2", "320": "imagenette2-320", "160": "imagenette2-160"}
 _CHUNK = 1 << 20
 
 
@@ -58,8 +61,8 @@ def download(size: str, dest: Path, url: str | None = None, md5: str | None = No
     url, md5 = url or ARCHIVES[size][0], md5 or ARCHIVES[size][1]
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    archive = dest / url.rsplit("/", 1)[-1]
-    folder = dest / archive.name.removesuffix(".tgz").removesuffix(".tar.gz")
+    folder = dest / FOLDERS[size]
+    archive = dest / f"{FOLDERS[size]}.tgz"
     if folder.is_dir():
         log.info("Imagenette already in %s", folder)
         return folder
@@ -79,30 +82,55 @@ def download(size: str, dest: Path, url: str | None = None, md5: str | None = No
 def _fetch(url: str, part: Path, progress: bool) -> None:
     """Append the rest of `url` to `part`, starting over when the server ignores the Range header."""
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    try:
-        response = urllib.request.urlopen(request, timeout=60)
-    except urllib.error.HTTPError as error:
-        if error.code == 416:  # nothing left to fetch: the part file is complete
-            return
-        raise UserError(f"{url}: download failed (HTTP {error.code} {error.reason})") from None
-    except (urllib.error.URLError, OSError) as error:
-        raise UserError(f"{url}: download failed ({getattr(error, 'reason', error)}); run again to resume") from None
+    response = _open(url, have)
+    if response is None:
+        return
     with response:
         if have and response.status != 206:
-            have = 0  # the server sent the whole file
-        total = have + int(response.headers.get("Content-Length") or 0)
-        bar = tqdm(total=total or None, initial=have, unit="B", unit_scale=True, desc=part.name, disable=not progress)
-        try:
-            with open(part, "ab" if have else "wb") as out, bar:
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        except OSError as error:
-            raise UserError(f"{url}: download interrupted ({error}); {part} is kept, run again to resume") from None
+            log.info("%s ignores Range requests: downloading from the start", url)
+            have = 0
+        length = response.headers.get("Content-Length")
+        expected = int(length) if length else None
+        received = _copy(response, part, have, expected, progress, url)
+    if expected is not None and received < expected:
+        # urllib returns a short body without an error when the connection drops mid-transfer.
+        raise UserError(
+            f"{url}: download interrupted after {have + received} of {have + expected} bytes; "
+            f"{part} is kept, run again to resume"
+        )
+
+
+def _open(url: str, have: int) -> http.client.HTTPResponse | None:
+    """The server's response from byte `have` on; None when the part file already holds everything."""
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        return urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and have:  # range starts at the end: the checksum decides if it is whole
+            return None
+        raise UserError(f"{url}: download failed (HTTP {error.code} {error.reason})") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+        raise UserError(f"{url}: download failed ({getattr(error, 'reason', error)}); run again to resume") from None
+
+
+def _copy(response, part: Path, have: int, expected: int | None, progress: bool, url: str) -> int:
+    """Stream the body into `part` (appending after `have` bytes); returns the bytes received."""
+    total = have + expected if expected is not None else None
+    bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=part.name, disable=not progress)
+    received = 0
+    try:
+        with open(part, "ab" if have else "wb") as out, bar:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    except (OSError, http.client.HTTPException) as error:
+        raise UserError(f"{url}: download interrupted ({error}); {part} is kept, run again to resume") from None
+    return received
 
 
 def _md5(path: Path) -> str:
+    """Hex MD5 of a file read in chunks: the archives are up to 1.5 GB, too big to read at once."""
     digest = hashlib.md5()
     with open(path, "rb") as handle:
         while block := handle.read(_CHUNK):
@@ -126,3 +154,4 @@ def _extract(archive: Path, folder: Path) -> None:
         raise UserError(f"{archive}: expected a top folder {folder.name}/ inside the archive")
     os.replace(inner, folder)
     shutil.rmtree(tmp)
+
