@@ -152,6 +152,53 @@ def prune(
         typer.echo(prune_stage(settings, Run(settings.run_dir)).summary())
 
 
+RunOption = Annotated[
+    Optional[Path],
+    typer.Option("--run", help="Run directory, e.g. runs/demo; its config.toml is read unless --config is given."),
+]
+
+
+def _run_settings(run_dir: Path | None, config: Path | None, overrides: list[str] | None, name: str | None):
+    """Settings of an existing run directory: its resolved config.toml, then the options."""
+    if run_dir is None:
+        return _settings(config, overrides, name)
+    if not run_dir.is_dir():
+        raise UserError(f"--run: no such run directory {run_dir}")
+    saved = run_dir / "config.toml"
+    config = config or (saved if saved.exists() else None)
+    where = [f'run.root="{run_dir.parent}"', f'run.name="{run_dir.name}"']
+    return _settings(config, [*where, *(overrides or [])], None)
+
+
+@app.command("explain")
+def explain_command(
+    run_dir: RunOption = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    name: NameOption = None,
+    models: Annotated[
+        Optional[list[str]], typer.Option("--model", "-m", help="'dense' or '<method>/cr_<rate>'; repeatable. Default: all.")
+    ] = None,
+    images: Annotated[Optional[int], typer.Option(help="Explain the first N test images.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="gradcam, gradcam++, scorecam, layercam, xgradcam, eigencam, hirescam.")] = None,
+    render: Annotated[bool, typer.Option("--render", help="Also write occlusion and heatmap PNGs.")] = False,
+) -> None:
+    """Explain every model of a run (dense and each method x rate) on the same test images.
+
+    Writes runs/<name>/explain/<model>/maps.npy (and PNGs with --render).
+    """
+    from prunexplain.explain.stage import explain_stage
+    from prunexplain.runs import Run
+
+    with user_errors():
+        extra = [f'explain.models={list(models)!r}'.replace("'", '"')] if models else []
+        extra += [f"explain.images={images}"] if images else []
+        extra += [f'explain.method="{method}"'] if method else []
+        extra += ["explain.render=true"] if render else []
+        settings = _run_settings(run_dir, config, [*(overrides or []), *extra], name)
+        typer.echo(explain_stage(settings, Run(settings.run_dir)).summary())
+
+
 @app.command()
 def run(config: ConfigOption = None, overrides: SetOption = None, name: NameOption = None) -> None:
     """Run every stage in order over runs/<name>, skipping stages already done with the same settings."""

@@ -104,6 +104,19 @@ class PruneSettings(_Section):
         return rates
 
 
+class ExplainSettings(_Section):
+    """Explanations of every model of a run on the same test images."""
+
+    method: str = Field("gradcam", description="gradcam (own, batched) or a grad-cam library method")
+    images: int = Field(40, ge=1, description="the first N images of the test split")
+    models: list[str] = Field(default_factory=list, description="[]: all; else 'dense', '<method>/cr_<rate>'")
+    target_layer: str | None = Field(None, description="None: the last layer of model.features")
+    batch_size: int = Field(32, ge=1)
+    render: bool = Field(False, description="also write occlusion and heatmap PNGs")
+    occlusion: float = Field(0.10, gt=0, le=1, description="share of pixels left visible")
+    heatmap_alpha: float = Field(0.5, ge=0, le=1)
+
+
 class RunSettings(_Section):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9._-]+$")
     root: Path = Path("runs")
@@ -115,6 +128,7 @@ class Settings(_Section):
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
     prune: PruneSettings = PruneSettings()
+    explain: ExplainSettings = ExplainSettings()
 
     @property
     def run_dir(self) -> Path:

@@ -123,6 +123,19 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
     return model.to(device).eval(), checkpoint
 
 
+def select_device(name: str) -> torch.device:
+    """`auto`: cuda when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device: unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device={name!r}: CUDA is not available on this machine")
+    return device
+
+
 def file_digest(path: Path) -> str:
     """SHA-256 of a file: ties later results to the exact checkpoint they came from."""
     digest = hashlib.sha256()

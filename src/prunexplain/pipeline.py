@@ -35,6 +35,12 @@ def _prune(settings: Settings, run: Run) -> str:
     return prune_stage(settings, run).summary()
 
 
+def _explain(settings: Settings, run: Run) -> str:
+    from prunexplain.explain.stage import explain_stage
+
+    return explain_stage(settings, run).summary()
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -46,6 +52,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("data", ("data",), _data),
     Stage("train", ("model", "train"), _train),
     Stage("prune", ("prune",), _prune),
+    Stage("explain", ("explain",), _explain),
 )
 
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from prunexplain.config import DataSettings, Settings, TrainSettings, UserError
 from prunexplain.data import class_names, dataset_root
 from prunexplain.data.loaders import Splits, image_dataset, load_splits, prepare
-from prunexplain.models import build_model, save_checkpoint
+from prunexplain.models import build_model, save_checkpoint, select_device
 from prunexplain.runs import Run, append_json_array, write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -77,19 +77,6 @@ class TrainResult:
             f"test top-1 {self.test_top1:.4f}, top-5 {self.test_top5:.4f}, valid {self.valid_accuracy:.4f} "
             f"after {self.epochs_trained} epochs ({self.seconds:.0f} s on {self.device}); model: {self.checkpoint}"
         )
-
-
-def select_device(name: str) -> torch.device:
-    """`auto`: cuda when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"train.device: unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device={name!r}: CUDA is not available on this machine")
-    return device
 
 
 def _autocast(device: torch.device, enabled: bool):

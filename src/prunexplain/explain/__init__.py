@@ -1,0 +1,5 @@
+"""Explanations: batched Grad-CAM (`GradCAM`), other CAM methods (`explain`), rendering."""
+
+from prunexplain.explain.cam import METHODS, GradCAM, explain, upsample
+
+__all__ = ["METHODS", "GradCAM", "explain", "upsample"]

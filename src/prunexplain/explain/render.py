@@ -1,0 +1,74 @@
+"""Pictures of explanations for people: occlusion maps, jet heatmaps and the study's panels.
+
+Images are uint8 `[H, W, 3]` arrays, maps float `[H, W]` at the image's size (`cam.upsample`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from prunexplain.runs import write_with  # noqa: E402
+
+
+def top_pixels(maps: torch.Tensor, share: float = 0.10) -> torch.Tensor:
+    """Boolean masks `[B, H, W]` of exactly round(share * H * W) pixels per map: the highest values,
+    ties broken by pixel index (row-major, earlier first), so equal maps give equal masks."""
+    flat = maps.flatten(1).float()
+    keep = round(share * flat.shape[1])
+    order = torch.argsort(flat, dim=1, descending=True, stable=True)[:, :keep]
+    mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
+    return mask.view(maps.shape)
+
+
+def occlude(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The study's occlusion map: only the masked pixels of the image visible, the rest black."""
+    return np.where(mask[..., None], image, 0).astype(np.uint8)
+
+
+def heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Jet colour map of the map (scaled to 0..1) blended over the image with weight `alpha`."""
+    scaled = (cam - cam.min()) / max(float(cam.max() - cam.min()), 1e-12)
+    colours = plt.get_cmap("jet")(scaled)[..., :3] * 255
+    return np.clip(alpha * colours + (1 - alpha) * image, 0, 255).astype(np.uint8)
+
+
+def save_png(image: np.ndarray, path: Path) -> Path:
+    return write_with(path, lambda handle: Image.fromarray(image).save(handle, format="PNG"))
+
+
+def _pretty(label: str) -> str:
+    """'3-chainsaw' -> 'Chainsaw': the class as the study's titles name it."""
+    return label.split("-", 1)[-1].capitalize()
+
+
+def save_figure(figure, path: Path) -> Path:
+    write_with(path, lambda handle: figure.savefig(handle, format="png"))
+    plt.close(figure)
+    return Path(path)
+
+
+def exp1_panel(left: np.ndarray, original: np.ndarray, right: np.ndarray, label: str, path: Path) -> Path:
+    """Experiment 1: "Algorithm 1 | Original Image | Algorithm 2", titled with the predicted class."""
+    figure, axes = plt.subplots(1, 3, figsize=(9, 3.4), dpi=100)
+    for axis, picture, title in zip(axes, (left, original, right), ("Algorithm 1", "Original Image", "Algorithm 2")):
+        axis.imshow(picture, interpolation="nearest" if picture.shape[0] < 128 else "antialiased")
+        axis.set_title(title, fontsize=12)
+        axis.axis("off")
+    figure.suptitle(f"Both algorithms predict '{_pretty(label)}'", fontsize=14)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def exp2_image(occluded: np.ndarray, path: Path, size: int = 224) -> Path:
+    """Experiment 2: one occluded image, enlarged (nearest pixels) to at least `size` for a screen."""
+    scale = max(1, round(size / occluded.shape[0]))
+    big = Image.fromarray(occluded).resize((occluded.shape[1] * scale, occluded.shape[0] * scale), Image.NEAREST)
+    return save_png(np.asarray(big), path)

@@ -1,0 +1,112 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+from pytorch_grad_cam import GradCAM as LibraryGradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from prunexplain.config import ModelSettings, UserError
+from prunexplain.explain.cam import GradCAM, explain, upsample
+from prunexplain.models import build_model
+from prunexplain.pruning.masks import apply_masks
+from prunexplain.pruning.methods import METHODS, compute_masks, prunable_weights
+
+
+def _model(seed=0, batch_norm=True):
+    torch.manual_seed(seed)
+    model = build_model(10, ModelSettings(width=0.125, pool_size=2, batch_norm=batch_norm)).eval()
+    return model
+
+
+def _library_maps(model, images, layer, classes):
+    targets = [ClassifierOutputTarget(int(c)) for c in classes]
+    with LibraryGradCAM(model=model, target_layers=[layer]) as cam:
+        return cam(input_tensor=images, targets=targets)
+
+
+def _min_max(cam: np.ndarray) -> np.ndarray:
+    cam = cam - cam.min()
+    return cam / (1e-7 + cam.max())
+
+
+def _same_normalisation(raw: torch.Tensor, size: int) -> np.ndarray:
+    """The library's own scaling: min-max per image, cv2's bilinear resize, min-max again."""
+    return np.float32([_min_max(cv2.resize(np.float32(_min_max(cam)), (size, size))) for cam in raw.numpy()])
+
+
+@pytest.mark.parametrize("layer", ["features.43", "features.40", "features.33"])
+def test_maps_match_the_grad_cam_library(layer):
+    model = _model()
+    images = torch.rand(6, 3, 64, 64)
+    classes = torch.tensor([0, 1, 2, 3, 4, 5])
+    with GradCAM(model, layer) as cam:
+        ours = cam(images, classes)
+    reference = _library_maps(model, images, dict(model.named_modules())[layer], classes)
+    assert np.abs(_same_normalisation(ours, 64) - reference).max() < 1e-4
+
+
+def test_default_class_is_the_prediction_and_pruned_models_work():
+    model = _model(batch_norm=False)
+    weights = prunable_weights(model, "conv")
+    ones = {k: torch.ones_like(w, dtype=torch.bool) for k, w in weights.items()}
+    apply_masks(model, compute_masks(METHODS["local_magnitude_unstructured"], weights, ones, 8, torch.Generator()))
+    images = torch.rand(4, 3, 64, 64)
+    with GradCAM(model) as cam:
+        default = cam(images)
+        explicit = cam(images, model(images).argmax(1))
+    assert default.shape == (4, 2, 2) and torch.equal(default, explicit) and (default >= 0).all()
+
+
+def test_hooks_flags_and_mode_are_restored_even_after_an_error():
+    model = _model()
+    model.train()
+    model.classifier.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="boom"):
+        with GradCAM(model) as cam:
+            cam(torch.rand(2, 3, 64, 64))
+            raise RuntimeError("boom")
+    assert all(not m._forward_hooks for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == flags and model.training
+
+
+def test_a_conv_target_before_an_inplace_relu_keeps_its_own_activation():
+    """The in-place ReLU after the last conv must not overwrite the activation the map uses (on the
+    CPU it overwrites the library's stored copy; so the library runs on an out-of-place copy)."""
+    model = _model(batch_norm=False)
+    images, classes = torch.rand(3, 3, 64, 64), torch.tensor([1, 2, 3])
+    with GradCAM(model, "features.28") as cam:
+        ours = cam(images, classes)
+    out_of_place = _model(batch_norm=False)
+    for module in out_of_place.modules():
+        if isinstance(module, torch.nn.ReLU):
+            module.inplace = False
+    reference = _library_maps(out_of_place, images, out_of_place.features[28], classes)
+    assert np.abs(_same_normalisation(ours, 64) - reference).max() < 1e-4
+
+
+def test_many_calls_leave_no_state_behind():
+    model = _model()
+    images = torch.rand(2, 3, 64, 64)
+    with GradCAM(model) as cam:
+        first = cam(images)
+        for _ in range(100):
+            cam(images)
+        assert cam._activation is None
+        assert torch.equal(cam(images), first)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_upsample_and_explain_give_maps_at_image_size():
+    model = _model()
+    images = torch.rand(2, 3, 64, 64)
+    maps = explain(model, images)
+    assert maps.shape == (2, 64, 64) and maps.min() >= 0 and torch.allclose(maps.flatten(1).amax(1), torch.ones(2))
+    assert upsample(torch.ones(1, 2, 2), (8, 8)).shape == (1, 8, 8)
+    for method in ("gradcam++", "layercam", "eigencam"):
+        other = explain(model, images, method)
+        assert other.shape == (2, 64, 64) and 0 <= other.min() and other.max() <= 1.0001
+    with pytest.raises(UserError, match="unknown CAM method 'lime'"):
+        explain(model, images, "lime")
+    with pytest.raises(UserError, match="no layer 'features.99'"):
+        GradCAM(model, "features.99")
