@@ -22,6 +22,7 @@ TINY = [
     "train.progress=false",
     "prune.max_epochs=1",
     "prune.rates=[2, 8]",
+    "explain.images=4",
 ]
 
 
