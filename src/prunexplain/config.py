@@ -246,3 +246,110 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             raise UserError(f"{dotted}: '{part}' is a value, not a section")
         node = child
     node[leaf] = value
+
+
+class AnalysisSettings(_Section):
+    """`prunexplain analyze`: how crowd answers are read, filtered and summarised."""
+
+    models: list[str] = Field(
+        default_factory=list, description="known model names; []: 'nonpruned' and '<rate>pruned' (e.g. 2pruned)"
+    )
+    repeated_items: Literal["keep", "first", "drop"] = Field(
+        "keep",
+        description="a worker answering the same item in two HITs: keep both (the study), the first, or neither",
+    )
+    min_median_work_time: float | None = Field(
+        None, ge=0, description="seconds; leave out workers whose median work time is lower (and report before/after)"
+    )
+    confidence: float = Field(0.95, gt=0, lt=1, description="level of every interval")
+    bootstrap: int = Field(1000, ge=0, description="resamples of items for bootstrap intervals; 0: none")
+    seed: int = Field(0, description="seed of the bootstrap")
+    plots: bool = Field(True, description="write PNG plots")
+
+
+class PairTruth(_Section):
+    """Experiment 1 ground truth of one pair of models for simulated crowds."""
+
+    a: str
+    b: str
+    preference: float = Field(0.5, ge=0, le=1, description="share of attentive, decided answers preferring a")
+    none_share: float = Field(0.3, ge=0, le=1, description="share of attentive answers 'equally reasonable'")
+
+    @field_validator("b")
+    @classmethod
+    def _two_models(cls, value: str, info) -> str:
+        if value == info.data.get("a"):
+            raise ValueError(f"a pair needs two different models, got {value!r} twice")
+        return value
+
+
+class ModelTruth(_Section):
+    """Experiment 2 ground truth of one model for simulated crowds."""
+
+    name: str
+    correct: float = Field(0.85, ge=0, le=1, description="share of attentive answers naming the true class")
+    none_share: float = Field(0.1, ge=0, le=1, description="share of attentive answers 'none'")
+
+    @field_validator("none_share")
+    @classmethod
+    def _at_most_all(cls, value: float, info) -> float:
+        correct = info.data.get("correct")
+        if correct is not None and correct + value > 1:
+            raise ValueError(f"correct + none_share must be <= 1, got {correct:g} + {value:g}")
+        return value
+
+
+def _study_pairs() -> list[PairTruth]:
+    # Close to the published occlusion-map results (experiment 1).
+    return [
+        PairTruth(a="nonpruned", b="2pruned", preference=0.45, none_share=0.54),
+        PairTruth(a="nonpruned", b="32pruned", preference=0.54, none_share=0.26),
+        PairTruth(a="2pruned", b="32pruned", preference=0.55, none_share=0.22),
+    ]
+
+
+def _study_models() -> list[ModelTruth]:
+    # Close to the published experiment 2 results.
+    return [
+        ModelTruth(name="nonpruned", correct=0.86, none_share=0.10),
+        ModelTruth(name="2pruned", correct=0.87, none_share=0.10),
+        ModelTruth(name="32pruned", correct=0.81, none_share=0.13),
+    ]
+
+
+class SimulateSettings(_Section):
+    """`prunexplain study simulate`: a crowd of workers with a known truth, answering in MTurk's format."""
+
+    experiment: Literal["exp1", "exp2"] = "exp1"
+    pairs: list[PairTruth] = Field(default_factory=_study_pairs, description="experiment 1 truth per pair")
+    models: list[ModelTruth] = Field(default_factory=_study_models, description="experiment 2 truth per model")
+    classes: list[str] = Field(
+        default_factory=lambda: [
+            "0-fish", "1-dog", "2-cassetteplayer", "3-chainsaw", "4-church",
+            "5-frenchhorn", "6-garbagetruck", "7-gaspump", "8-golfball", "9-parachute",
+        ],
+        description="class labels of the images (Imagenette's in the study)",
+    )
+    images: int = Field(500, ge=1, description="images per pair (exp1) or per model (exp2)")
+    workers: int = Field(200, ge=1, description="size of the worker pool")
+    answers_per_item: int = Field(
+        5, ge=1, validate_default=True, description="assignments per HIT, each by a different worker"
+    )
+    spammer_share: float = Field(0.05, ge=0, le=1, description="share of workers who answer at random")
+    side_bias: float = Field(
+        0.1, ge=0, le=0.5, description="exp1: mean share of a worker's decisions going to its favourite side"
+    )
+    work_time: float = Field(12.0, gt=0, description="median seconds per answer of attentive workers")
+    spammer_work_time: float = Field(3.0, gt=0, description="median seconds per answer of spammers")
+    seed: int = 0
+    power_target: float = Field(0.8, gt=0, lt=1, description="power the power analysis asks for")
+    power_alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the power analysis")
+    power_sims: int = Field(400, ge=10, description="simulated studies per power check")
+
+    @field_validator("answers_per_item")
+    @classmethod
+    def _fits_pool(cls, value: int, info) -> int:
+        workers = info.data.get("workers")
+        if workers is not None and value > workers:
+            raise ValueError(f"needs at least {value} workers")
+        return value
