@@ -1,0 +1,87 @@
+"""Metrics that ask the model: deletion and insertion curves, and the randomisation sanity check.
+
+Deletion removes the most important pixels first (they turn black) and reads the class
+probability at each step; a faithful map makes it fall fast (low area under the curve). Insertion
+starts from a black image and adds the most important pixels first; a faithful map makes it rise
+fast (high area). All steps of a batch of images run as one batch of model inputs.
+
+The sanity check (Adebayo et al. 2018, cascading model randomisation) re-initialises the model's
+layers from the top down and compares the maps with the trained model's: maps that stay alike
+although the weights no longer mean anything are not explaining the model.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunexplain.evaluate.metrics import spearman_to_dense, MetricInputs
+
+ToInput = Callable[[torch.Tensor], torch.Tensor]  # 0..1 images -> the model's input (normalised)
+Explainer = Callable[[nn.Module, torch.Tensor], np.ndarray]  # model, input -> maps [N, H, W]
+
+
+def _ranks(maps: np.ndarray) -> torch.Tensor:
+    """Importance rank of every pixel (0 = most important; ties by pixel order)."""
+    flat = torch.from_numpy(np.ascontiguousarray(maps.reshape(len(maps), -1)))
+    order = torch.argsort(flat, dim=1, descending=True, stable=True)
+    return torch.empty_like(order).scatter_(1, order, torch.arange(flat.shape[1]).expand_as(order))
+
+
+@torch.no_grad()
+def deletion_insertion(
+    model: nn.Module,
+    images: torch.Tensor,
+    maps: np.ndarray,
+    classes: torch.Tensor,
+    to_input: ToInput,
+    steps: int = 10,
+    batch_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image areas under the deletion and the insertion curve (probability of `classes`).
+
+    `images` are 0..1 `[N, 3, H, W]`; step k of `steps` deletes (inserts) the top k/steps of pixels.
+    """
+    model.eval()
+    n, _, h, w = images.shape
+    ranks = _ranks(maps).view(n, 1, h, w).to(images.device)
+    thresholds = torch.linspace(0, h * w, steps + 1, device=images.device).round()
+    curves = {"deletion": [], "insertion": []}
+    for kind, curve in curves.items():
+        for threshold in thresholds:
+            keep = ranks >= threshold if kind == "deletion" else ranks < threshold
+            inputs = images * keep
+            probabilities = [
+                model(to_input(inputs[i : i + batch_size])).softmax(1) for i in range(0, n, batch_size)
+            ]
+            curve.append(torch.cat(probabilities).gather(1, classes.view(-1, 1))[:, 0].cpu().numpy())
+    area = lambda curve: np.trapezoid(np.stack(curve, 1), dx=1 / steps, axis=1)  # noqa: E731
+    return area(curves["deletion"]), area(curves["insertion"])
+
+
+def _layers_top_down(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return layers[::-1]
+
+
+def randomisation_similarity(
+    model: nn.Module, inputs: torch.Tensor, explainer: Explainer, seed: int = 0
+) -> list[tuple[str, np.ndarray]]:
+    """Spearman similarity of the maps after re-initialising the layers cumulatively from the top,
+    one entry per layer: [(layer name, per-image similarity), ...]. The model itself is untouched."""
+    original = explainer(model, inputs)
+    randomised = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    results = []
+    for name, layer in _layers_top_down(randomised):
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * layer.weight.std().clamp(min=1e-3))
+            if layer.bias is not None:
+                layer.bias.zero_()
+        maps = explainer(randomised, inputs)
+        results.append((name, spearman_to_dense(MetricInputs(maps=maps, reference=original))))
+    return results
