@@ -23,6 +23,7 @@ TINY = [
     "prune.max_epochs=1",
     "prune.rates=[2, 8]",
     "explain.images=4",
+    "evaluate.resamples=200",
 ]
 
 

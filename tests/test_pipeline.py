@@ -10,6 +10,7 @@ def test_run_skips_finished_stages_and_reruns_changed_ones(tmp_path, tiny_datase
     assert "train: test top-1" in report and str(run.root) in report
     assert "local_random_unstructured: test top-1 1x" in report and run.path("prune", "accuracy.png").exists()
     assert "explain: 5 models x 4 images" in report and run.path("explain", "dense", "maps.npy").exists()
+    assert "evaluate: " in report and run.path("evaluate", "metrics.csv").exists()
     model = run.path("train", "model.pt")
     stamp = model.stat().st_mtime_ns
     again = run_pipeline(settings, run)

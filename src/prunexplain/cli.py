@@ -199,6 +199,21 @@ def explain_command(
         typer.echo(explain_stage(settings, Run(settings.run_dir)).summary())
 
 
+@app.command("evaluate")
+def evaluate_command(
+    run_dir: RunOption = None, config: ConfigOption = None, overrides: SetOption = None, name: NameOption = None
+) -> None:
+    """Score the explanations of every model: localisation, faithfulness, agreement with the dense
+    model, complexity and a randomisation sanity check. Writes runs/<name>/evaluate/metrics.csv and .png.
+    """
+    from prunexplain.evaluate.stage import evaluate_stage
+    from prunexplain.runs import Run
+
+    with user_errors():
+        settings = _run_settings(run_dir, config, overrides, name)
+        typer.echo(evaluate_stage(settings, Run(settings.run_dir)).summary())
+
+
 @app.command()
 def run(config: ConfigOption = None, overrides: SetOption = None, name: NameOption = None) -> None:
     """Run every stage in order over runs/<name>, skipping stages already done with the same settings."""

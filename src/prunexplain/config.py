@@ -117,6 +117,16 @@ class ExplainSettings(_Section):
     heatmap_alpha: float = Field(0.5, ge=0, le=1)
 
 
+class EvaluateSettings(_Section):
+    """Automated metrics of every explained model (see prunexplain.evaluate.metrics.METRICS)."""
+
+    steps: int = Field(10, ge=2, description="steps of the deletion and insertion curves")
+    resamples: int = Field(2000, ge=100, description="bootstrap resamples of the 95 % intervals")
+    seed: int = 0
+    sanity: bool = Field(True, description="cascading randomisation check of every model")
+    sanity_threshold: float = Field(0.5, description="flag maps whose Spearman similarity stays above this")
+
+
 class RunSettings(_Section):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9._-]+$")
     root: Path = Path("runs")
@@ -129,6 +139,7 @@ class Settings(_Section):
     train: TrainSettings = TrainSettings()
     prune: PruneSettings = PruneSettings()
     explain: ExplainSettings = ExplainSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
 
     @property
     def run_dir(self) -> Path:

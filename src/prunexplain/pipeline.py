@@ -41,6 +41,12 @@ def _explain(settings: Settings, run: Run) -> str:
     return explain_stage(settings, run).summary()
 
 
+def _evaluate(settings: Settings, run: Run) -> str:
+    from prunexplain.evaluate.stage import evaluate_stage
+
+    return evaluate_stage(settings, run).summary()
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -53,6 +59,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", ("model", "train"), _train),
     Stage("prune", ("prune",), _prune),
     Stage("explain", ("explain",), _explain),
+    Stage("evaluate", ("evaluate",), _evaluate),
 )
 
 

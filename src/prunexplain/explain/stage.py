@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from prunexplain.config import DataSettings, Settings, UserError
 from prunexplain.data import class_names, dataset_root
-from prunexplain.data.loaders import FolderImages, load_splits, prepare
+from prunexplain.data.loaders import FolderImages, ImageSet, load_splits, prepare
 from prunexplain.explain.cam import METHODS, explain
 from prunexplain.explain.render import heatmap, occlude, save_png, top_pixels
 from prunexplain.models import load_checkpoint, select_device
@@ -55,18 +55,27 @@ def _chosen(available: dict[str, Path], wanted: list[str]) -> dict[str, Path]:
     return {name: available[name] for name in wanted} if wanted else available
 
 
-def _test_images(settings: Settings, run: Run, meta: dict) -> tuple[torch.Tensor, list[dict]]:
-    """The first N test images (uint8 `[N,3,H,W]` at the model's size) and a row per image."""
+def explained_images(settings: Settings, run: Run) -> ImageSet:
+    """The images every model is explained on: the first `explain.images` of the test split."""
     root = dataset_root(settings.data, run.root, progress=False)
     test = load_splits(root, settings.data.split_seed, class_names(settings.data)).test
-    count = min(settings.explain.images, len(test))
-    dataset = FolderImages(test.subset(range(count)), meta["data"]["image_size"])
-    images = torch.stack([dataset[i][0] for i in range(count)])
+    return test.subset(range(min(settings.explain.images, len(test))))
+
+
+def stacked(images: ImageSet, size: int) -> torch.Tensor:
+    """The images as one uint8 batch `[N, 3, size, size]`."""
+    dataset = FolderImages(images, size)
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
+
+
+def _test_images(settings: Settings, run: Run, meta: dict) -> tuple[torch.Tensor, list[dict]]:
+    """The explained images as a batch at the model's size, and a row per image."""
+    test = explained_images(settings, run)
     rows = [
-        {"index": i, "path": str(test.paths[i]), "label": test.labels[i], "class": test.classes[test.labels[i]]}
-        for i in range(count)
+        {"index": i, "path": str(path), "label": label, "class": test.classes[label]}
+        for i, (path, label) in enumerate(zip(test.paths, test.labels))
     ]
-    return images, rows
+    return stacked(test, meta["data"]["image_size"]), rows
 
 
 def _maps(model, images, data: DataSettings, settings, device) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,120 @@
+"""The evaluate stage: every metric for every explained model, as one long table and plots.
+
+Reads the explain stage's maps and predictions; writes `evaluate/metrics.csv` with columns
+method, rate, metric, mean, ci_low, ci_high, n (the dense model is method `dense`, rate 1) and
+`evaluate/metrics.png` (each metric, and test accuracy, against compression rate, one line per
+pruning method). Datasets without object masks (Imagenette) skip the localisation metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from prunexplain.config import Settings, UserError
+from prunexplain.data.loaders import decode, prepare
+from prunexplain.evaluate.faithfulness import deletion_insertion, randomisation_similarity
+from prunexplain.evaluate.metrics import METRICS, MetricInputs, bootstrap_mean
+from prunexplain.evaluate.plot import plot_metrics
+from prunexplain.explain.cam import explain
+from prunexplain.explain.stage import explained_images, run_models, stacked
+from prunexplain.models import load_checkpoint, select_device
+from prunexplain.runs import Run, write_csv
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluateResult:
+    table: Path
+    plot: Path
+    rows: list[dict]
+    flagged: list[str]
+
+    def summary(self) -> str:
+        flagged = f"; maps that survive randomisation: {', '.join(self.flagged)}" if self.flagged else ""
+        return f"{len(self.rows)} rows in {self.table}, plot {self.plot}{flagged}"
+
+
+def _method_rate(key: str) -> tuple[str, float]:
+    if key == "dense":
+        return "dense", 1.0
+    method, rate = key.split("/")
+    return method, float(rate.removeprefix("cr_"))
+
+
+def _object_masks(images, size: int) -> np.ndarray | None:
+    if images.masks is None:
+        log.info("evaluate: the dataset has no object masks; localisation metrics skipped")
+        return None
+    return np.stack([decode(path, size)[..., 0] >= 128 for path in images.masks])
+
+
+def _per_image(settings: Settings, run: Run, key: str, path: Path, inputs: MetricInputs, images) -> dict:
+    """Every metric of one model, per image."""
+    values = {
+        name: metric.function(inputs)
+        for name, metric in METRICS.items()
+        if metric.needs == "" or getattr(inputs, metric.needs) is not None
+    }
+    device = select_device(settings.train.device)
+    model, checkpoint = load_checkpoint(path, device)
+    data = settings.data.model_copy(update={"normalize": checkpoint["meta"]["data"]["normalize"]})
+    to_input = lambda x: prepare(x * 255, data)  # noqa: E731  (prepare scales 0..255 to 0..1)
+    classes = torch.from_numpy(np.load(run.path("explain", key, "predictions.npy"))).to(device)
+    x01 = images.to(device).float() / 255
+    values["deletion_auc"], values["insertion_auc"] = deletion_insertion(
+        model, x01, inputs.maps, classes, to_input, settings.evaluate.steps, settings.explain.batch_size
+    )
+    if settings.evaluate.sanity:
+        explainer = lambda m, x: explain(m, x, "gradcam", target_layer=settings.explain.target_layer).cpu().numpy()  # noqa: E731
+        cascade = randomisation_similarity(model, to_input(x01), explainer, settings.evaluate.seed)
+        values["sanity_spearman_top_layer"] = cascade[0][1]
+        values["sanity_spearman_all_layers"] = cascade[-1][1]
+    return values
+
+
+def evaluate_stage(settings: Settings, run: Run) -> EvaluateResult:
+    """Score the maps of every model the explain stage wrote."""
+    models = {k: p for k, p in run_models(run).items() if run.path("explain", k, "maps.npy").exists()}
+    if "dense" not in models:
+        raise UserError("evaluate: no Grad-CAM maps of the dense model; run `prunexplain explain` first")
+    dense_maps = np.load(run.path("explain", "dense", "maps.npy"))
+    images = explained_images(settings, run)
+    if len(images) != len(dense_maps):
+        raise UserError(f"evaluate: explain/ holds maps of {len(dense_maps)} images, settings ask for "
+                        f"{len(images)} (explain.images); run `prunexplain explain` again")
+    size = dense_maps.shape[-1]
+    batch, masks = stacked(images, size), _object_masks(images, size)
+    rows, flagged = [], []
+    for key, path in tqdm(models.items(), desc="evaluate", unit="model", disable=not settings.train.progress):
+        maps = np.load(run.path("explain", key, "maps.npy"))
+        inputs = MetricInputs(maps=maps, masks=masks, reference=None if key == "dense" else dense_maps,
+                              share=settings.explain.occlusion)
+        method, rate = _method_rate(key)
+        for metric, values in _per_image(settings, run, key, path, inputs, batch).items():
+            mean, low, high = bootstrap_mean(values, settings.evaluate.seed, settings.evaluate.resamples)
+            rows.append({"method": method, "rate": rate, "metric": metric, "mean": mean,
+                         "ci_low": low, "ci_high": high, "n": len(values)})
+            if metric == "sanity_spearman_all_layers" and mean > settings.evaluate.sanity_threshold:
+                flagged.append(key)
+    table = write_csv(run.path("evaluate", "metrics.csv"), rows)
+    plot = plot_metrics(rows, _accuracies(run), run.path("evaluate", "metrics.png"))
+    if flagged:
+        log.warning("maps that survive model randomisation (not explaining the model): %s", ", ".join(flagged))
+    return EvaluateResult(table, plot, rows, flagged)
+
+
+def _accuracies(run: Run) -> dict[str, list[tuple[float, float]]]:
+    """Test top-1 against rate per pruning method, from the prune stage's tables."""
+    curves = {}
+    for table in sorted(run.path("prune").glob("*/results.csv")):
+        with open(table) as handle:
+            curves[table.parent.name] = [(float(r["sparsity"]), float(r["test_top1_accuracy"])) for r in csv.DictReader(handle)]
+    return curves

@@ -1,0 +1,46 @@
+import csv
+import shutil
+
+import pytest
+
+from prunexplain.config import UserError
+from prunexplain.evaluate.stage import evaluate_stage
+from prunexplain.explain.stage import explain_stage
+from prunexplain.pruning.schedule import prune_stage
+from prunexplain.runs import Run
+from prunexplain.train import train_stage
+from tests.conftest import tiny_settings
+
+
+def test_every_metric_of_every_model_lands_in_the_long_table(tmp_path, tiny_dataset):
+    settings = tiny_settings(tmp_path, tiny_dataset, "train.epochs=1", "evaluate.resamples=200",
+                             'prune.methods=["local_magnitude_unstructured"]')
+    run = Run(settings.run_dir)
+    with pytest.raises(UserError, match="run `prunexplain explain` first"):
+        evaluate_stage(settings, run)
+    train_stage(settings, run)
+    prune_stage(settings, run)
+    explain_stage(settings, run)
+    result = evaluate_stage(settings, run)
+    with open(result.table) as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["method", "rate", "metric", "mean", "ci_low", "ci_high", "n"]
+    dense = {r["metric"] for r in rows if r["method"] == "dense"}
+    pruned = {r["metric"] for r in rows if r["rate"] == "8.0"}
+    assert {"energy_pointing_game", "deletion_auc", "insertion_auc", "sanity_spearman_all_layers", "gini"} <= dense
+    assert pruned == dense | {"spearman_to_dense", "top10_iou_dense", "ssim_to_dense"}
+    assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) and r["n"] == "4" for r in rows)
+    assert result.plot.exists() and result.plot.stat().st_size > 10_000
+
+
+def test_datasets_without_masks_skip_localisation(tmp_path, tiny_dataset):
+    copy = tmp_path / "nomasks"
+    shutil.copytree(tiny_dataset, copy)
+    shutil.rmtree(copy / "masks")
+    settings = tiny_settings(tmp_path, copy, "train.epochs=1", "prune.rates=[2]", "evaluate.sanity=false",
+                             'prune.methods=["local_magnitude_unstructured"]', "evaluate.resamples=200")
+    run = Run(settings.run_dir)
+    train_stage(settings, run)
+    explain_stage(settings, run)
+    metrics = {r["metric"] for r in evaluate_stage(settings, run).rows}
+    assert "energy_pointing_game" not in metrics and "deletion_auc" in metrics and "entropy" in metrics
