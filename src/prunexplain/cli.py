@@ -226,5 +226,120 @@ def run(config: ConfigOption = None, overrides: SetOption = None, name: NameOpti
         typer.echo(report)
 
 
+analyze_app = typer.Typer(
+    help="Analyse crowd answers: MTurk batch results, the study's preprocessed files or the self-hosted export.",
+    no_args_is_help=True,
+)
+app.add_typer(analyze_app, name="analyze")
+
+AnswerFiles = Annotated[
+    list[Path],
+    typer.Argument(
+        exists=True, dir_okay=False, metavar="FILE", help="Answer CSVs (raw MTurk batch results or preprocessed)."
+    ),
+]
+AnalyzeOut = Annotated[
+    Optional[Path],
+    typer.Option("--out", "-o", help="Folder for summary.json, workers.csv, PNGs. Default: analysis/<exp>."),
+]
+MinWorkTime = Annotated[
+    Optional[float],
+    typer.Option("--min-work-time", help="Also report results without workers whose median work time (s) is lower."),
+]
+RepeatedItems = Annotated[
+    Optional[str], typer.Option(help="A worker's repeated item (another HIT): keep (the study's count), first, drop.")
+]
+KnownModels = Annotated[
+    Optional[list[str]],
+    typer.Option("--model", "-m", help="Known model name; repeatable. Default: nonpruned, <rate>pruned."),
+]
+Bootstrap = Annotated[
+    Optional[int], typer.Option(help="Bootstrap resamples of items for intervals (0: none). Default 1000.")
+]
+AnalyzeSeed = Annotated[Optional[int], typer.Option(help="Seed of the bootstrap.")]
+Plots = Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")]
+
+
+def _analyze(experiment: str, files, out, min_work_time, repeated_items, models, bootstrap, seed, plots) -> None:
+    from prunexplain.analysis.stage import analysis_settings, analyze
+
+    with user_errors():
+        settings = analysis_settings(
+            min_median_work_time=min_work_time, repeated_items=repeated_items, models=models or None,
+            bootstrap=bootstrap, seed=seed, plots=plots,
+        )
+        result = analyze(experiment, files, settings, out or Path("analysis") / experiment)
+        typer.echo(result.markdown)
+        typer.echo(f"Wrote {', '.join(path.name for path in result.written)} to {result.out_dir}")
+
+
+@analyze_app.command("exp1")
+def analyze_exp1(
+    files: AnswerFiles,
+    out: AnalyzeOut = None,
+    min_work_time: MinWorkTime = None,
+    repeated_items: RepeatedItems = None,
+    models: KnownModels = None,
+    bootstrap: Bootstrap = None,
+    seed: AnalyzeSeed = None,
+    plots: Plots = True,
+) -> None:
+    """Experiment 1, which explanation is more reasonable: 'equally reasonable' shares, preferences per
+    pair with chi-square, binomial and Holm-corrected tests, per-class tables, Krippendorff's alpha.
+    """
+    _analyze("exp1", files, out, min_work_time, repeated_items, models, bootstrap, seed, plots)
+
+
+@analyze_app.command("exp2")
+def analyze_exp2(
+    files: AnswerFiles,
+    out: AnalyzeOut = None,
+    min_work_time: MinWorkTime = None,
+    repeated_items: RepeatedItems = None,
+    models: KnownModels = None,
+    bootstrap: Bootstrap = None,
+    seed: AnalyzeSeed = None,
+    plots: Plots = True,
+) -> None:
+    """Experiment 2, what is on the picture: accuracy per model and class, 'none' shares, confusion
+    matrices, Krippendorff's alpha, Cochran's Q and McNemar tests on the same images.
+    """
+    _analyze("exp2", files, out, min_work_time, repeated_items, models, bootstrap, seed, plots)
+
+
+study_app = typer.Typer(help="Human studies: simulated crowds with a known truth.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("simulate")
+def study_simulate(
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", "-c", exists=True, dir_okay=False, help="TOML file; its 'simulate' table holds the settings."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write into.")] = Path("simulated"),
+    experiment: Annotated[Optional[str], typer.Option(help="exp1 (default) or exp2.")] = None,
+    images: Annotated[Optional[int], typer.Option(help="Images per pair (exp1) or per model (exp2).")] = None,
+    answers_per_item: Annotated[Optional[int], typer.Option(help="Assignments per HIT.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Size of the worker pool.")] = None,
+    spammer_share: Annotated[Optional[float], typer.Option(help="Share of workers answering at random.")] = None,
+    item_correlation: Annotated[Optional[float], typer.Option(help="How much items differ (0: alike).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the simulation.")] = None,
+    power: Annotated[bool, typer.Option("--power/--no-power", help="Exp1: also run the power analysis.")] = True,
+) -> None:
+    """Simulate a crowd with a known truth answering in MTurk's batch-results format, and size a study.
+
+    Writes <out>/<exp>_results.csv (for `prunexplain analyze`), truth.json and (exp1) power.json.
+    """
+    from prunexplain.study.simulate import load_simulate_settings, simulate
+
+    with user_errors():
+        settings = load_simulate_settings(
+            config, experiment=experiment, images=images, answers_per_item=answers_per_item, workers=workers,
+            spammer_share=spammer_share, item_correlation=item_correlation, seed=seed,
+        )
+        typer.echo(simulate(settings, out, power).markdown())
+
+
 def main() -> None:
     app()

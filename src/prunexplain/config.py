@@ -350,12 +350,15 @@ class SimulateSettings(_Section):
     side_bias: float = Field(
         0.1, ge=0, le=0.5, description="exp1: mean share of a worker's decisions going to its favourite side"
     )
+    item_correlation: float = Field(
+        0.0, ge=0, lt=1, description="items differ: correlation of two attentive answers on one item; 0: items alike"
+    )
     work_time: float = Field(12.0, gt=0, description="median seconds per answer of attentive workers")
     spammer_work_time: float = Field(3.0, gt=0, description="median seconds per answer of spammers")
     seed: int = 0
     power_target: float = Field(0.8, gt=0, lt=1, description="power the power analysis asks for")
     power_alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the power analysis")
-    power_sims: int = Field(400, ge=10, description="simulated studies per power check")
+    power_sims: int = Field(1000, ge=10, description="simulated studies per power check")
 
     @field_validator("answers_per_item")
     @classmethod

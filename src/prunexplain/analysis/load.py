@@ -1,0 +1,407 @@
+"""Crowd answers from CSV files: one clean table per experiment, every left-out row reported.
+
+Three kinds of file carry the same answers: MTurk's raw batch results (all of MTurk's columns), the
+self-hosted study's export (only the columns the analysis needs) and the study's preprocessed files
+(the answers plus columns the study's notebook derived from them). All three are read alike; the
+derived columns are only checked against the answers, never trusted in their place.
+
+The item, model names and class label come from the stimulus file name in `Input.image_url`
+(DESIGN.md): experiment 1 `{i}_{left}_{classlabel}_{right}.png`, experiment 2
+`{i}_{classlabel}_{model}.png`. Rows are numbered as a spreadsheet shows them: the header is row 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from prunexplain.config import AnalysisSettings, UserError
+
+log = logging.getLogger(__name__)
+
+EXPERIMENTS = ("exp1", "exp2")
+NONE = "none"
+REQUIRED = ("HITId", "WorkerId", "Input.image_url")
+EXP1_PREFIX = "Answer.algorithms."
+EXP1_OPTIONS = ("alg1", "alg2", NONE)
+EXP2_PREFIX = "Answer.classes."
+SCHEMES = {"exp1": "{i}_{left}_{classlabel}_{right}.png", "exp2": "{i}_{classlabel}_{model}.png"}
+
+_NAME = {
+    "exp1": re.compile(r"^(?P<image>\d+)_(?P<left>[^_]+)_(?P<label>[^_]+)_(?P<right>[^_]+)\.(?:png|jpe?g)$", re.I),
+    "exp2": re.compile(r"^(?P<image>\d+)_(?P<label>[^_]+)_(?P<model>[^_]+)\.(?:png|jpe?g)$", re.I),
+}
+_MODEL = re.compile(r"^(?:nonpruned|(?P<rate>\d+(?:\.\d+)?)pruned)$")
+_TRUE = {"true", "1", "1.0", "yes", "on", "x"}
+_FALSE = {"false", "0", "0.0", "no", "off", ""}
+# Columns of the study's preprocessed files that repeat what the file name and the answer say.
+_DERIVED = {
+    "exp1": {"img_id": "image", "img_class": "label", "alg1": "left", "alg2": "right", "annotation_result": "answer"},
+    "exp2": {"img_id": "image", "img_class": "label", "algorithm": "model", "img_answer": "answer"},
+}
+_RAW_MARKERS = ("AssignmentId", "AssignmentStatus", "WorkTimeInSeconds")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a row was left out (or, with row None, a remark about a whole file)."""
+
+    file: str
+    row: int | None
+    column: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = [self.file] + ([f"row {self.row}"] if self.row is not None else [])
+        where += [f"column {self.column}"] if self.column else []
+        return f"{', '.join(where)}: {self.message}"
+
+    def as_dict(self) -> dict:
+        return {"file": self.file, "row": self.row, "column": self.column, "message": self.message}
+
+
+@dataclass
+class SourceFile:
+    path: str
+    format: str  # raw | export | preprocessed
+    rows: int
+    kept: int = 0
+
+
+@dataclass
+class Answers:
+    """The kept answers of one experiment, one row each, and what was left out and why.
+
+    `frame` columns: file, row, hit, assignment, worker, work_time (seconds, NaN when unknown), item
+    (the stimulus file name), image, label, answer; exp1 adds left, right, a, b (the pair in model
+    order), preferred (a model or 'none') and choice ('a', 'b' or 'none'); exp2 adds model, correct.
+    """
+
+    experiment: str
+    frame: pd.DataFrame
+    files: list[SourceFile]
+    problems: list[Problem] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    repeated: int = 0  # answers of a worker on an item it had answered in another HIT
+
+    @property
+    def left_out(self) -> int:
+        return len({(p.file, p.row) for p in self.problems if p.row is not None})
+
+
+def model_sort_key(name: str) -> tuple:
+    """'nonpruned' first, then by compression rate, then any other name alphabetically."""
+    match = _MODEL.match(name)
+    if match is None:
+        return (2, 0.0, name)
+    return (0, 0.0, name) if match["rate"] is None else (1, float(match["rate"]), name)
+
+
+def sort_models(names) -> list[str]:
+    return sorted(set(names), key=model_sort_key)
+
+
+def read_answers(experiment: str, paths: Sequence[Path], settings: AnalysisSettings | None = None) -> Answers:
+    """Read, validate and join the answer files of one experiment."""
+    if not paths:
+        raise UserError(f"analyze {experiment}: give at least one CSV file")
+    tables = [(str(path), _read_csv(Path(path))) for path in paths]
+    return parse_tables(experiment, tables, settings)
+
+
+def parse_tables(
+    experiment: str, tables: Sequence[tuple[str, pd.DataFrame]], settings: AnalysisSettings | None = None
+) -> Answers:
+    """Validate tables read as strings (name, table) and join their good rows."""
+    settings = settings or AnalysisSettings()
+    if experiment not in EXPERIMENTS:
+        raise UserError(f"unknown experiment {experiment!r} (known: {', '.join(EXPERIMENTS)})")
+    labels = _answer_labels(experiment, tables)
+    parts, problems, files = [], [], []
+    for name, table in tables:
+        part, found = _parse_table(experiment, name, table, labels, settings)
+        parts.append(part)
+        problems += found
+        files.append(SourceFile(name, _format(table), len(table)))
+    frame = pd.concat(parts, ignore_index=True)
+    frame, found = _drop_duplicates(frame)
+    problems += found
+    frame, found, repeated = _repeated_items(frame, settings.repeated_items)
+    problems += found
+    for source in files:
+        source.kept = int((frame["file"] == source.path).sum())
+    _log_problems(problems)
+    if frame.empty:
+        first = f"; first: {problems[0]}" if problems else ""
+        names = ", ".join(name for name, _ in tables)
+        raise UserError(f"{names}: no valid answers left ({len(problems)} problems{first})")
+    models = sort_models(frame["model"]) if experiment == "exp2" else sort_models([*frame["a"], *frame["b"]])
+    if experiment == "exp1":
+        labels = sorted(frame["label"].unique(), key=_label_key)
+    return Answers(experiment, frame.reset_index(drop=True), files, problems, labels, models, repeated)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, expected a CSV file") from None
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: empty file, expected MTurk batch results (CSV with a header)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
+        raise UserError(f"{path}: not a readable CSV file ({str(error).strip().splitlines()[0]})") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    return table
+
+
+def _format(table: pd.DataFrame) -> str:
+    if any(column in table.columns for column in ("annotation_result", "img_answer", "img_id")):
+        return "preprocessed"
+    return "raw" if any(column in table.columns for column in _RAW_MARKERS) else "export"
+
+
+def _label_key(label: str) -> tuple:
+    """'2-cassetteplayer' before '10-x': by the leading class index where there is one."""
+    head = label.split("-", 1)[0]
+    return (0, int(head), label) if head.isdigit() else (1, 0, label)
+
+
+def _answer_labels(experiment: str, tables) -> list[str]:
+    """Experiment 2's class labels, from the `Answer.classes.<label>` columns (the same in every file)."""
+    found = None
+    for name, table in tables:
+        _check_columns(experiment, name, table)
+        if experiment == "exp1":
+            continue
+        labels = [c.removeprefix(EXP2_PREFIX) for c in table.columns if c.startswith(EXP2_PREFIX)]
+        labels = sorted((label for label in labels if label != NONE), key=_label_key)
+        if found is not None and labels != found:
+            raise UserError(f"{name}: its Answer.classes.* columns differ from the first file's ({', '.join(found)})")
+        found = labels
+    return found or []
+
+
+def _check_columns(experiment: str, name: str, table: pd.DataFrame) -> None:
+    columns = set(table.columns)
+    other = "exp2" if experiment == "exp1" else "exp1"
+    other_prefix = EXP2_PREFIX if experiment == "exp1" else EXP1_PREFIX
+    prefix = EXP1_PREFIX if experiment == "exp1" else EXP2_PREFIX
+    if not any(c.startswith(prefix) for c in columns) and any(c.startswith(other_prefix) for c in columns):
+        raise UserError(
+            f"{name}: has {other_prefix}* columns: these are {other} results, use `prunexplain analyze {other}`"
+        )
+    needed = [*REQUIRED]
+    if experiment == "exp1":
+        needed += [EXP1_PREFIX + option for option in EXP1_OPTIONS]
+    else:
+        needed += [EXP2_PREFIX + NONE]
+    missing = [c for c in needed if c not in columns]
+    if experiment == "exp2" and sum(c.startswith(EXP2_PREFIX) for c in columns) < 3:
+        missing.append(EXP2_PREFIX + "<label> (at least two classes)")
+    if missing:
+        raise UserError(f"{name}: missing column(s) {', '.join(missing)} (is this an MTurk batch-results file?)")
+
+
+def _parse_table(experiment, name, table, labels, settings) -> tuple[pd.DataFrame, list[Problem]]:
+    """The table's rows in the common layout, and the problems of its bad rows (left out)."""
+    rows = pd.Series(range(2, len(table) + 2), index=table.index)
+    problems: dict[int, list[Problem]] = {}
+
+    def flag(mask: pd.Series, column: str, message) -> None:
+        for index in mask[mask].index:
+            text = message(index) if callable(message) else message
+            problems.setdefault(index, []).append(Problem(name, int(rows[index]), column, text))
+
+    frame = pd.DataFrame(
+        {
+            "file": name,
+            "row": rows,
+            "hit": table["HITId"].str.strip(),
+            "assignment": table.get("AssignmentId", pd.Series("", index=table.index)).str.strip(),
+            "worker": table["WorkerId"].str.strip(),
+            "work_time": pd.to_numeric(table.get("WorkTimeInSeconds"), errors="coerce")
+            if "WorkTimeInSeconds" in table
+            else float("nan"),
+        }
+    )
+    flag(frame["worker"] == "", "WorkerId", "empty")
+    flag(frame["hit"] == "", "HITId", "empty")
+    _check_rejected(table, flag)
+    frame["answer"] = _answers(experiment, table, labels, flag)
+    frame = frame.join(_names(experiment, table, labels, settings, flag))
+    _check_derived(experiment, table, frame, flag)
+    if problems and len(problems) == len(table):
+        _wrong_scheme_hint(experiment, name, table)
+    bad = list(problems)
+    kept = frame.drop(index=bad)
+    kept = _add_exp1_columns(kept) if experiment == "exp1" else _add_exp2_columns(kept)
+    return kept, [p for index in sorted(problems) for p in problems[index]]
+
+
+def _check_rejected(table: pd.DataFrame, flag) -> None:
+    """Rejected assignments (MTurk's status, or a requester's mark in the Reject column) do not count."""
+    if "AssignmentStatus" in table:
+        rejected = table["AssignmentStatus"].str.strip().str.lower() == "rejected"
+        flag(rejected, "AssignmentStatus", "rejected assignment")
+    if "Reject" in table:
+        marked = table["Reject"].str.strip() != ""
+        flag(marked, "Reject", lambda i: f"marked for rejection ({table.at[i, 'Reject'].strip()!r})")
+
+
+def _answers(experiment: str, table: pd.DataFrame, labels: list[str], flag) -> pd.Series:
+    """The one chosen option of each row (alg1/alg2/none or a class label/none); '' where not exactly one."""
+    prefix = EXP1_PREFIX if experiment == "exp1" else EXP2_PREFIX
+    options = list(EXP1_OPTIONS) if experiment == "exp1" else [*labels, NONE]
+    chosen = pd.DataFrame(False, index=table.index, columns=options)
+    unreadable = pd.Series(False, index=table.index)
+    for option in options:
+        raw = table[prefix + option].str.strip().str.lower()
+        unknown = ~raw.isin(_TRUE | _FALSE)
+        column = prefix + option
+        flag(unknown, column, lambda i, c=column: f"expected true or false, got {table.at[i, c]!r}")
+        chosen[option] = raw.isin(_TRUE)
+        unreadable |= unknown
+    count = chosen.sum(axis=1)
+    flag((count == 0) & ~unreadable, prefix + "*", "no answer")
+    several = lambda i: "several answers: " + ", ".join(o for o in options if chosen.at[i, o])  # noqa: E731
+    flag(count > 1, prefix + "*", several)
+    return chosen.idxmax(axis=1).where(count == 1, "")
+
+
+def _names(experiment, table, labels, settings, flag) -> pd.DataFrame:
+    """Image id, class label and model name(s) parsed from each row's stimulus file name."""
+    item = _file_names(table["Input.image_url"])
+    parts = item.str.extract(_NAME[experiment])
+    scheme = SCHEMES[experiment]
+    url = lambda i: table.at[i, "Input.image_url"]  # noqa: E731
+    flag(parts["image"].isna(), "Input.image_url", lambda i: f"{url(i)!r} does not follow {scheme}")
+    parts = parts.fillna("")
+    known = set(settings.models)
+    is_model = (lambda n: n in known) if known else (lambda n: bool(_MODEL.match(n)))
+    hint = ", ".join(settings.models) if known else "'nonpruned' or '<rate>pruned', e.g. 2pruned"
+    for column in ("left", "right") if experiment == "exp1" else ("model",):
+        names = parts[column]
+        unknown = (names != "") & ~names.map(is_model)
+        flag(unknown, "Input.image_url", lambda i, c=column: f"unknown model {parts.at[i, c]!r} (known: {hint})")
+    if experiment == "exp1":
+        same = (parts["left"] != "") & (parts["left"] == parts["right"])
+        flag(same, "Input.image_url", lambda i: f"the same model {parts.at[i, 'left']!r} on both sides")
+    else:
+        label = lambda i: parts.at[i, "label"]  # noqa: E731
+        unknown = (parts["label"] != "") & ~parts["label"].isin(labels)
+        flag(unknown, "Input.image_url", lambda i: f"class {label(i)!r} has no {EXP2_PREFIX}{label(i)} column")
+    return parts.assign(item=item)
+
+
+def _check_derived(experiment: str, table: pd.DataFrame, frame: pd.DataFrame, flag) -> None:
+    """A preprocessed file's own columns must say what its file name and answer columns say."""
+    for column, ours in _DERIVED[experiment].items():
+        if column not in table:
+            continue
+        differ = (table[column].str.strip() != frame[ours]) & (frame[ours] != "")
+        flag(differ, column,
+             lambda i, c=column, o=ours: f"says {table.at[i, c]!r}, the answer/file name say {frame.at[i, o]!r}")
+    expected = {}
+    if experiment == "exp2" and "correct" in table:
+        expected["correct"] = (frame["answer"] == frame["label"]).astype(float).where(frame["label"] != "")
+    if experiment == "exp1":
+        preferred = frame["left"].where(frame["answer"] == "alg1", frame["right"].where(frame["answer"] == "alg2", ""))
+        for column in table.columns:
+            if _MODEL.match(column):
+                expected[column] = (preferred == column).astype(float)
+    for column, values in expected.items():
+        theirs = pd.to_numeric(table[column], errors="coerce")
+        differ = (theirs != values) & (frame["answer"] != "") & values.notna()
+        flag(differ, column, lambda i, c=column, v=values: f"says {table.at[i, c]!r}, the answer says {v[i]:g}")
+
+
+def _wrong_scheme_hint(experiment: str, name: str, table: pd.DataFrame) -> None:
+    """Every row bad because the file names follow the other experiment's scheme: say so, once."""
+    other = "exp2" if experiment == "exp1" else "exp1"
+    items = _file_names(table["Input.image_url"])
+    if len(items) and items.str.match(_NAME[other]).mean() > 0.5 and not items.str.match(_NAME[experiment]).any():
+        raise UserError(
+            f"{name}: column Input.image_url: file names follow {SCHEMES[other]} ({other}), not "
+            f"{SCHEMES[experiment]}; use `prunexplain analyze {other}`"
+        )
+
+
+def _file_names(urls: pd.Series) -> pd.Series:
+    """The stimulus file name of each URL: no scheme, bucket, folders or query string."""
+    return urls.str.strip().str.split("?").str[0].str.rsplit("/", n=1).str[-1]
+
+
+def _add_exp1_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    rank = {name: i for i, name in enumerate(sort_models([*frame["left"], *frame["right"]]))}
+    first = frame["left"].map(rank) <= frame["right"].map(rank)
+    a = frame["left"].where(first, frame["right"])
+    b = frame["right"].where(first, frame["left"])
+    preferred = frame["left"].where(frame["answer"] == "alg1", frame["right"].where(frame["answer"] == "alg2", NONE))
+    choice = pd.Series(NONE, index=frame.index).mask(preferred == a, "a").mask(preferred == b, "b")
+    return frame.assign(a=a, b=b, preferred=preferred, choice=choice)
+
+
+def _add_exp2_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(correct=frame["answer"] == frame["label"])
+
+
+def _drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[Problem]]:
+    """The same assignment twice (same AssignmentId, or one worker twice in one HIT): keep the first.
+
+    MTurk never lets a worker take a HIT twice, so such rows are copies (a batch file given twice,
+    or merged by hand); counting them would count one answer twice.
+    """
+    problems = []
+    for keys, column, what in (
+        (["assignment"], "AssignmentId", "same AssignmentId"),
+        (["worker", "hit"], "WorkerId", "same worker in the same HIT"),
+    ):
+        usable = frame[keys[0]] != "" if keys == ["assignment"] else pd.Series(True, index=frame.index)
+        repeated = frame.duplicated(keys, keep="first") & usable
+        if repeated.any():
+            first = frame[usable].drop_duplicates(keys).set_index(keys)[["file", "row"]]
+            for index in repeated[repeated].index:
+                key = tuple(frame.loc[index, keys]) if len(keys) > 1 else frame.at[index, keys[0]]
+                origin = first.loc[key]
+                problems.append(
+                    Problem(
+                        frame.at[index, "file"], int(frame.at[index, "row"]), column,
+                        f"duplicated assignment ({what} as {origin['file']} row {int(origin['row'])})",
+                    )
+                )
+            frame = frame[~repeated]
+    return frame, problems
+
+
+def _repeated_items(frame: pd.DataFrame, policy: str) -> tuple[pd.DataFrame, list[Problem], int]:
+    """A worker who answered the same item in two HITs (the study published items in two batches).
+
+    These are real, paid assignments and the study counted them ('keep'); 'first' keeps the
+    worker's first answer only, 'drop' leaves out all of that worker's answers on that item.
+    Krippendorff's alpha always takes one answer per worker and item (the first).
+    """
+    repeated = frame.duplicated(["worker", "item"], keep="first")
+    count = int(repeated.sum())
+    if count:
+        log.warning("%d answers repeat an item their worker answered in another HIT (repeated_items=%s)", count, policy)
+    if policy == "keep" or not count:
+        return frame, [], count
+    leave = frame.duplicated(["worker", "item"], keep=False) if policy == "drop" else repeated
+    message = "worker answered item {} in another HIT too (repeated_items=" + policy + ")"
+    problems = [Problem(r.file, int(r.row), "WorkerId", message.format(r.item)) for r in frame[leave].itertuples()]
+    return frame[~leave], problems, count
+
+
+def _log_problems(problems: list[Problem], shown: int = 10) -> None:
+    for problem in problems[:shown]:
+        log.warning("left out: %s", problem)
+    if len(problems) > shown:
+        log.warning("... and %d more problems (all are listed in summary.json)", len(problems) - shown)

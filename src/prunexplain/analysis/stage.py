@@ -1,0 +1,370 @@
+"""The analysis stage: answer files in, `summary.json`, `workers.csv`, PNG plots and Markdown tables out.
+
+`analyze("exp1" | "exp2", files, settings, out_dir)` reads and validates the answers (`load`), runs
+the statistics (`stats`), optionally repeats the headline results without low-effort workers, and
+writes everything atomically into `out_dir`. The summary's schema is documented in the README.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import ValidationError
+
+from prunexplain.analysis import stats
+from prunexplain.analysis.load import NONE, Answers, read_answers
+from prunexplain.config import AnalysisSettings, UserError
+from prunexplain.runs import write_csv, write_json
+
+log = logging.getLogger(__name__)
+
+_PROBLEMS_LISTED = 200  # summary.json lists this many problems; counts cover all
+
+
+@dataclass
+class AnalysisResult:
+    experiment: str
+    out_dir: Path
+    summary: dict
+    markdown: str
+    written: list[Path] = field(default_factory=list)
+
+
+def analyze(
+    experiment: str, files: Sequence[Path], settings: AnalysisSettings | None = None, out_dir: Path = Path("analysis")
+) -> AnalysisResult:
+    """Analyse one experiment's answer files; write summary.json, workers.csv and plots into out_dir."""
+    settings = settings or AnalysisSettings()
+    answers = read_answers(experiment, files, settings)
+    summary = summarise(answers, settings)
+    out_dir = Path(out_dir)
+    written = [write_csv(out_dir / "workers.csv", _worker_rows(stats.worker_stats(answers.frame)))]
+    if settings.plots:
+        written += _plots(answers, summary, out_dir)
+    summary["figures"] = [path.name for path in written if path.suffix == ".png"]
+    written.append(write_json(out_dir / "summary.json", _clean(summary)))
+    log.info("analysis of %s written to %s", experiment, out_dir)
+    return AnalysisResult(experiment, out_dir, summary, markdown(summary), written)
+
+
+def summarise(answers: Answers, settings: AnalysisSettings) -> dict:
+    """All numbers of the analysis as one JSON-ready dict (see the README for the schema)."""
+    rng = np.random.default_rng(settings.seed)
+    core = _exp1 if answers.experiment == "exp1" else _exp2
+    summary = {"experiment": answers.experiment, **core(answers.frame, answers, settings, rng, detail=True)}
+    summary["per_worker"] = _workers(answers.frame)
+    summary["filter"] = _filtered(answers, settings, rng, core)
+    summary["validation"] = _validation(answers)
+    summary["settings"] = settings.model_dump(mode="json")
+    return summary
+
+
+def _counts(frame: pd.DataFrame) -> dict:
+    return {
+        "answers": len(frame), "items": int(frame["item"].nunique()), "images": int(frame["image"].nunique()),
+        "workers": int(frame["worker"].nunique()), "hits": int(frame["hit"].nunique()),
+    }
+
+
+def _exp1(frame: pd.DataFrame, answers: Answers, settings, rng, detail: bool) -> dict:
+    models, confidence = answers.models, settings.confidence
+    none = int((frame["answer"] == NONE).sum())
+    counts = stats.value_counts(frame, "answer", ["alg1", "alg2", NONE])
+    alpha, alpha_ci = stats.alpha_with_ci(counts, settings.bootstrap if detail else 0, confidence, rng)
+    result = {
+        **_counts(frame), "models": models, "none": none, "none_share": stats.share(none, len(frame)),
+        "none_ci": stats.wilson(none, len(frame), confidence),
+        "krippendorff_alpha": alpha, "krippendorff_alpha_ci": alpha_ci,
+        "pairs": stats.pair_stats(frame, models, confidence, settings.bootstrap if detail else 0, rng),
+    }
+    if detail:
+        result["classes"] = stats.class_stats(frame, models, answers.labels)
+        none_by_class = (frame["answer"] == NONE).groupby(frame["label"])
+        result["class_none"] = {label: float(none_by_class.get_group(label).mean()) for label in answers.labels
+                                if label in none_by_class.groups}
+    return result
+
+
+def _exp2(frame: pd.DataFrame, answers: Answers, settings, rng, detail: bool) -> dict:
+    models, labels, confidence = answers.models, answers.labels, settings.confidence
+    none = int((frame["answer"] == NONE).sum())
+    counts = stats.value_counts(frame, "answer", [*labels, NONE])
+    alpha, alpha_ci = stats.alpha_with_ci(counts, settings.bootstrap if detail else 0, confidence, rng)
+    per_model = stats.model_stats(frame, models, confidence)
+    majority = stats.majority_correct(frame, models)
+    baseline = "nonpruned" if "nonpruned" in per_model else models[0]
+    result = {
+        **_counts(frame), "labels": labels, "none": none, "none_share": stats.share(none, len(frame)),
+        "none_ci": stats.wilson(none, len(frame), confidence),
+        "correct": int(frame["correct"].sum()),
+        "krippendorff_alpha": alpha, "krippendorff_alpha_ci": alpha_ci,
+        "models": per_model,
+        "tests": {
+            "cochran_q": stats.cochran_q(majority),
+            "mcnemar": stats.mcnemar_pairs(majority),
+            "independence": stats.independence(per_model),
+            "study_chisquare": stats.study_correct_chisquare(per_model, baseline) if len(per_model) > 1 else None,
+        },
+    }
+    if detail:
+        result["classes"] = stats.class_model_stats(frame, models, labels)
+        result["confusion"] = {
+            "rows": labels, "columns": [*labels, NONE],
+            "models": {m: stats.confusion(frame, m, labels).tolist() for m in models},
+        }
+    return result
+
+
+def _workers(frame: pd.DataFrame) -> dict:
+    table = stats.worker_stats(frame)
+    return {
+        "count": len(table),
+        "answers_median": float(table["answers"].median()),
+        "answers_max": int(table["answers"].max()),
+        "median_work_time": float(frame["work_time"].median()) if frame["work_time"].notna().any() else None,
+        "none_share_median": float(table["none_share"].median()),
+        "all_none": int((table["none_share"] == 1).sum()),
+    }
+
+
+def _filtered(answers: Answers, settings: AnalysisSettings, rng, core) -> dict | None:
+    """The headline results again without low-effort workers (median work time below the threshold)."""
+    threshold = settings.min_median_work_time
+    if threshold is None:
+        return None
+    frame = answers.frame
+    if frame["work_time"].isna().all():
+        log.warning("min_median_work_time=%g: no WorkTimeInSeconds in these files, no workers left out", threshold)
+        return {"min_median_work_time": threshold, "applied": False, "note": "no WorkTimeInSeconds column"}
+    removed = stats.low_effort_workers(stats.worker_stats(frame), threshold)
+    kept = frame[~frame["worker"].isin(removed)]
+    result = {
+        "min_median_work_time": threshold, "applied": True, "workers_removed": len(removed),
+        "answers_removed": len(frame) - len(kept), "removed": removed,
+    }
+    if kept.empty:
+        return result | {"after": None, "note": "every worker is below the threshold"}
+    return result | {"after": core(kept, answers, settings, rng, detail=False)}
+
+
+def _validation(answers: Answers) -> dict:
+    kinds: dict[str, int] = {}  # problems per column
+    for problem in answers.problems:
+        kinds[problem.column or "file"] = kinds.get(problem.column or "file", 0) + 1
+    return {
+        "files": [vars(source) for source in answers.files],
+        "rows": sum(source.rows for source in answers.files),
+        "kept": len(answers.frame),
+        "left_out": answers.left_out,
+        "repeated_items": answers.repeated,
+        "problem_counts": kinds,
+        "problems": [p.as_dict() for p in answers.problems[:_PROBLEMS_LISTED]],
+    }
+
+
+def _worker_rows(table: pd.DataFrame) -> list[dict]:
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            for row in table.to_dict("records")]
+
+
+def _plots(answers: Answers, summary: dict, out_dir: Path) -> list[Path]:
+    from prunexplain.analysis import plots  # matplotlib only when plots are asked for
+
+    workers = stats.worker_stats(answers.frame)
+    written = []
+    if answers.experiment == "exp1":
+        written.append(plots.preference_bars(summary["pairs"], out_dir / "preferences.png"))
+        written.append(plots.class_heatmaps(summary["classes"], answers.labels, out_dir / "classes.png"))
+        written.append(plots.worker_scatter(workers, out_dir / "workers.png"))
+    else:
+        written.append(plots.accuracy_bars(summary["models"], out_dir / "accuracy.png"))
+        written.append(
+            plots.class_accuracy(summary["classes"], answers.models, answers.labels, out_dir / "classes.png")
+        )
+        confusion = summary["confusion"]
+        for model, matrix in confusion["models"].items():
+            written.append(plots.confusion_matrix(np.array(matrix), confusion["rows"], confusion["columns"],
+                                                  f"{model}: true class x answer", out_dir / f"confusion_{model}.png"))
+        written.append(plots.worker_scatter(workers, out_dir / "workers.png", "accuracy", "accuracy"))
+    return written
+
+
+def _clean(value):
+    """JSON has no NaN: write null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        return _clean(value.item())
+    return value
+
+
+# --- Markdown -----------------------------------------------------------------------------------
+
+
+def markdown(summary: dict) -> str:
+    """The summary as Markdown tables for the terminal."""
+    body = _exp1_markdown(summary) if summary["experiment"] == "exp1" else _exp2_markdown(summary)
+    return "\n\n".join([*body, *_filter_markdown(summary), _validation_markdown(summary)]) + "\n"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _pct(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+
+
+def _ci(interval) -> str:
+    if interval is None or any(v is None or math.isnan(v) for v in interval):
+        return "-"
+    return f"{100 * interval[0]:.1f}-{100 * interval[1]:.1f}%"
+
+
+def _num(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
+
+
+def _p(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
+
+
+def _header(summary: dict, title: str) -> str:
+    ci = summary["krippendorff_alpha_ci"]
+    alpha_ci = "" if any(v is None or math.isnan(v) for v in ci) else f" (95% CI {ci[0]:.3f} to {ci[1]:.3f})"
+    return (
+        f"## {title}\n\n{summary['answers']} answers on {summary['items']} items ({summary['images']} images) "
+        f"by {summary['workers']} workers. Krippendorff's alpha (nominal): {_num(summary['krippendorff_alpha'])}"
+        f"{alpha_ci}."
+    )
+
+
+def _exp1_markdown(summary: dict) -> list[str]:
+    none = (f"'Equally reasonable': {summary['none']} of {summary['answers']} answers "
+            f"({_pct(summary['none_share'])}, CI {_ci(summary['none_ci'])}).")
+    rows = [
+        [f"{p['a']} vs {p['b']}", p["n"], f"{p['none']} ({_pct(p['none_share'])})", p["a_preferred"], p["b_preferred"],
+         f"{_pct(p['a_share'])} ({_ci(p['a_share_ci'])})", _ci(p.get("a_share_ci_items")), _num(p["chi2"]),
+         _p(p["p"]), _p(p["p_holm"]), _p(p["binom_p"]), _num(p["krippendorff_alpha"])]
+        for p in summary["pairs"]
+    ]
+    pairs = table(["pair a vs b", "answers", "equally", "a preferred", "b preferred", "a share of decided (CI)",
+                   "CI over items", "chi2", "p", "p Holm", "binomial p", "alpha"], rows)
+    out = [_header(summary, "Experiment 1: which explanation is more reasonable?") + " " + none, pairs]
+    if "classes" in summary:
+        out.append(_exp1_class_markdown(summary))
+    return out
+
+
+def _exp1_class_markdown(summary: dict) -> str:
+    pairs = [(p["a"], p["b"]) for p in summary["pairs"]]
+    index = {(r["class"], r["a"], r["b"]): r for r in summary["classes"]}
+    labels = list(dict.fromkeys(r["class"] for r in summary["classes"]))
+    cell = lambda row: f"{_pct(row['a_share'])} / {_pct(row['none_share'])}"  # noqa: E731
+    rows = [[label, _pct(summary["class_none"].get(label)), *(cell(index[(label, a, b)]) for a, b in pairs)]
+            for label in labels]
+    effect = "; ".join(f"{p['a']} vs {p['b']}: chi2 {_num(p['class_chi2'])}, p {_p(p['class_p'])}"
+                       for p in summary["pairs"])
+    headers = ["class", "equally (all pairs)", *(f"{a} vs {b}: a share / equally" for a, b in pairs)]
+    return f"### Per class\n\n{table(headers, rows)}\n\nDoes the preference depend on the class? {effect}."
+
+
+def _exp2_markdown(summary: dict) -> list[str]:
+    models = summary["models"]
+    rows = [[name, m["n"], m["correct"], f"{_pct(m['accuracy'])} ({_ci(m['accuracy_ci'])})", m["none"],
+             _pct(m["none_share"])] for name, m in models.items()]
+    head = _header(summary, "Experiment 2: what is on the picture?") + (
+        f" 'None': {summary['none']} answers ({_pct(summary['none_share'])}).")
+    out = [head, table(["model", "answers", "correct", "accuracy (CI)", "none", "none share"], rows)]
+    out.append(_exp2_tests_markdown(summary["tests"]))
+    if "classes" in summary:
+        names = list(models)
+        index = {(r["class"], r["model"]): r for r in summary["classes"]}
+        rows = [[label, *(_pct(index[(label, m)]["accuracy"]) for m in names)] for label in summary["labels"]]
+        out.append("### Accuracy per class\n\n" + table(["class", *names], rows))
+    return out
+
+
+def _exp2_tests_markdown(tests: dict) -> str:
+    q = tests["cochran_q"]
+    lines = ["### Tests of model differences on the same images",
+             f"Cochran's Q on per-image majority recognition ({q['images']} images with every model): "
+             f"Q = {_num(q['q'])}, df = {q['df']}, p = {_p(q['p'])}."]
+    if tests["mcnemar"]:
+        rows = [[f"{m['a']} vs {m['b']}", m["images"], m["only_a"], m["only_b"], _p(m["p"]), _p(m["p_holm"])]
+                for m in tests["mcnemar"]]
+        lines.append(table(["exact McNemar", "images", "only a right", "only b right", "p", "p Holm"], rows))
+    ind = tests["independence"]
+    lines.append(f"Chi-square models x correct (ignores shared images): chi2 = {_num(ind['chi2'])}, "
+                 f"df = {ind['dof']}, p = {_p(ind['p'])}.")
+    study = tests["study_chisquare"]
+    if study:
+        if study["defined"]:
+            lines.append(f"The study's chi-square ({', '.join(study['models'])} vs {study['baseline']}): "
+                         f"chi2 = {_num(study['chi2'])}, p = {_p(study['p'])}.")
+        else:
+            lines.append(f"The study's chi-square ({', '.join(study['models'])} vs {study['baseline']}) is not "
+                         f"defined: {study['note']}. The study reported chi2 = {_num(study['legacy_chi2'])}, "
+                         f"p = {_p(study['legacy_p'])}.")
+    return "\n\n".join(lines)
+
+
+def _filter_markdown(summary: dict) -> list[str]:
+    spec = summary.get("filter")
+    if not spec:
+        return []
+    head = f"### Without low-effort workers (median work time < {spec['min_median_work_time']:g} s)"
+    if not spec["applied"] or spec.get("after") is None:
+        return [f"{head}\n\nNot applied: {spec.get('note')}."]
+    after = spec["after"]
+    text = (f"{spec['workers_removed']} workers and {spec['answers_removed']} answers left out; "
+            f"{after['answers']} answers remain, alpha {_num(after['krippendorff_alpha'])} "
+            f"(before {_num(summary['krippendorff_alpha'])}).")
+    if summary["experiment"] == "exp1":
+        before = {(p["a"], p["b"]): p for p in summary["pairs"]}
+        rows = [[f"{p['a']} vs {p['b']}", _pct(before[(p['a'], p['b'])]["none_share"]), _pct(p["none_share"]),
+                 _pct(before[(p['a'], p['b'])]["a_share"]), _pct(p["a_share"]), _p(p["p"])] for p in after["pairs"]]
+        return [f"{head}\n\n{text}\n\n" + table(
+            ["pair", "equally before", "equally after", "a share before", "a share after", "p after"], rows)]
+    rows = [[name, _pct(summary["models"][name]["accuracy"]), _pct(m["accuracy"]), _pct(m["none_share"])]
+            for name, m in after["models"].items()]
+    return [f"{head}\n\n{text}\n\n" + table(["model", "accuracy before", "accuracy after", "none after"], rows)]
+
+
+def _validation_markdown(summary: dict) -> str:
+    v = summary["validation"]
+    files = ", ".join(f"{Path(f['path']).name} ({f['format']}, {f['kept']}/{f['rows']} rows)" for f in v["files"])
+    text = f"Read {files}; {v['left_out']} rows left out"
+    if v["problem_counts"]:
+        text += " (" + ", ".join(f"{kind}: {n}" for kind, n in v["problem_counts"].items()) + ")"
+    if v["repeated_items"]:
+        policy = summary["settings"]["repeated_items"]
+        text += f"; {v['repeated_items']} answers repeat an item their worker answered in another HIT ({policy})"
+    return text + "."
+
+
+def analysis_settings(**values) -> AnalysisSettings:
+    """AnalysisSettings from command-line options (None: the default); errors name the option."""
+    try:
+        return AnalysisSettings(**{key: value for key, value in values.items() if value is not None})
+    except ValidationError as error:
+        problems = [
+            f"--{'-'.join(str(part) for part in item['loc']).replace('_', '-')}: "
+            f"{item['msg'].removeprefix('Value error, ')} (got {item['input']!r})"
+            for item in error.errors()
+        ]
+        raise UserError("; ".join(problems)) from None

@@ -1,0 +1,1 @@
+"""Human studies: the stimuli and layouts of the crowd experiments, and simulated crowds (`simulate`)."""
