@@ -273,38 +273,35 @@ def _analyze(experiment: str, files, out, min_work_time, repeated_items, models,
         typer.echo(f"Wrote {', '.join(path.name for path in result.written)} to {result.out_dir}")
 
 
-@analyze_app.command("exp1")
-def analyze_exp1(
-    files: AnswerFiles,
-    out: AnalyzeOut = None,
-    min_work_time: MinWorkTime = None,
-    repeated_items: RepeatedItems = None,
-    models: KnownModels = None,
-    bootstrap: Bootstrap = None,
-    seed: AnalyzeSeed = None,
-    plots: Plots = True,
-) -> None:
+def _analyze_command(experiment: str, doc: str) -> None:
+    """Register `analyze <experiment>`: both experiments take the same options."""
+
+    def command(
+        files: AnswerFiles,
+        out: AnalyzeOut = None,
+        min_work_time: MinWorkTime = None,
+        repeated_items: RepeatedItems = None,
+        models: KnownModels = None,
+        bootstrap: Bootstrap = None,
+        seed: AnalyzeSeed = None,
+        plots: Plots = True,
+    ) -> None:
+        _analyze(experiment, files, out, min_work_time, repeated_items, models, bootstrap, seed, plots)
+
+    command.__doc__ = doc
+    analyze_app.command(experiment)(command)
+
+
+_analyze_command(
+    "exp1",
     """Experiment 1, which explanation is more reasonable: 'equally reasonable' shares, preferences per
-    pair with chi-square, binomial and Holm-corrected tests, per-class tables, Krippendorff's alpha.
-    """
-    _analyze("exp1", files, out, min_work_time, repeated_items, models, bootstrap, seed, plots)
-
-
-@analyze_app.command("exp2")
-def analyze_exp2(
-    files: AnswerFiles,
-    out: AnalyzeOut = None,
-    min_work_time: MinWorkTime = None,
-    repeated_items: RepeatedItems = None,
-    models: KnownModels = None,
-    bootstrap: Bootstrap = None,
-    seed: AnalyzeSeed = None,
-    plots: Plots = True,
-) -> None:
+    pair with chi-square, binomial and Holm-corrected tests, per-class tables, Krippendorff's alpha.""",
+)
+_analyze_command(
+    "exp2",
     """Experiment 2, what is on the picture: accuracy per model and class, 'none' shares, confusion
-    matrices, Krippendorff's alpha, Cochran's Q and McNemar tests on the same images.
-    """
-    _analyze("exp2", files, out, min_work_time, repeated_items, models, bootstrap, seed, plots)
+    matrices, Krippendorff's alpha, Cochran's Q and McNemar tests on the same images.""",
+)
 
 
 study_app = typer.Typer(help="Human studies: simulated crowds with a known truth.", no_args_is_help=True)

@@ -179,7 +179,7 @@ def load_settings(
     """
     data: dict[str, Any] = {}
     if config is not None:
-        data = _read_toml(config)
+        data = read_toml(config)
         _validate(data, str(config))
     if reference is not None:
         for dotted, value in read_reference_run(*reference).items():
@@ -216,7 +216,7 @@ def read_reference_run(path: Path, name: str) -> dict[str, Any]:
     return values
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(Path(path).read_text())
     except FileNotFoundError:

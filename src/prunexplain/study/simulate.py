@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ import pandas as pd
 from pydantic import ValidationError
 from scipy import stats
 
-from prunexplain.config import PairTruth, SimulateSettings, UserError
+from prunexplain.config import PairTruth, SimulateSettings, UserError, read_toml
 from prunexplain.runs import atomic_open, write_json
 
 log = logging.getLogger(__name__)
@@ -89,12 +88,7 @@ def load_simulate_settings(config: Path | None = None, **overrides: Any) -> Simu
     source = "options"
     if config is not None:
         source = str(config)
-        try:
-            data = tomllib.loads(Path(config).read_text())
-        except FileNotFoundError:
-            raise UserError(f"{config}: no such file") from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-            raise UserError(f"{config}: not a valid TOML file ({error})") from None
+        data = read_toml(config)
         data = data.get("simulate", data)
         _validate(data, source)
     data |= {key: value for key, value in overrides.items() if value is not None}
