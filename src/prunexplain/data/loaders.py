@@ -157,11 +157,16 @@ def prepare(batch: torch.Tensor, data: DataSettings, generator: torch.Generator 
     x = batch.float().div_(255)
     if generator is not None:
         x = augment(x, data, generator)
-    if data.normalize:
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
-    return x
+    return normalise(x, data)
+
+
+def normalise(x: torch.Tensor, data: DataSettings) -> torch.Tensor:
+    """A 0..1 batch as the model sees it: ImageNet mean/std applied if `data.normalize`."""
+    if not data.normalize:
+        return x
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def augment(x: torch.Tensor, data: DataSettings, generator: torch.Generator) -> torch.Tensor:

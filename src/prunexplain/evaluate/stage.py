@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from prunexplain.config import Settings, UserError
-from prunexplain.data.loaders import decode, prepare
+from prunexplain.data.loaders import decode, normalise
 from prunexplain.evaluate.faithfulness import deletion_insertion, randomisation_similarity
 from prunexplain.evaluate.metrics import METRICS, MetricInputs, bootstrap_mean
 from prunexplain.evaluate.plot import plot_metrics
@@ -66,7 +66,7 @@ def _per_image(settings: Settings, run: Run, key: str, path: Path, inputs: Metri
     device = select_device(settings.train.device)
     model, checkpoint = load_checkpoint(path, device)
     data = settings.data.model_copy(update={"normalize": checkpoint["meta"]["data"]["normalize"]})
-    to_input = lambda x: prepare(x * 255, data)  # noqa: E731  (prepare scales 0..255 to 0..1)
+    to_input = lambda x: normalise(x, data)  # noqa: E731
     classes = torch.from_numpy(np.load(run.path("explain", key, "predictions.npy"))).to(device)
     x01 = images.to(device).float() / 255
     values["deletion_auc"], values["insertion_auc"] = deletion_insertion(
