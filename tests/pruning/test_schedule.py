@@ -124,3 +124,13 @@ def test_finished_rates_are_reused_only_for_the_same_dense_model(tmp_path, tiny_
     train_stage(tiny_settings(tmp_path, tiny_dataset, "train.seed=5"), run)  # another dense model
     prune_stage(settings, run)
     assert checkpoint.stat().st_mtime_ns != stamp
+
+
+def test_without_finetuning_the_pruned_model_is_still_scored(tmp_path, tiny_dataset, trained):
+    run = _copy_run(trained, tmp_path)
+    settings = tiny_settings(tmp_path, tiny_dataset, "prune.max_epochs=0", "prune.rates=[2]",
+                             'prune.methods=["local_magnitude_unstructured"]')
+    [_, row] = prune_stage(settings, run).rows["local_magnitude_unstructured"]
+    assert row["early_stopping_epoch"] == "-" and row["training_accuracy"] == "-"
+    assert 0 <= row["validation_accuracy"] <= 1
+    assert row["test_top1_accuracy"] == row["accuracy_before_finetune"]  # nothing changed after pruning

@@ -56,19 +56,19 @@ def _object_masks(images, size: int) -> np.ndarray | None:
     return np.stack([decode(path, size)[..., 0] >= 128 for path in images.masks])
 
 
-def _per_image(settings: Settings, run: Run, key: str, path: Path, inputs: MetricInputs, images) -> dict:
-    """Every metric of one model, per image."""
+def _per_image(
+    settings: Settings, run: Run, key: str, path: Path, inputs: MetricInputs, x01: torch.Tensor, device: torch.device
+) -> dict:
+    """Every metric of one model, per image; `x01` are the explained images, 0..1, on `device`."""
     values = {
         name: metric.function(inputs)
         for name, metric in METRICS.items()
         if metric.needs == "" or getattr(inputs, metric.needs) is not None
     }
-    device = select_device(settings.train.device)
     model, checkpoint = load_checkpoint(path, device)
     data = settings.data.model_copy(update={"normalize": checkpoint["meta"]["data"]["normalize"]})
     to_input = lambda x: normalise(x, data)  # noqa: E731
     classes = torch.from_numpy(np.load(run.path("explain", key, "predictions.npy"))).to(device)
-    x01 = images.to(device).float() / 255
     values["deletion_auc"], values["insertion_auc"] = deletion_insertion(
         model, x01, inputs.maps, classes, to_input, settings.evaluate.steps, settings.explain.batch_size
     )
@@ -91,14 +91,15 @@ def evaluate_stage(settings: Settings, run: Run) -> EvaluateResult:
         raise UserError(f"evaluate: explain/ holds maps of {len(dense_maps)} images, settings ask for "
                         f"{len(images)} (explain.images); run `prunexplain explain` again")
     size = dense_maps.shape[-1]
-    batch, masks = stacked(images, size), _object_masks(images, size)
+    device = select_device(settings.train.device)
+    x01, masks = stacked(images, size).to(device).float() / 255, _object_masks(images, size)
     rows, flagged = [], []
     for key, path in tqdm(models.items(), desc="evaluate", unit="model", disable=not settings.train.progress):
         maps = np.load(run.path("explain", key, "maps.npy"))
         inputs = MetricInputs(maps=maps, masks=masks, reference=None if key == "dense" else dense_maps,
                               share=settings.explain.occlusion)
         method, rate = _method_rate(key)
-        for metric, values in _per_image(settings, run, key, path, inputs, batch).items():
+        for metric, values in _per_image(settings, run, key, path, inputs, x01, device).items():
             mean, low, high = bootstrap_mean(values, settings.evaluate.seed, settings.evaluate.resamples)
             rows.append({"method": method, "rate": rate, "metric": metric, "mean": mean,
                          "ci_low": low, "ci_high": high, "n": len(values)})

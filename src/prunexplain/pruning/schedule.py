@@ -89,13 +89,16 @@ def _finetune_settings(settings: Settings, step: int):
 
 
 def prune_method(
-    name: str, settings: Settings, run: Run, loaders: dict, device: torch.device, dense: Path
+    name: str, settings: Settings, run: Run, loaders: dict, device: torch.device, dense: Path, fingerprint: str
 ) -> list[dict[str, Any]]:
-    """The whole schedule of one method; returns the results rows (dense first)."""
+    """The whole schedule of one method; returns the results rows (dense first).
+
+    `fingerprint` identifies the settings and the dense checkpoint: a saved rate is reused only if
+    it carries the same one.
+    """
     method, prune = get_method(name), settings.prune
     model, checkpoint = load_checkpoint(dense, device)
     meta = checkpoint["meta"]
-    fingerprint = settings.fingerprint("data", "model", "train", "prune") + file_digest(dense)[:16]
     weights = prunable_weights(model, prune.scope)
     masks = {k: torch.ones_like(w, dtype=torch.bool, device="cpu") for k, w in weights.items()}
     rows = [{**_dense_row(name, meta), "nonzero_params": count_nonzero(model, weights)["nonzero_params"]}]
@@ -119,13 +122,17 @@ def prune_method(
         if prune.max_epochs > 0:
             fitted = fit(model, loaders["train"], loaders["valid"], _finetune_settings(settings, step), settings.data, device,
                          after_step=lambda: apply_masks(model, masks), description=f"{name} {rate:g}x")
-        valid = evaluate(model, loaders["valid"], settings.data, device, settings.train.amp)
+        # fit restored the weights of its best valid epoch, so its valid accuracy is theirs
+        if fitted is not None:
+            valid = fitted.valid_accuracy
+        else:
+            valid = evaluate(model, loaders["valid"], settings.data, device, settings.train.amp)["top1"]
         test = evaluate(model, loaders["test"], settings.data, device, settings.train.amp)
         row = {
             "pruning_method": name, "sparsity": f"{rate:g}", "modules_pruned_and_finetuned": part,
             "pruned_model_path": str(path), "batch_size": settings.train.batch_size,
             "max_epochs_finetuned": prune.max_epochs, "early_stopping_epoch": fitted.best_epoch if fitted else "-",
-            "training_accuracy": fitted.train_accuracy if fitted else "-", "validation_accuracy": valid["top1"],
+            "training_accuracy": fitted.train_accuracy if fitted else "-", "validation_accuracy": valid,
             "time_elapsed": _elapsed(time.perf_counter() - start), "test_top1_accuracy": test["top1"],
             "test_top5_accuracy": test["top5"], **count_nonzero(model, weights),
             "accuracy_before_finetune": before["top1"],
@@ -157,6 +164,7 @@ def prune_stage(settings: Settings, run: Run) -> PruneResult:
         raise UserError(f"{dense}: no trained model; run `prunexplain train` (or `prunexplain run`) first")
     device = device_for(settings.train)
     _, loaders = run_loaders(settings, run, device)
-    rows = {name: prune_method(name, settings, run, loaders, device, dense) for name in settings.prune.methods}
+    fingerprint = settings.fingerprint("data", "model", "train", "prune") + file_digest(dense)[:16]
+    rows = {name: prune_method(name, settings, run, loaders, device, dense, fingerprint) for name in settings.prune.methods}
     tables = {name: run.path("prune", name, "results.csv") for name in rows}
     return PruneResult(tables, rows, plot_accuracy(rows, run.path("prune", "accuracy.png")))
