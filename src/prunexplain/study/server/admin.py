@@ -1,0 +1,129 @@
+"""Admin pages behind the study's token: progress per experiment, stimulus and participant.
+
+The token is sent as `Authorization: Bearer <token>` (scripts) or, after the login form, in an
+HttpOnly, SameSite=Strict cookie (browsers); a participant's session cookie never opens these
+pages. Participant ids are shown through autoescaped templates only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+
+from prunexplain.config import ServeSettings
+from prunexplain.study.server.catalog import Study
+from prunexplain.study.server.security import ADMIN_COOKIE, completion_code, same_token
+
+router = APIRouter()
+
+_LOGIN = """{% extends "base" %}{% block body %}
+<h1>Study admin</h1>{% if failed %}<p id="message">Wrong token.</p>{% endif %}
+<form method="post" action="/admin/login"><label>Admin token <input type="password" name="token"
+ autocomplete="off" required></label> <button type="submit">Log in</button></form>
+{% endblock %}"""
+
+_OVERVIEW = """{% extends "base" %}{% block body %}
+<h1>Study progress</h1>
+<p>{{ p.participants.started }} participants, {{ p.participants.completed }} completed;
+attention checks passed: {{ p.checks.passed }} of {{ p.checks.answered }}
+{% if p.checks.pass_rate is not none %}({{ "%.0f" | format(100 * p.checks.pass_rate) }} %){% endif %}.
+<a href="/admin/stimuli">Stimuli</a></p>
+<table id="experiments"><tr><th>experiment</th><th>stimuli</th><th>answers</th><th>of</th><th>complete stimuli</th></tr>
+{% for e in p.experiments %}<tr><td>{{ e.key }}</td><td>{{ e.stimuli }}</td><td>{{ e.answers }}</td>
+<td>{{ e.target }}</td><td>{{ e.complete }}</td></tr>{% endfor %}</table>
+<h2>Participants</h2>
+<table id="participants"><tr><th>id</th><th>source</th><th>started (UTC)</th><th>answered</th><th>checks passed</th>
+<th>completed</th><th>code</th></tr>
+{% for r in p.participant_rows %}<tr><td>{{ r.id }}</td><td>{{ r.source }}</td><td>{{ r.started }}</td>
+<td>{{ r.answered }} / {{ r.tasks }}</td><td>{{ r.checks_passed }} / {{ r.checks }}</td>
+<td>{{ "yes" if r.completed else "no" }}</td><td>{{ r.code }}</td></tr>{% endfor %}</table>
+{% endblock %}"""
+
+_STIMULI = """{% extends "base" %}{% block body %}
+<h1>Stimuli</h1><p><a href="/admin">Back</a>. Answers needed per stimulus: {{ k }}.</p>
+<table id="stimuli"><tr><th>experiment</th><th>file</th><th>answers</th><th>reserved</th></tr>
+{% for s in rows %}<tr><td>{{ s.experiment }}</td><td>{{ s.file }}</td><td>{{ s.answers }}</td>
+<td>{{ s.reserved }}</td></tr>{% endfor %}</table>
+{% endblock %}"""
+
+TEMPLATES = {"admin_login": _LOGIN, "admin_overview": _OVERVIEW, "admin_stimuli": _STIMULI}
+
+
+def is_admin(request: Request) -> bool:
+    header = request.headers.get("authorization", "")
+    bearer = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else None
+    given = bearer or request.cookies.get(ADMIN_COOKIE)
+    return same_token(given, request.app.state.admin_token)
+
+
+def _page(request: Request, template: str, status: int = 200, **values) -> HTMLResponse:
+    html = request.app.state.templates.get_template(template).render(title="Study admin", **values)
+    return HTMLResponse(html, status_code=status)
+
+
+def progress(request: Request) -> dict:
+    """Everything the admin pages show, as JSON-ready values."""
+    study: Study = request.app.state.study
+    settings: ServeSettings = request.app.state.settings
+    store = request.app.state.store
+    per_stimulus = store.stimulus_progress(settings.reservation_minutes * 60)
+    k = settings.answers_per_stimulus
+    stimuli = [
+        {"experiment": s.experiment, "file": s.id, "answers": per_stimulus.get(s.id, (0, 0))[0],
+         "reserved": per_stimulus.get(s.id, (0, 0))[1]}
+        for s in study.stimuli.values()
+    ]
+    experiments = []
+    for key in study.experiments:
+        rows = [s for s in stimuli if s["experiment"] == key]
+        experiments.append({"key": key, "stimuli": len(rows), "answers": sum(s["answers"] for s in rows),
+                            "target": k * len(rows), "complete": sum(s["answers"] >= k for s in rows)})
+    people = store.participant_progress()
+    secret = store.secret
+    rows = [
+        {**row, "completed": row["completed_at"] is not None,
+         "started": dt.datetime.fromtimestamp(row["created_at"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+         "code": completion_code(settings.completion_code, secret, row["id"]) if row["completed_at"] else ""}
+        for row in people
+    ]
+    answered, passed = sum(r["checks"] for r in people), sum(r["checks_passed"] for r in people)
+    return {
+        "participants": {"started": len(people), "completed": sum(r["completed"] for r in rows)},
+        "checks": {"answered": answered, "passed": passed, "pass_rate": passed / answered if answered else None},
+        "experiments": experiments, "stimuli": stimuli, "participant_rows": rows,
+    }
+
+
+@router.get("/admin", response_class=HTMLResponse)
+def overview(request: Request):
+    if not is_admin(request):
+        return _page(request, "admin_login", 401, failed=False)
+    return _page(request, "admin_overview", p=progress(request))
+
+
+@router.post("/admin/login")
+async def login(request: Request):
+    token = dict(parse_qsl((await request.body()).decode(errors="replace"))).get("token", "")
+    if not same_token(token, request.app.state.admin_token):
+        return _page(request, "admin_login", 401, failed=True)
+    response = RedirectResponse("/admin", 303)
+    response.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite="strict", path="/")
+    return response
+
+
+@router.get("/admin/stimuli", response_class=HTMLResponse)
+def stimuli_page(request: Request):
+    if not is_admin(request):
+        return _page(request, "admin_login", 401, failed=False)
+    settings: ServeSettings = request.app.state.settings
+    return _page(request, "admin_stimuli", rows=progress(request)["stimuli"], k=settings.answers_per_stimulus)
+
+
+@router.get("/admin/api/progress")
+def progress_json(request: Request):
+    if not is_admin(request):
+        return JSONResponse({"detail": "admin token required"}, 401)
+    return progress(request)

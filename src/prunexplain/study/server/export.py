@@ -1,0 +1,116 @@
+"""The study's answers as MTurk batch-results CSVs, one per experiment key, read by `prunexplain analyze`.
+
+Columns: HITId, AssignmentId, WorkerId, AssignmentStatus, AcceptTime, SubmitTime, WorkTimeInSeconds,
+Input.image_url (the stimulus file name) and one true/false column per option:
+`Answer.algorithms.alg1|alg2|none` (exp1 kinds) or `Answer.classes.<label>` and `Answer.classes.none`
+(exp2 kinds). A HIT is a stimulus (its id derives from the stimulus, so it is stable across exports);
+an assignment is one answer. Status is `Approved` when the participant finished and passed every
+attention check, else `Submitted`; both count in the analysis, which drops only rejected ones.
+Attention checks never enter these files; they go to `attention_checks.csv`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from prunexplain.config import UserError
+from prunexplain.runs import write_csv
+from prunexplain.study.server.catalog import Experiment, load_study
+from prunexplain.study.server.store import Store
+
+log = logging.getLogger(__name__)
+
+CHECKS_FILE = "attention_checks.csv"
+_PREFIX = {"exp1": "Answer.algorithms.", "exp2": "Answer.classes."}
+
+
+@dataclass
+class ExportResult:
+    files: dict[str, Path]  # experiment key (or 'checks') -> file
+    rows: dict[str, int]
+
+    def summary(self) -> str:
+        return "\n".join(f"{key}: {self.rows[key]} answers -> {path}" for key, path in self.files.items())
+
+
+def _id(*parts: str) -> str:
+    """A 30-character id like MTurk's, the same every time for the same parts."""
+    return hashlib.sha256(":".join(parts).encode()).hexdigest()[:30].upper()
+
+
+def _time(seconds: float) -> str:
+    return time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(seconds))
+
+
+def export_row(experiment: Experiment, answer: dict, image_url: str) -> dict:
+    """One answer in MTurk's batch-results layout."""
+    prefix = _PREFIX[experiment.kind]
+    row = {
+        "HITId": _id("hit", answer["stimulus"]),
+        "AssignmentId": _id("assignment", answer["submission"]),
+        "WorkerId": answer["participant"],
+        "AssignmentStatus": "Approved" if answer["completed"] and not answer["checks_failed"] else "Submitted",
+        "AcceptTime": _time(answer["shown_at"]),
+        "SubmitTime": _time(answer["answered_at"]),
+        "WorkTimeInSeconds": max(0, round(answer["answered_at"] - answer["shown_at"])),
+        "Input.image_url": image_url,
+    }
+    row.update({prefix + option: str(option == answer["answer"]).lower() for option in experiment.options})
+    return row
+
+
+def export_study(study_dir: Path, out: Path | None = None, experiment: str | None = None) -> ExportResult:
+    """Write `<key>_results.csv` per experiment with answers (into `out`, a folder, default
+    `study/export/`), or one experiment into `out` when it names a .csv file."""
+    study_dir = Path(study_dir)
+    database = study_dir / "study.db"
+    if not database.is_file():
+        raise UserError(f"{database}: no such file; nobody has answered yet (start `prunexplain study serve`)")
+    study = load_study(study_dir, [experiment] if experiment else None)
+    with Store(database) as store:
+        answers = store.answer_rows()
+    by_key: dict[str, list[dict]] = {}
+    checks = []
+    for answer in answers:
+        if answer["check_answer"] is not None:
+            checks.append(answer)
+        elif answer["experiment"] in study.experiments:
+            stimulus = study.stimuli.get(answer["stimulus"])
+            name = stimulus.name if stimulus else Path(answer["stimulus"]).name
+            by_key.setdefault(answer["experiment"], []).append(export_row(study.experiments[answer["experiment"]],
+                                                                          answer, name))
+    if not by_key:
+        raise UserError(f"{database}: no answers{f' to {experiment}' if experiment else ''} yet")
+    paths = _paths(study_dir, out, sorted(by_key))
+    result = ExportResult({}, {})
+    for key, path in paths.items():
+        result.files[key], result.rows[key] = write_csv(path, by_key[key]), len(by_key[key])
+    if checks:
+        folder = next(iter(paths.values())).parent
+        result.files["checks"] = write_csv(folder / CHECKS_FILE, [_check_row(c) for c in checks])
+        result.rows["checks"] = len(checks)
+    log.info("exported %s", ", ".join(f"{key} ({n})" for key, n in result.rows.items()))
+    return result
+
+
+def _paths(study_dir: Path, out: Path | None, keys: list[str]) -> dict[str, Path]:
+    if out is not None and out.suffix.lower() == ".csv":
+        if len(keys) > 1:
+            raise UserError(
+                f"--out {out}: answers of several experiments ({', '.join(keys)}); give --experiment or a folder"
+            )
+        return {keys[0]: out}
+    folder = out if out is not None else study_dir / "export"
+    return {key: folder / f"{key}_results.csv" for key in keys}
+
+
+def _check_row(answer: dict) -> dict:
+    return {
+        "WorkerId": answer["participant"], "Experiment": answer["experiment"], "Position": answer["position"],
+        "Picture": Path(answer["stimulus"]).name, "Expected": answer["check_answer"], "Answer": answer["answer"],
+        "Passed": str(bool(answer["passed"])).lower(), "SubmitTime": _time(answer["answered_at"]),
+    }

@@ -1,0 +1,64 @@
+"""Secrets of the self-hosted study: the admin token, completion codes, and the headers every page gets."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "PRUNEXPLAIN_ADMIN_TOKEN"
+TOKEN_FILE = "admin_token"
+SESSION_COOKIE = "prx_session"
+ADMIN_COOKIE = "prx_admin"
+
+# No inline script or style is allowed, so an id or text that slipped through escaping still could
+# not run; the pages are never framed, never sniffed as another type, never sent with a referrer.
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def admin_token(study_dir: Path) -> tuple[str, str]:
+    """(token, where it comes from): $PRUNEXPLAIN_ADMIN_TOKEN, else `study/admin_token`, created
+    with mode 0600 on first use so only the account running the server can read it."""
+    from_env = os.environ.get(TOKEN_ENV, "").strip()
+    if from_env:
+        return from_env, f"${TOKEN_ENV}"
+    path = Path(study_dir) / TOKEN_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            log.warning("%s was readable by others; set its mode to 0600", path)
+            path.chmod(0o600)
+        token = path.read_text().strip()
+        if token:
+            return token, str(path)
+        path.unlink()
+        return admin_token(study_dir)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(32) + "\n")
+    log.info("generated the admin token in %s", path)
+    return path.read_text().strip(), str(path)
+
+
+def same_token(given: str | None, token: str) -> bool:
+    """Constant-time comparison, so response times do not leak how much of a guess was right."""
+    return bool(given) and hmac.compare_digest(given.encode(), token.encode())
+
+
+def completion_code(fixed: str | None, secret: bytes, participant: str) -> str:
+    """The study's fixed code, or one per participant that the admin can recompute but nobody can guess."""
+    if fixed:
+        return fixed
+    return hmac.new(secret, f"completion:{participant}".encode(), hashlib.sha256).hexdigest()[:10].upper()

@@ -1,0 +1,318 @@
+"""The study's answers in SQLite: `runs/<name>/study/study.db`.
+
+Durability: WAL journal. An answer's transaction commits with `synchronous=FULL` (the WAL is
+fsynced), and the server acknowledges the answer only after that, so acknowledged answers survive
+even a power cut. Other writes (sessions, reservations, "shown" times) commit with NORMAL: they reach
+the operating system at once, so a killed server (even SIGKILL) keeps them, and the next answer's
+fsync makes everything before it durable too, as the WAL is written in order. This halves the
+fsyncs per task (one, not two), which bound the throughput (a few ms each on a virtual disk).
+
+Idempotency: each answer carries a submission id (UNIQUE); a retried submission finds its row and
+gets the same acknowledgement without a second row. UNIQUE(participant, position) and
+UNIQUE(participant, stimulus) make a second answer to one task, or one stimulus shown to a
+participant twice, impossible whatever the code above does.
+
+One connection behind a lock: writes are serialised anyway by SQLite, and a Python lock costs less
+than SQLite's busy-wait when the server's threads contend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from prunexplain.study.server.assign import Planned
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS participants (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    session TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    completed_at REAL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    participant TEXT NOT NULL REFERENCES participants(id),
+    position INTEGER NOT NULL,
+    experiment TEXT NOT NULL,
+    stimulus TEXT NOT NULL,
+    check_answer TEXT,
+    reserved_at REAL NOT NULL,
+    shown_at REAL,
+    PRIMARY KEY (participant, position),
+    UNIQUE (participant, stimulus)
+);
+CREATE INDEX IF NOT EXISTS tasks_by_stimulus ON tasks(stimulus);
+CREATE TABLE IF NOT EXISTS answers (
+    id INTEGER PRIMARY KEY,
+    submission TEXT NOT NULL UNIQUE,
+    participant TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    experiment TEXT NOT NULL,
+    stimulus TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    is_check INTEGER NOT NULL,
+    passed INTEGER,
+    shown_at REAL NOT NULL,
+    answered_at REAL NOT NULL,
+    UNIQUE (participant, position),
+    UNIQUE (participant, stimulus),
+    FOREIGN KEY (participant, position) REFERENCES tasks(participant, position)
+);
+"""
+
+
+class Refused(Exception):
+    """A request the store turns down; `status` is the HTTP status the app answers with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Task:
+    participant: str
+    position: int
+    total: int
+    experiment: str
+    stimulus: str
+    check_answer: str | None
+
+
+@dataclass(frozen=True)
+class Ack:
+    """What the server tells a participant about one submission; a retry gets the same one."""
+
+    status: str  # stored | duplicate
+    position: int
+    done: bool
+
+
+def _digest(token: str) -> str:
+    """Session tokens are kept hashed: a copy of study.db does not let anyone act as a participant."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Store:
+    """The study database; open it with `with Store(path) as store:` so it is always closed."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():  # it holds the study's secret: private, as its -wal and -shm files
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self._transaction() as db:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                db.execute(statement)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (secrets.token_hex(32),))
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _transaction(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction; BEGIN IMMEDIATE takes the write lock before reading what it decides on.
+        `durable`: the commit returns only once the WAL is on disk."""
+        with self._lock:
+            if durable:
+                self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+            finally:
+                if durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    @property
+    def secret(self) -> bytes:
+        """Per-study secret: keys of stimulus URLs and per-participant completion codes derive from it."""
+        return bytes.fromhex(self._read("SELECT value FROM meta WHERE key = 'secret'")[0][0])
+
+    def integrity(self) -> str:
+        return self._read("PRAGMA integrity_check")[0][0]
+
+    # --- participants -------------------------------------------------------------------------
+
+    def session_participant(self, token: str | None) -> str | None:
+        if not token:
+            return None
+        rows = self._read("SELECT id FROM participants WHERE session = ?", (_digest(token),))
+        return rows[0][0] if rows else None
+
+    def start(
+        self, participant: str, source: str, plan: Callable[[dict[str, int]], list[Planned]], hold_seconds: float
+    ) -> str | None:
+        """Begin (or resume) a participant's session; returns a new session token, None when no
+        stimulus is left to give out. Tasks are reserved in the same transaction that counts loads."""
+        token, now = secrets.token_urlsafe(24), self._clock()
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM participants WHERE id = ?", (participant,)).fetchone():
+                db.execute("UPDATE participants SET session = ? WHERE id = ?", (_digest(token), participant))
+                return token
+            tasks = plan(self._loads(db, now - hold_seconds))
+            if not tasks:
+                return None
+            db.execute("INSERT INTO participants VALUES (?, ?, ?, ?, NULL)", (participant, source, _digest(token), now))
+            db.executemany(
+                "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                [(participant, i, t.experiment, t.stimulus, t.check_answer, now) for i, t in enumerate(tasks)],
+            )
+        return token
+
+    @staticmethod
+    def _loads(db: sqlite3.Connection, cutoff: float) -> dict[str, int]:
+        """Per stimulus: answers given plus reservations younger than `cutoff` (checks not counted)."""
+        rows = db.execute(
+            """SELECT t.stimulus, COUNT(*) FROM tasks t
+               LEFT JOIN answers a ON a.participant = t.participant AND a.position = t.position
+               WHERE t.check_answer IS NULL AND (a.id IS NOT NULL OR t.reserved_at > ?)
+               GROUP BY t.stimulus""",
+            (cutoff,),
+        )
+        return dict(rows.fetchall())
+
+    # --- tasks and answers --------------------------------------------------------------------
+
+    def current(self, participant: str) -> Task | None:
+        """The participant's first unanswered task (None when all are answered); marks it shown."""
+        with self._transaction() as db:
+            row = self._first_open(db, participant)
+            if row is None:
+                return None
+            position, experiment, stimulus, check_answer, shown_at = row
+            if shown_at is None:
+                db.execute(
+                    "UPDATE tasks SET shown_at = ? WHERE participant = ? AND position = ?",
+                    (self._clock(), participant, position),
+                )
+            total = db.execute("SELECT COUNT(*) FROM tasks WHERE participant = ?", (participant,)).fetchone()[0]
+        return Task(participant, position, total, experiment, stimulus, check_answer)
+
+    @staticmethod
+    def _first_open(db: sqlite3.Connection, participant: str) -> tuple | None:
+        return db.execute(
+            """SELECT t.position, t.experiment, t.stimulus, t.check_answer, t.shown_at FROM tasks t
+               WHERE t.participant = ? AND NOT EXISTS (
+                   SELECT 1 FROM answers a WHERE a.participant = t.participant AND a.position = t.position)
+               ORDER BY t.position LIMIT 1""",
+            (participant,),
+        ).fetchone()
+
+    def record(
+        self, participant: str, submission: str, position: int, answer: str, options: Callable[[str], tuple[str, ...]]
+    ) -> Ack:
+        """Store one answer in one transaction, or refuse it; a known submission id is acknowledged again."""
+        with self._transaction(durable=True) as db:
+            seen = db.execute(
+                "SELECT participant, position FROM answers WHERE submission = ?", (submission,)
+            ).fetchone()
+            if seen is not None:
+                if seen[0] != participant:
+                    raise Refused(409, "this submission id belongs to another participant")
+                return Ack("duplicate", seen[1], self._first_open(db, participant) is None)
+            task = db.execute(
+                "SELECT experiment, stimulus, check_answer, shown_at, reserved_at FROM tasks "
+                "WHERE participant = ? AND position = ?",
+                (participant, position),
+            ).fetchone()
+            if task is None:
+                raise Refused(404, f"you have no task {position}")
+            experiment, stimulus, check_answer, shown_at, reserved_at = task
+            if answer not in options(experiment):
+                raise Refused(422, f"{answer!r} is not an answer of this task")
+            current = self._first_open(db, participant)
+            if current is None or current[0] > position:
+                raise Refused(409, f"task {position} is already answered")
+            if current[0] != position:
+                raise Refused(409, f"answer task {current[0]} first")
+            now = self._clock()
+            passed = None if check_answer is None else int(answer == check_answer)
+            db.execute(
+                "INSERT INTO answers (submission, participant, position, experiment, stimulus, answer, is_check, "
+                "passed, shown_at, answered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (submission, participant, position, experiment, stimulus, answer, int(check_answer is not None),
+                 passed, shown_at or reserved_at, now),
+            )
+            done = self._first_open(db, participant) is None
+            if done:
+                db.execute("UPDATE participants SET completed_at = ? WHERE id = ?", (now, participant))
+        return Ack("stored", position, done)
+
+    def experiments_of(self, participant: str) -> list[str]:
+        rows = self._read("SELECT DISTINCT experiment FROM tasks WHERE participant = ?", (participant,))
+        return [row[0] for row in rows]
+
+    def is_done(self, participant: str) -> bool:
+        rows = self._read("SELECT completed_at FROM participants WHERE id = ?", (participant,))
+        return bool(rows) and rows[0][0] is not None
+
+    # --- admin and export ---------------------------------------------------------------------
+
+    def stimulus_progress(self, hold_seconds: float) -> dict[str, tuple[int, int]]:
+        """Per stimulus with any task: (answers, open reservations that still hold)."""
+        cutoff = self._clock() - hold_seconds
+        rows = self._read(
+            """SELECT t.stimulus, COUNT(a.id), SUM(a.id IS NULL AND t.reserved_at > ?) FROM tasks t
+               LEFT JOIN answers a ON a.participant = t.participant AND a.position = t.position
+               WHERE t.check_answer IS NULL GROUP BY t.stimulus""",
+            (cutoff,),
+        )
+        return {stimulus: (answers, held or 0) for stimulus, answers, held in rows}
+
+    def participant_progress(self) -> list[dict]:
+        """One dict per participant: id, source, times, tasks, answered, checks, checks_passed."""
+        rows = self._read(
+            """SELECT p.id, p.source, p.created_at, p.completed_at,
+                      (SELECT COUNT(*) FROM tasks t WHERE t.participant = p.id),
+                      (SELECT COUNT(*) FROM answers a WHERE a.participant = p.id),
+                      (SELECT COUNT(*) FROM answers a WHERE a.participant = p.id AND a.is_check),
+                      (SELECT COUNT(*) FROM answers a WHERE a.participant = p.id AND a.passed = 1)
+               FROM participants p ORDER BY p.created_at"""
+        )
+        keys = ("id", "source", "created_at", "completed_at", "tasks", "answered", "checks", "checks_passed")
+        return [dict(zip(keys, row)) for row in rows]
+
+    def answer_rows(self) -> list[dict]:
+        """Every answer with what the export needs about its participant."""
+        rows = self._read(
+            """SELECT a.participant, a.position, a.experiment, a.stimulus, a.answer, t.check_answer, a.passed,
+                      a.shown_at, a.answered_at, a.submission, p.completed_at IS NOT NULL,
+                      (SELECT COUNT(*) FROM answers c WHERE c.participant = a.participant AND c.passed = 0)
+               FROM answers a JOIN participants p ON p.id = a.participant
+               JOIN tasks t ON t.participant = a.participant AND t.position = a.position ORDER BY a.id"""
+        )
+        keys = ("participant", "position", "experiment", "stimulus", "answer", "check_answer", "passed", "shown_at",
+                "answered_at", "submission", "completed", "checks_failed")
+        return [dict(zip(keys, row)) for row in rows]

@@ -1,0 +1,72 @@
+"""A participant in headless Chromium against a real server: consent, instructions, keyboard and
+mouse answers, the completion code; then the answers are looked up in the database."""
+
+import sqlite3
+
+import httpx
+from serverkit import TOKEN, build_study, live_server
+
+from tests.browser import browser_page
+
+# What the participant does on each task, in turn, and the answer that must get chosen: a key
+# pressed, or a click on the option with that index; then Enter.
+EXP2_MOVES = [("keys", "n", "none"), ("click", 1, "1-square"), ("keys", "2", "2-triangle")]
+EXP1_MOVES = [("keys", "ArrowLeft", "alg1"), ("keys", "e", "none"), ("click", 2, "alg2"), ("keys", "2", "alg2")]
+
+
+def test_a_participant_completes_the_study_in_a_real_browser(tmp_path):
+    run_dir = tmp_path / "run"
+    build_study(run_dir / "study", images=4)
+    with live_server(run_dir, "--tasks", "6", "--attention-checks", "1") as (base, _), browser_page() as page:
+        problems = []
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.goto(f"{base}/?workerId=BROWSER-1")
+        assert page.inner_text("#participant-id") == "BROWSER-1"
+        page.click("#consent-button")  # not agreed yet: the form does not go
+        assert page.url.endswith("/?workerId=BROWSER-1")
+        page.check("#agree")
+        page.click("#consent-button")
+        page.wait_for_url("**/instructions")
+        assert "Compare two algorithms" in page.inner_text("main")
+        page.click("#start")
+        given, used = _answer_tasks(page)
+        page.wait_for_url("**/done")
+        code = page.inner_text("#completion-code")
+        assert problems == []  # no script errors, nothing blocked by the content security policy
+        progress = httpx.get(f"{base}/admin/api/progress", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert progress["participant_rows"][0]["code"] == code and progress["checks"]["passed"] == 1
+    with sqlite3.connect(run_dir / "study" / "study.db") as db:
+        stored = db.execute("SELECT position, answer FROM answers WHERE participant = 'BROWSER-1' ORDER BY position")
+        assert stored.fetchall() == given
+    assert len(given) == 7 and {"exp1 keys", "exp1 click", "exp2 keys", "exp2 click", "check"} <= set(used)
+
+
+def _answer_tasks(page) -> tuple[list[tuple[int, str]], list[str]]:
+    """Answer every task as EXP2_MOVES / EXP1_MOVES say (the attention check by clicking what it
+    asks for); returns (position, answer) as the page showed them checked before sending, and the
+    kinds of move made."""
+    given, used, moves = [], [], {"exp1": iter(EXP1_MOVES), "exp2": iter(EXP2_MOVES)}
+    while "/task" in page.url:
+        position = int(page.get_attribute("input[name=position]", "value"))
+        assert page.eval_on_selector("img.stimulus", "img => img.complete && img.naturalWidth > 0")
+        values = [radio.get_attribute("value") for radio in page.query_selector_all("input[name=answer]")]
+        if page.query_selector("#check"):
+            label = page.inner_text("#check").split("\u201c")[1].split("\u201d")[0]
+            page.click(f"label.option:has-text('{label}')")
+            wanted = page.eval_on_selector(f"label.option:has-text('{label}') input", "radio => radio.value")
+            used.append("check")
+        else:
+            experiment = "exp1" if "alg1" in values else "exp2"
+            move, key, wanted = next(moves[experiment])
+            used.append(f"{experiment} {move}")
+            if move == "keys":
+                page.keyboard.press(key)
+            else:
+                page.click(f"label.option >> nth={key}")
+        chosen = page.eval_on_selector("input[name=answer]:checked", "radio => radio.value")
+        assert chosen == wanted
+        given.append((position, chosen))
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+    return given, used

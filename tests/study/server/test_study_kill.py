@@ -1,0 +1,73 @@
+"""A server killed with SIGKILL in the middle of a study keeps every acknowledged answer, intact."""
+
+import os
+import signal
+import threading
+import time
+import uuid
+
+import httpx
+from serverkit import build_study, live_server
+
+from benchmarks.bench_study_server import check_database
+
+PARTICIPANTS, TASKS = 6, 10
+
+
+class Participant(threading.Thread):
+    """Answers as fast as the server lets it; remembers what was acknowledged and what was in flight."""
+
+    def __init__(self, base: str, worker: str, acknowledged: set) -> None:
+        super().__init__(daemon=True)
+        self.client = httpx.Client(base_url=base, timeout=10)
+        self.worker, self.acknowledged, self.in_flight = worker, acknowledged, None
+        consent = self.client.post("/consent", data={"participant": worker, "source": "mturk", "agree": "yes"})
+        assert consent.status_code == 303
+
+    def run(self) -> None:
+        try:
+            while not (task := self.client.get("/api/task").json())["done"]:
+                self.in_flight = {"submission_id": str(uuid.uuid4()), "position": task["position"],
+                                  "answer": task["options"][-1]}
+                response = self.client.post("/api/answers", json=self.in_flight)
+                assert response.json()["status"] == "stored"
+                self.acknowledged.add(self.in_flight["submission_id"])
+                self.in_flight = None
+        except httpx.TransportError:
+            pass  # the server is gone; in_flight holds the unacknowledged submission, if any
+
+
+def test_sigkill_mid_study_loses_no_acknowledged_answer(tmp_path):
+    run_dir = tmp_path / "run"
+    build_study(run_dir / "study", images=8)
+    options = ("--tasks", str(TASKS), "--attention-checks", "0")
+    acknowledged: set[str] = set()
+    with live_server(run_dir, *options) as (base, process):
+        participants = [Participant(base, f"w{n}", acknowledged) for n in range(PARTICIPANTS)]
+        for participant in participants:
+            participant.start()
+        deadline = time.monotonic() + 20
+        while len(acknowledged) < 20 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(process.pid, signal.SIGKILL)  # while the others are still answering
+        process.wait(10)
+        for participant in participants:
+            participant.join(15)
+    killed_at = set(acknowledged)
+    assert 20 <= len(killed_at) < PARTICIPANTS * TASKS
+    found = check_database(run_dir / "study" / "study.db", killed_at)
+    in_flight = {p.in_flight["submission_id"] for p in participants if p.in_flight}
+    assert found["lost"] == found["duplicated"] == 0 and found["integrity_ok"] == 1
+    assert found["unexpected"] <= len(in_flight)  # committed, but the answer never reached the client
+
+    with live_server(run_dir, *options) as (base, _):  # same database, new process, the same sessions
+        for participant in participants:
+            participant.client = httpx.Client(base_url=base, cookies=participant.client.cookies, timeout=10)
+            if participant.in_flight:  # the client retries what it never saw acknowledged
+                retry = participant.client.post("/api/answers", json=participant.in_flight).json()
+                assert retry["status"] in ("stored", "duplicate")
+                acknowledged.add(participant.in_flight["submission_id"])
+            participant.run()
+            assert participant.client.get("/api/task").json()["done"]
+    found = check_database(run_dir / "study" / "study.db", acknowledged)
+    assert found == {"rows": PARTICIPANTS * TASKS, "lost": 0, "duplicated": 0, "unexpected": 0, "integrity_ok": 1}
