@@ -214,15 +214,45 @@ def evaluate_command(
         typer.echo(evaluate_stage(settings, Run(settings.run_dir)).summary())
 
 
+@app.command("report")
+def report_command(
+    run_dir: Annotated[Optional[Path], typer.Option("--run", help="Run directory, e.g. runs/demo.")] = None,
+    name: NameOption = None,
+    images: Annotated[Optional[int], typer.Option(help="Example images (rows) in the grid of explanations.")] = None,
+    stimuli: Annotated[Optional[int], typer.Option(help="Study stimuli shown per experiment.")] = None,
+) -> None:
+    """Write runs/<name>/report.html: one self-contained HTML page of everything the run holds so far
+    (settings, training, pruning, metrics, example explanations, study stimuli, analysed answers).
+    """
+    from prunexplain.report import report_settings, write_report
+    from prunexplain.runs import Run
+
+    with user_errors():
+        root = run_dir or _settings(None, None, name).run_dir
+        typer.echo(write_report(Run(root), report_settings(images=images, stimuli=stimuli)).summary())
+
+
 @app.command()
-def run(config: ConfigOption = None, overrides: SetOption = None, name: NameOption = None) -> None:
-    """Run every stage in order over runs/<name>, skipping stages already done with the same settings."""
+def run(
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    name: NameOption = None,
+    until: Annotated[
+        Optional[str],
+        typer.Option(help="Stop after this stage: data, train, prune, explain, evaluate, study, crowd, analysis, report."),
+    ] = None,
+) -> None:
+    """Run every stage in order over runs/<name>, skipping stages already done with the same settings.
+
+    data -> train -> prune -> explain -> evaluate -> study (stimuli) -> crowd (real answers, else a
+    simulated crowd) -> analysis -> report (runs/<name>/report.html). Killed at any point, it resumes.
+    """
     from prunexplain.pipeline import run_pipeline
     from prunexplain.runs import Run
 
     with user_errors():
         settings = _settings(config, overrides, name)
-        report = run_pipeline(settings, Run(settings.run_dir))
+        report = run_pipeline(settings, Run(settings.run_dir), until)
         typer.echo(report)
 
 
@@ -304,7 +334,10 @@ _analyze_command(
 )
 
 
-study_app = typer.Typer(help="Human studies: simulated crowds with a known truth.", no_args_is_help=True)
+study_app = typer.Typer(
+    help="Human studies: build the stimuli, publish them to S3, serve the study, export answers, simulate crowds.",
+    no_args_is_help=True,
+)
 app.add_typer(study_app, name="study")
 
 
@@ -336,6 +369,119 @@ def study_simulate(
             spammer_share=spammer_share, item_correlation=item_correlation, seed=seed,
         )
         typer.echo(simulate(settings, out, power).markdown())
+
+
+@study_app.command("build")
+def study_build(
+    run_dir: RunOption = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    name: NameOption = None,
+    manifest: Annotated[
+        Optional[Path],
+        typer.Option(exists=True, dir_okay=False, help="Rebuild from this manifest.json and compare every file."),
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option(help="With --manifest: folder to rebuild into.")] = None,
+) -> None:
+    """Build the stimuli of a human study from a run's models, with MTurk files and a manifest.
+
+    N test images per class that every model gets right, experiment 1 panels (occlusion maps and heatmaps) and experiment 2 occlusion maps named as the
+    study named them, MTurk input CSVs and HIT layouts, and study/manifest.json to trace and rebuild it.
+    """
+    from prunexplain.runs import Run
+    from prunexplain.study.build import build_study, rebuild_study
+
+    with user_errors():
+        settings = _run_settings(run_dir, config, overrides, name)
+        run = Run(settings.run_dir)
+        if manifest is None:
+            typer.echo(build_study(settings, run).summary())
+            return
+        result = rebuild_study(manifest, run, out or run.path("study-rebuild"))
+        typer.echo(result.summary())
+        if result.different:
+            raise typer.Exit(1)
+
+
+@study_app.command("publish")
+def study_publish(
+    run_dir: Annotated[Path, typer.Option("--run", exists=True, file_okay=False, help="Run directory, e.g. runs/x.")],
+    bucket: Annotated[str, typer.Option(help="S3 bucket to upload the stimuli into.")],
+    prefix: Annotated[str, typer.Option(help="Key prefix inside the bucket, e.g. study1/.")] = "",
+    endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint (default: AWS).")] = None,
+) -> None:
+    """Upload the study's stimuli to S3 for Mechanical Turk.
+
+    Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or a profile);
+    files already there with the same content are skipped.
+    """
+    from prunexplain.study.mturk import publish
+
+    with user_errors():
+        typer.echo(publish(run_dir / "study", bucket, prefix, endpoint_url).summary())
+
+
+StudyRun = Annotated[Path, typer.Option("--run", help="Run directory with the study/ of `study build`, e.g. runs/x.")]
+
+
+def _study_dir(run_dir: Path) -> Path:
+    if not (run_dir / "study" / "manifest.json").is_file():
+        raise UserError(f"{run_dir}: no study/manifest.json; run `prunexplain study build` first")
+    return run_dir / "study"
+
+
+@study_app.command("serve")
+def study_serve(
+    run_dir: StudyRun,
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", "-c", exists=True, dir_okay=False, help="TOML file; its 'serve' table holds settings."),
+    ] = None,
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default 8000).")] = None,
+    experiments: Annotated[
+        Optional[list[str]], typer.Option("--experiment", "-e", help="Experiment key; repeatable. Default: exp1, exp2.")
+    ] = None,
+    answers_per_stimulus: Annotated[Optional[int], typer.Option(help="Distinct participants per stimulus (5).")] = None,
+    tasks: Annotated[Optional[int], typer.Option("--tasks", help="Stimuli per participant (20).")] = None,
+    attention_checks: Annotated[Optional[int], typer.Option(help="Attention checks per participant (2).")] = None,
+    completion_code: Annotated[Optional[str], typer.Option(help="One code for all (default: per participant).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of task orders and attention checks.")] = None,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+) -> None:
+    """Run the study yourself: a web server for participants and an admin page.
+
+    Participants get consent, instructions, tasks and a completion code; the admin pages need the token
+    from PRUNEXPLAIN_ADMIN_TOKEN or study/admin_token. Answers go to study/study.db.
+    """
+    from prunexplain.study.server.app import serve
+    from prunexplain.study.server.settings import load_serve_settings
+
+    with user_errors():
+        settings = load_serve_settings(
+            config, host=host, port=port, experiments=experiments, answers_per_stimulus=answers_per_stimulus,
+            tasks_per_participant=tasks, attention_checks=attention_checks, completion_code=completion_code, seed=seed,
+        )
+        serve(_study_dir(run_dir), settings, access_log)
+
+
+@study_app.command("export")
+def study_export(
+    run_dir: StudyRun,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="A .csv file (one experiment) or a folder. Default: study/export/."),
+    ] = None,
+    experiment: Annotated[Optional[str], typer.Option("--experiment", "-e", help="Only this experiment key.")] = None,
+) -> None:
+    """Export the self-hosted study's answers as MTurk batch-results CSVs, one per experiment.
+
+    `prunexplain analyze exp1|exp2` reads them unchanged; attention checks go to attention_checks.csv.
+    """
+    from prunexplain.study.server.export import export_study
+
+    with user_errors():
+        typer.echo(export_study(_study_dir(run_dir), out, experiment).summary())
 
 
 def main() -> None:

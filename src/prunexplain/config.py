@@ -127,31 +127,33 @@ class EvaluateSettings(_Section):
     sanity_threshold: float = Field(0.5, description="flag maps whose Spearman similarity stays above this")
 
 
-class RunSettings(_Section):
-    name: str = Field("demo", pattern=r"^[A-Za-z0-9._-]+$")
-    root: Path = Path("runs")
+class StudySettings(_Section):
+    """`study build`: the images, stimuli and MTurk files of the human study (see prunexplain.study)."""
 
+    models: list[str] = Field(
+        default_factory=lambda: ["dense", "local_magnitude_unstructured/cr_2", "local_magnitude_unstructured/cr_32"],
+        description="'dense' and '<method>/cr_<rate>'; shown as nonpruned and <rate>pruned",
+    )
+    per_class: int = Field(50, ge=1, description="test images per class that every model classifies correctly")
+    seed: int = Field(0, description="seed of the image draw, the sides of experiment 1 and the input order")
+    experiments: list[Literal["exp1", "exp1_heatmap", "exp2"]] = Field(
+        default_factory=lambda: ["exp1", "exp1_heatmap", "exp2"],
+        description="exp1: occlusion maps side by side; exp1_heatmap: jet heatmaps; exp2: one occlusion map",
+    )
+    pairs: list[tuple[str, str]] = Field(
+        default_factory=list, description="exp1 pairs by study name, e.g. [['nonpruned', '2pruned']]; []: every pair"
+    )
+    occlusion: float = Field(0.10, gt=0, le=1, description="share of pixels left visible")
+    heatmap_alpha: float = Field(0.5, ge=0, le=1)
+    url_prefix: str = Field("", description="prefix of image_url in the input CSVs, e.g. the published bucket URL")
+    batch_size: int = Field(64, ge=1)
 
-class Settings(_Section):
-    run: RunSettings = RunSettings()
-    data: DataSettings = DataSettings()
-    model: ModelSettings = ModelSettings()
-    train: TrainSettings = TrainSettings()
-    prune: PruneSettings = PruneSettings()
-    explain: ExplainSettings = ExplainSettings()
-    evaluate: EvaluateSettings = EvaluateSettings()
-
-    @property
-    def run_dir(self) -> Path:
-        return self.run.root / self.run.name
-
-    def fingerprint(self, *sections: str) -> str:
-        """Hash of the named sections: a stage whose sections are unchanged need not run again."""
-        dump = {name: getattr(self, name).model_dump(mode="json") for name in sections}
-        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
-
-    def to_toml(self) -> str:
-        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+    @field_validator("models")
+    @classmethod
+    def _two_or_more(cls, models: list[str]) -> list[str]:
+        if len(models) < 2 or len(set(models)) != len(models):
+            raise ValueError("name at least two different models")
+        return models
 
 
 # The reference's named-run JSON keys and where each lands in Settings.
@@ -367,3 +369,84 @@ class SimulateSettings(_Section):
         if workers is not None and value > workers:
             raise ValueError(f"needs at least {value} workers")
         return value
+
+
+class ServeSettings(_Section):
+    """`prunexplain study serve`: the self-hosted study (see prunexplain.study.server).
+
+    Attention checks are instructed-response items: a stimulus picture the participant has no task
+    on, shown with the line "whatever you see, choose <option>"; the option is drawn at random from
+    that experiment's options, so the right answer is known without trusting any model.
+    """
+
+    experiments: list[str] = Field(
+        default_factory=lambda: ["exp1", "exp2"], min_length=1, description="experiment keys of manifest.json"
+    )
+    answers_per_stimulus: int = Field(5, ge=1, description="distinct participants per stimulus (the study's 5)")
+    tasks_per_participant: int = Field(20, ge=1, description="stimuli per participant, attention checks not counted")
+    attention_checks: int = Field(2, ge=0, description="instructed-response items per participant, at random places")
+    reservation_minutes: float = Field(
+        60.0, gt=0, description="unanswered tasks of a participant hold their stimuli this long"
+    )
+    completion_code: str | None = Field(
+        None, min_length=1, max_length=64, description="one code for all; None: one per participant, from a secret"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    seed: int = Field(0, description="seed of the task order and of the attention-check draws")
+
+
+class ReportSettings(_Section):
+    """`prunexplain report`: how much of a run the HTML report shows, and how small its pictures are."""
+
+    images: int = Field(6, ge=0, description="example images (rows) in the grid of explanations")
+    stimuli: int = Field(4, ge=0, description="study stimuli shown per experiment")
+    cell_size: int = Field(128, ge=32, le=512, description="pixels; grid pictures are shown at about this side")
+    figure_width: int = Field(1100, ge=200, description="pixels; wider plots and stimuli are downscaled to this")
+    heatmap_alpha: float = Field(0.5, ge=0, le=1, description="weight of the jet colours over the image in the grid")
+
+
+class CrowdSettings(_Section):
+    """`prunexplain run`: who answers the study when no real answers are in the run yet.
+
+    Real answers (CSV files in `study/answers/`, or the self-hosted study's database) always win;
+    without them a simulated crowd (prunexplain.study.simulate) answers, so the analysis and the
+    report can be read end to end before a study is paid for.
+    """
+
+    simulate: bool = Field(True, description="simulate a crowd when the run has no real answers")
+    workers: int = Field(60, ge=1, description="size of the simulated worker pool")
+    answers_per_item: int = Field(5, ge=1, description="assignments per stimulus, each by a different worker")
+    spammer_share: float = Field(0.05, ge=0, le=1, description="share of simulated workers answering at random")
+    seed: int = 0
+
+
+class RunSettings(_Section):
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9._-]+$")
+    root: Path = Path("runs")
+
+
+class Settings(_Section):
+    run: RunSettings = RunSettings()
+    data: DataSettings = DataSettings()
+    model: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
+    prune: PruneSettings = PruneSettings()
+    explain: ExplainSettings = ExplainSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
+    study: StudySettings = StudySettings()
+    crowd: CrowdSettings = CrowdSettings()
+    analysis: AnalysisSettings = AnalysisSettings()
+    report: ReportSettings = ReportSettings()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.root / self.run.name
+
+    def fingerprint(self, *sections: str) -> str:
+        """Hash of the named sections: a stage whose sections are unchanged need not run again."""
+        dump = {name: getattr(self, name).model_dump(mode="json") for name in sections}
+        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))

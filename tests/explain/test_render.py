@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from prunexplain.explain.render import exp1_panel, exp2_image, heatmap, occlude, top_pixels
+from prunexplain.explain.render import Exp1Panels, exp1_panel, exp2_image, heatmap, occlude, top_pixels
 
 
 @pytest.mark.parametrize(("size", "share"), [(64, 0.10), (224, 0.10), (37, 0.25), (10, 0.05)])
@@ -49,3 +49,15 @@ def test_panels_are_written_as_pngs(tmp_path):
     with Image.open(single) as image:
         assert image.size == (256, 256)
         assert np.array_equal(np.asarray(image)[::4, ::4], picture)
+
+
+def test_panels_drawn_in_one_figure_equal_panels_drawn_alone(tmp_path):
+    rng = np.random.default_rng(0)
+    pictures = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    other = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(3)]
+    alone = exp1_panel(*pictures, "0-disk", tmp_path / "alone.png")
+    with Exp1Panels() as draw:
+        draw(*other, "9-a-much-longer-label", tmp_path / "before.png")
+        after = draw(*pictures, "0-disk", tmp_path / "after.png")
+    assert alone.read_bytes() == after.read_bytes()
+    assert alone.read_bytes() != (tmp_path / "before.png").read_bytes()

@@ -122,6 +122,7 @@ def parse_tables(
     settings = settings or AnalysisSettings()
     if experiment not in EXPERIMENTS:
         raise UserError(f"unknown experiment {experiment!r} (known: {', '.join(EXPERIMENTS)})")
+    tables = [(name, _expand_label_column(table.copy())) for name, table in tables]
     labels = _answer_labels(experiment, tables)
     parts, problems, files = [], [], []
     for name, table in tables:
@@ -159,6 +160,28 @@ def _read_csv(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
         raise UserError(f"{path}: not a readable CSV file ({str(error).strip().splitlines()[0]})") from None
     table.columns = [str(c).strip() for c in table.columns]
+    return table
+
+
+def _expand_label_column(table: pd.DataFrame) -> pd.DataFrame:
+    """A crowd-classifier layout answers in one column, `Answer.<group>.label`, holding the option:
+    spread it into the study's true/false column per option, so both layouts read alike.
+
+    Experiment 2's options are the labels chosen or named in the stimulus file names, and none.
+    """
+    for prefix in (EXP1_PREFIX, EXP2_PREFIX):
+        column = prefix + "label"
+        if column not in table or any(c.startswith(prefix) and c != column for c in table.columns):
+            continue
+        chosen = table.pop(column).str.strip()
+        if prefix == EXP1_PREFIX:
+            options = list(EXP1_OPTIONS)
+        else:
+            urls = table.get("Input.image_url", pd.Series(dtype=str))
+            named = _file_names(urls).str.extract(_NAME["exp2"])["label"].dropna()
+            options = sorted({*chosen[chosen != ""], *named, NONE} - {NONE}, key=_label_key) + [NONE]
+        for option in options:
+            table[prefix + option] = (chosen == option).map({True: "true", False: "false"})
     return table
 
 

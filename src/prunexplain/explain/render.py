@@ -55,16 +55,47 @@ def save_figure(figure, path: Path) -> Path:
     return Path(path)
 
 
+class Exp1Panels:
+    """Experiment 1 panels, "Algorithm 1 | Original Image | Algorithm 2", titled with the predicted
+    class: `with Exp1Panels() as draw: draw(left, original, right, label, path)`.
+
+    One figure is redrawn for every panel: building a matplotlib figure costs several times more
+    than drawing it, and a study has thousands of panels. The output does not depend on what the
+    figure showed before, so each panel is the same bytes as one drawn alone.
+    """
+
+    _TITLES = ("Algorithm 1", "Original Image", "Algorithm 2")
+
+    def __enter__(self) -> Exp1Panels:
+        self.figure, axes = plt.subplots(1, 3, figsize=(9, 3.4), dpi=100)
+        self.pictures = []
+        for axis, title in zip(axes, self._TITLES):
+            self.pictures.append(axis.imshow(np.zeros((2, 2, 3), np.uint8)))
+            axis.set_title(title, fontsize=12)
+            axis.axis("off")
+        self.title = self.figure.suptitle("Both algorithms predict '...'", fontsize=14)
+        self.figure.tight_layout()  # once: a layout computed per panel would depend on the panel before
+        return self
+
+    def __exit__(self, *exc) -> None:
+        plt.close(self.figure)
+
+    def __call__(self, left: np.ndarray, original: np.ndarray, right: np.ndarray, label: str, path: Path) -> Path:
+        for shown, picture in zip(self.pictures, (left, original, right)):
+            shown.set_data(picture)
+            shown.set_extent((-0.5, picture.shape[1] - 0.5, picture.shape[0] - 0.5, -0.5))
+            shown.set_interpolation("nearest" if picture.shape[0] < 128 else "antialiased")
+            shown.axes.set_xlim(-0.5, picture.shape[1] - 0.5)
+            shown.axes.set_ylim(picture.shape[0] - 0.5, -0.5)
+        self.title.set_text(f"Both algorithms predict '{_pretty(label)}'")
+        write_with(path, lambda handle: self.figure.savefig(handle, format="png"))
+        return Path(path)
+
+
 def exp1_panel(left: np.ndarray, original: np.ndarray, right: np.ndarray, label: str, path: Path) -> Path:
-    """Experiment 1: "Algorithm 1 | Original Image | Algorithm 2", titled with the predicted class."""
-    figure, axes = plt.subplots(1, 3, figsize=(9, 3.4), dpi=100)
-    for axis, picture, title in zip(axes, (left, original, right), ("Algorithm 1", "Original Image", "Algorithm 2")):
-        axis.imshow(picture, interpolation="nearest" if picture.shape[0] < 128 else "antialiased")
-        axis.set_title(title, fontsize=12)
-        axis.axis("off")
-    figure.suptitle(f"Both algorithms predict '{_pretty(label)}'", fontsize=14)
-    figure.tight_layout()
-    return save_figure(figure, path)
+    """One experiment 1 panel (see `Exp1Panels` for many)."""
+    with Exp1Panels() as draw:
+        return draw(left, original, right, label, path)
 
 
 def exp2_image(occluded: np.ndarray, path: Path, size: int = 224) -> Path:

@@ -78,8 +78,8 @@ def _test_images(settings: Settings, run: Run, meta: dict) -> tuple[torch.Tensor
     return stacked(test, meta["data"]["image_size"]), rows
 
 
-def _maps(model, images, data: DataSettings, settings, device) -> tuple[np.ndarray, np.ndarray]:
-    """Maps and predicted classes, batch by batch."""
+def maps_and_predictions(model, images, data: DataSettings, settings, device) -> tuple[np.ndarray, np.ndarray]:
+    """Maps of the predicted classes and the predictions, batch by batch (uint8 images in)."""
     maps, predictions = [], []
     for start in range(0, len(images), settings.batch_size):
         x = prepare(images[start : start + settings.batch_size].to(device), data)
@@ -111,7 +111,7 @@ def explain_stage(settings: Settings, run: Run) -> ExplainResult:
     for key, path in tqdm(models.items(), desc="explain", unit="model", disable=not settings.train.progress):
         model, checkpoint = load_checkpoint(path, device)
         data = settings.data.model_copy(update={"normalize": checkpoint["meta"]["data"]["normalize"]})
-        maps, predictions = _maps(model, images, data, settings.explain, device)
+        maps, predictions = maps_and_predictions(model, images, data, settings.explain, device)
         folder = run.path("explain", key)
         written[key] = write_with(folder / name, lambda handle: np.save(handle, maps))
         write_with(folder / "predictions.npy", lambda handle: np.save(handle, predictions))

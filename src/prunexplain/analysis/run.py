@@ -1,0 +1,43 @@
+"""The analysis stage of a run: every experiment of its study, from the answers `study/crowd.json` lists.
+
+Writes `analysis/<experiment>/` (what `analyze` writes: summary.json, workers.csv, plots) and
+`analysis/source.json` (per experiment: real or simulated answers, and which files), which the
+report shows beside the numbers so a simulated crowd is never mistaken for people.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from prunexplain.analysis.stage import analyze
+from prunexplain.config import Settings, UserError
+from prunexplain.runs import Run, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunAnalysis:
+    sources: dict[str, dict]
+    answers: dict[str, int]
+
+    def summary(self) -> str:
+        return "; ".join(f"{key}: {self.answers[key]} {s['source']} answers" for key, s in self.sources.items())
+
+
+def analyze_run(settings: Settings, run: Run) -> RunAnalysis:
+    """Analyse each experiment of the run's study with `settings.analysis`."""
+    listing = run.path("study", "crowd.json")
+    if not listing.is_file():
+        raise UserError(f"{listing}: no answers listed yet; run `prunexplain run` (its crowd stage) first")
+    sources = json.loads(listing.read_text())
+    answers = {}
+    for key, source in sources.items():
+        result = analyze(source["kind"], [Path(f) for f in source["files"]], settings.analysis,
+                         run.path("analysis", key))
+        answers[key] = result.summary["answers"]
+    write_json(run.path("analysis", "source.json"), sources)
+    return RunAnalysis(sources, answers)

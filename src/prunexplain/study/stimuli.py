@@ -1,0 +1,89 @@
+"""The pictures people judge: experiment 1 panels and experiment 2 occlusion maps.
+
+Randomness is drawn first and recorded (which model goes left), then rendering is deterministic:
+the same maps, sides and settings give byte-identical PNGs. File names follow the study's scheme
+(DESIGN.md), which `prunexplain analyze` parses back:
+experiment 1 `{i}_{left}_{classlabel}_{right}.png`, experiment 2 `{i}_{classlabel}_{model}.png`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from prunexplain.explain.render import Exp1Panels, exp2_image, heatmap, occlude, top_pixels
+
+# Experiment key -> (kind the analysis reads it as, how each model's map is drawn).
+EXPERIMENTS = {"exp1": ("exp1", "occlusion"), "exp1_heatmap": ("exp1", "heatmap"), "exp2": ("exp2", "occlusion")}
+
+
+@dataclass(frozen=True)
+class Stimulus:
+    experiment: str
+    file: str  # relative to the study folder
+    image: int
+    label: str
+    left: str | None = None
+    right: str | None = None
+    model: str | None = None
+
+    def record(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+def study_pairs(names: list[str], pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pairs of experiment 1: those asked for, or every pair of the models in their order."""
+    return [tuple(pair) for pair in pairs] or list(itertools.combinations(names, 2))
+
+
+def draw_sides(images: int, pairs: int, seed: int) -> np.ndarray:
+    """`[pairs, images]` booleans, True: the pair's first model is drawn left.
+
+    Per pair exactly half of the images put the first model left (the odd one out is itself a coin
+    flip), in an order drawn from the seed: sides are balanced, random per image and reproducible.
+    """
+    rng = np.random.default_rng([seed, 1])
+    sides = np.zeros((pairs, images), dtype=bool)
+    for p in range(pairs):
+        left = images // 2 + (images % 2) * int(rng.integers(2))
+        sides[p] = rng.permutation(np.arange(images) < left)
+    return sides
+
+
+def draw_maps(variant: str, images: np.ndarray, maps: np.ndarray, occlusion: float, alpha: float) -> np.ndarray:
+    """Each image `[N, H, W, 3]` uint8 as a person sees its map: top pixels only, or a jet overlay."""
+    if variant == "occlusion":
+        masks = top_pixels(torch.from_numpy(maps), occlusion).numpy()
+        return np.stack([occlude(image, mask) for image, mask in zip(images, masks)])
+    return np.stack([heatmap(image, cam, alpha) for image, cam in zip(images, maps)])
+
+
+def exp1_stimuli(key: str, images: np.ndarray, drawn: dict[str, np.ndarray], labels: list[str],
+                 pairs: list[tuple[str, str]], sides: np.ndarray, out: Path, progress: bool) -> list[Stimulus]:
+    """Three panels per image and pair: the two models' maps around the original image."""
+    stimuli = []
+    jobs = [(p, i) for p in range(len(pairs)) for i in range(len(images))]
+    with Exp1Panels() as panel:
+        for p, i in tqdm(jobs, desc=key, unit="stimulus", disable=not progress):
+            a, b = pairs[p]
+            left, right = (a, b) if sides[p, i] else (b, a)
+            stimulus = Stimulus(key, f"{key}/{i}_{left}_{labels[i]}_{right}.png", i, labels[i], left=left, right=right)
+            panel(drawn[left][i], images[i], drawn[right][i], labels[i], out / stimulus.file)
+            stimuli.append(stimulus)
+    return stimuli
+
+
+def exp2_stimuli(key: str, drawn: dict[str, np.ndarray], labels: list[str], out: Path, progress: bool) -> list[Stimulus]:
+    """One occluded image per image and model."""
+    stimuli = []
+    jobs = [(name, i) for name in drawn for i in range(len(labels))]
+    for name, i in tqdm(jobs, desc=key, unit="stimulus", disable=not progress):
+        stimulus = Stimulus(key, f"{key}/{i}_{labels[i]}_{name}.png", i, labels[i], model=name)
+        exp2_image(drawn[name][i], out / stimulus.file)
+        stimuli.append(stimulus)
+    return stimuli

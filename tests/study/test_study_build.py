@@ -1,0 +1,140 @@
+import csv
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from prunexplain.analysis.load import parse_tables
+from prunexplain.config import UserError
+from prunexplain.data.loaders import ImageSet, prepare
+from prunexplain.explain.stage import stacked
+from prunexplain.models import load_checkpoint
+from prunexplain.study.build import build_study, rebuild_study
+from prunexplain.study.select import draw, study_name
+from prunexplain.study.stimuli import draw_sides
+from tests.study.conftest import copy_run
+
+
+def _rows(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_every_selected_image_is_classified_correctly_by_every_model(built):
+    settings, run, result = built
+    rows = _rows(run.path("study", "selection.csv"))
+    assert result.images == len(rows) == 20
+    labels = [int(row["label"]) for row in rows]
+    assert np.bincount(labels, minlength=10).tolist() == [2] * 10
+    assert len({row["test_index"] for row in rows}) == 20
+    images = ImageSet(tuple(row["path"] for row in rows), tuple(labels), tuple(f"c{i}" for i in range(10)))
+    x = prepare(stacked(images, 32), settings.data)
+    manifest = json.loads(run.path("study", "manifest.json").read_text())
+    assert list(manifest["models"]) == ["nonpruned", "2pruned", "32pruned"]
+    for model in manifest["models"].values():
+        net, _ = load_checkpoint(run.path(model["checkpoint"]))
+        with torch.no_grad():
+            assert net(x).argmax(1).tolist() == labels
+
+
+def test_stimuli_follow_the_study_names_and_both_sides_are_balanced(built):
+    settings, run, result = built
+    assert result.stimuli == {"exp1": 60, "exp1_heatmap": 60, "exp2": 60}
+    manifest = json.loads(run.path("study", "manifest.json").read_text())
+    exp1 = [s for s in manifest["stimuli"] if s["experiment"] == "exp1"]
+    for a, b in [("nonpruned", "2pruned"), ("nonpruned", "32pruned"), ("2pruned", "32pruned")]:
+        pair = [s for s in exp1 if {s["left"], s["right"]} == {a, b}]
+        assert len(pair) == 20 and sum(s["left"] == a for s in pair) == 10
+    first = exp1[0]
+    assert first["file"] == f"exp1/{first['image']}_{first['left']}_{first['label']}_{first['right']}.png"
+    assert run.path("study", first["file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the heatmap variant puts the same model on the same side of the same image
+    heat = {(s["image"], s["left"], s["right"]) for s in manifest["stimuli"] if s["experiment"] == "exp1_heatmap"}
+    assert heat == {(s["image"], s["left"], s["right"]) for s in exp1}
+    exp2 = {s["file"] for s in manifest["stimuli"] if s["experiment"] == "exp2"}
+    assert "exp2/0_0-disk_32pruned.png" in exp2
+
+
+def test_sides_are_balanced_random_and_reproducible():
+    sides = draw_sides(101, 3, seed=7)
+    assert sides.shape == (3, 101) and set(sides.sum(1)) <= {50, 51}
+    assert (sides == draw_sides(101, 3, seed=7)).all()
+    assert not (sides == draw_sides(101, 3, seed=8)).all()
+    assert 0.3 < sides[:, :50].mean() < 0.7  # shuffled, not the first half left
+
+
+def test_file_names_and_layout_answers_parse_back_with_analyze(built):
+    settings, run, _ = built
+    urls = [row["image_url"] for row in _rows(run.path("study", "exp1_input.csv"))]
+    table = pd.DataFrame({"HITId": [f"H{i}" for i in range(len(urls))], "WorkerId": "W1", "Input.image_url": urls,
+                          "Answer.algorithms.label": ["alg1", "alg2", "none"] * (len(urls) // 3)})
+    answers = parse_tables("exp1", [("export.csv", table)])
+    assert not answers.problems and len(answers.frame) == 60
+    assert answers.models == ["nonpruned", "2pruned", "32pruned"]
+    assert answers.frame["answer"].value_counts().to_dict() == {"alg1": 20, "alg2": 20, "none": 20}
+    urls = [row["image_url"] for row in _rows(run.path("study", "exp2_input.csv"))]
+    labels = [u.split("_")[1] for u in urls]
+    table = pd.DataFrame({"HITId": [f"H{i}" for i in range(len(urls))], "WorkerId": "W1", "Input.image_url": urls,
+                          "Answer.classes.label": labels})
+    answers = parse_tables("exp2", [("export.csv", table)])
+    assert not answers.problems and answers.frame["correct"].all()
+    assert answers.labels == [f"{i}-{n}" for i, n in enumerate(
+        ["disk", "square", "triangle", "plus", "star", "ring", "hexagon", "crescent", "arrow", "heart"])]
+
+
+def test_input_csvs_are_shuffled_from_the_seed_with_the_url_prefix(study_run):
+    settings, run = study_run
+    prefixed = settings.model_copy(update={"study": settings.study.model_copy(
+        update={"url_prefix": "https://bucket.example/s/", "experiments": ["exp2"]})})
+    build_study(prefixed, run)
+    urls = [row["image_url"] for row in _rows(run.path("study", "exp2_input.csv"))]
+    assert all(u.startswith("https://bucket.example/s/exp2/") for u in urls) and len(set(urls)) == 60
+    assert urls != sorted(urls)
+    assert not run.path("study", "exp1").exists()
+    layout = run.path("study", "layouts", "exp2.html").read_text()
+    assert "<crowd-form" in layout and '<crowd-classifier name="classes"' in layout and "${image_url}" in layout
+    assert "&#x27;9-heart&#x27;, &#x27;none&#x27;" in layout
+
+
+def test_rebuilding_from_the_manifest_gives_identical_files(built, tmp_path):
+    settings, run, _ = built
+    result = rebuild_study(run.path("study", "manifest.json"), run, tmp_path / "again")
+    assert result.different == [] and result.checked == 180 + 7
+    original = run.path("study", "exp1_heatmap", "0_2pruned_0-disk_nonpruned.png")
+    again = tmp_path / "again" / "exp1_heatmap" / original.name
+    if original.exists():
+        assert original.read_bytes() == again.read_bytes()
+    some = sorted(run.path("study", "exp1").glob("*.png"))[:3]
+    assert all(p.read_bytes() == (tmp_path / "again" / "exp1" / p.name).read_bytes() for p in some)
+
+
+def test_rebuild_refuses_changed_checkpoints(built, tmp_path):
+    settings, run = copy_run(*built[:2], tmp_path)
+    checkpoint = run.path("train", "model.pt")
+    checkpoint.write_bytes(checkpoint.read_bytes() + b"x")
+    with pytest.raises(UserError, match="model nonpruned .* not the checkpoint it was built from"):
+        rebuild_study(run.path("study", "manifest.json"), run, tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+
+
+def test_too_few_eligible_images_name_the_counts_per_class():
+    labels = np.array([0, 0, 1, 1, 2])
+    eligible = np.array([True, True, True, False, False])
+    with pytest.raises(UserError, match=r"study.per_class=2: .*\(a 2, b 1, c 0\)"):
+        draw(labels, eligible, 2, 0, ("a", "b", "c"))
+    chosen = draw(np.repeat(np.arange(3), 10), np.ones(30, bool), 4, 0, ("a", "b", "c"))
+    assert len(chosen) == 12 and (np.diff(chosen[:4]) > 0).all()
+    assert (chosen == draw(np.repeat(np.arange(3), 10), np.ones(30, bool), 4, 0, ("a", "b", "c"))).all()
+
+
+def test_models_are_named_as_the_study_and_checked(study_run):
+    assert study_name("dense") == "nonpruned" and study_name("local_random_unstructured/cr_3.5") == "3.5pruned"
+    settings, run = study_run
+    wrong = settings.model_copy(update={"study": settings.study.model_copy(update={"models": ["dense", "x/cr_4"]})})
+    with pytest.raises(UserError, match=r"study.models: 'x/cr_4' is not in this run \(it has: dense, "):
+        build_study(wrong, run)
+    pairs = settings.model_copy(update={"study": settings.study.model_copy(update={"pairs": [("nonpruned", "64pruned")]})})
+    with pytest.raises(UserError, match="study.pairs"):
+        build_study(pairs, run)

@@ -1,0 +1,38 @@
+"""`prunexplain run` past the models: study, crowd, analysis and report, on models that pass the selection."""
+
+import json
+import shutil
+
+from prunexplain.pipeline import STAGES, fingerprints, run_pipeline
+from prunexplain.runs import Run
+
+
+def _done_through(settings, run: Run, last: str) -> None:
+    """Mark the stages up to `last` done, as if this run had made the models it holds."""
+    for stage, fingerprint in zip(STAGES, fingerprints(settings, run)):
+        run.mark_done(stage.name, fingerprint)
+        if stage.name == last:
+            return
+
+
+def test_study_crowd_analysis_and_report_follow_the_models(study_run):
+    settings, run = study_run
+    _done_through(settings, run, "evaluate")
+    report = run_pipeline(settings, run)
+    assert "study: 20 images; stimuli: exp1 60, exp1_heatmap 60, exp2 60" in report
+    assert "crowd: exp1: 1 simulated file(s)" in report and "analysis: exp1: 300 simulated answers" in report
+    sources = json.loads(run.path("analysis", "source.json").read_text())
+    assert {key: s["source"] for key, s in sources.items()} == {"exp1": "simulated", "exp1_heatmap": "simulated",
+                                                               "exp2": "simulated"}
+    summary = json.loads(run.path("analysis", "exp2", "summary.json").read_text())
+    assert summary["answers"] == 300 and [m for m in summary["models"]] == ["nonpruned", "2pruned", "32pruned"]
+    html = run.path("report.html").read_text()
+    assert "simulated" in html.lower() and "exp1_heatmap" in html
+    # people's answers dropped into study/answers/ replace the simulated crowd of that experiment only
+    real = run.path("study", "answers", "exp2_batch1.csv")
+    real.parent.mkdir()
+    shutil.copy(run.path("study", "simulated", "exp2", "exp2_results.csv"), real)
+    again = run_pipeline(settings, run)
+    assert "study: done (skipped)" in again and "crowd: exp1: 1 simulated file(s)" in again
+    assert "exp2: 1 real file(s)" in again
+    assert json.loads(run.path("analysis", "source.json").read_text())["exp2"]["files"] == [str(real)]
