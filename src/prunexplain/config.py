@@ -11,7 +11,7 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,6 +23,9 @@ class UserError(Exception):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
 
 
 class SyntheticSettings(_Section):
@@ -196,12 +199,7 @@ def load_settings(
 
 def read_reference_run(path: Path, name: str) -> dict[str, Any]:
     """One named run of the study's training_config.json, as dotted Settings keys."""
-    try:
-        runs = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"{path}: not a valid JSON file ({error})") from None
+    runs = read_json(path)
     if not isinstance(runs, dict) or not all(isinstance(v, dict) for v in runs.values()):
         raise UserError(f"{path}: expected an object of named runs, e.g. {{\"run8\": {{...}}}}")
     if name not in runs:
@@ -218,6 +216,15 @@ def read_reference_run(path: Path, name: str) -> dict[str, Any]:
     return values
 
 
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: not a valid JSON file ({error})") from None
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(Path(path).read_text())
@@ -228,15 +235,38 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def _validate(data: dict[str, Any], source: str) -> None:
+    validated(Settings, data, source)
+
+
+def validated(model: type[SectionT], data: dict[str, Any], source: str, prefix: str = "") -> SectionT:
+    """`model` from `data`, or one UserError naming the source, each bad key (after `prefix`) and its value."""
     try:
-        Settings.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as error:
         problems = []
         for item in error.errors():
-            key = ".".join(str(part) for part in item["loc"])
+            key = prefix + ".".join(str(part) for part in item["loc"])
             message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
             problems.append(f"{key}: {message} (got {item['input']!r})")
         raise UserError(f"{source}: " + "; ".join(problems)) from None
+
+
+def load_section(
+    model: type[SectionT], table: str, config: Path | None, options: dict[str, Any], whole_file: bool = False
+) -> SectionT:
+    """Settings of a command outside the pipeline: defaults, then the TOML file's `[table]` (or, with
+    `whole_file`, the file itself when it has no such table), then options that are not None."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if config is not None:
+        content = read_toml(config)
+        data = content.get(table, content if whole_file else {})
+        if not isinstance(data, dict):
+            raise UserError(f"{config}: '{table}' must be a table, e.g. [{table}]")
+        source = str(config)
+        validated(model, data, source, f"{table}.")
+    given = {key: value for key, value in options.items() if value not in (None, [])}
+    return validated(model, {**data, **given}, f"{source} and options" if given else source, f"{table}.")
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

@@ -7,13 +7,12 @@ report shows beside the numbers so a simulated crowd is never mistaken for peopl
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from prunexplain.analysis.stage import analyze
-from prunexplain.config import Settings, UserError
+from prunexplain.config import Settings, UserError, read_json
 from prunexplain.runs import Run, write_json
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ def analyze_run(settings: Settings, run: Run) -> RunAnalysis:
     listing = run.path("study", "crowd.json")
     if not listing.is_file():
         raise UserError(f"{listing}: no answers listed yet; run `prunexplain run` (its crowd stage) first")
-    sources = json.loads(listing.read_text())
+    sources = read_json(listing)
     answers = {}
     for key, source in sources.items():
         result = analyze(source["kind"], [Path(f) for f in source["files"]], settings.analysis,

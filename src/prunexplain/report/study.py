@@ -93,8 +93,8 @@ def analysis_section(run: Run, settings: ReportSettings) -> Section:
     summaries = {p.parent.name: p for p in run.path("analysis").glob("*/summary.json")}
     if not summaries:
         return Section("analysis", "Human study results", missing=(
-            "no analysed answers yet: collect answers (the study server, MTurk, or `prunexplain study simulate`) "
-            f"and run `prunexplain analyze <exp> ANSWERS.csv --out {run.path('analysis', '<exp>')}`"))
+            "no analysed answers yet: `prunexplain run` analyses the answers in study/answers/ or study/study.db, "
+            "or a simulated crowd's"))
     source_path = run.path("analysis", "source.json")
     sources = json.loads(source_path.read_text()) if source_path.exists() else {}
     questions = {key: e.get("question") for key, e in _manifest(run).get("experiments", {}).items()}

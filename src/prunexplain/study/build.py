@@ -9,7 +9,6 @@ settings and the software versions, so `rebuild_study` can make the same files a
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prunexplain.config import Settings, UserError
+from prunexplain.config import Settings, UserError, read_json
 from prunexplain.data import class_names, dataset_root
 from prunexplain.data.loaders import image_dataset, load_splits
 from prunexplain.explain.stage import maps_and_predictions, run_models, stacked
@@ -175,12 +174,9 @@ def _version(package: str) -> str | None:
 
 
 def read_manifest(path: Path) -> dict:
-    try:
-        manifest = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such manifest; run `prunexplain study build` first") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"{path}: not a valid manifest ({error})") from None
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such manifest; run `prunexplain study build` first")
+    manifest = read_json(path)
     missing = [key for key in ("settings", "models", "stimuli", "files") if key not in manifest]
     if missing:
         raise UserError(f"{path}: not a study manifest (missing {', '.join(missing)})")

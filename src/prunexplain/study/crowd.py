@@ -18,6 +18,7 @@ from pathlib import Path
 
 from prunexplain.config import ModelTruth, PairTruth, Settings, SimulateSettings, UserError
 from prunexplain.runs import Run, write_json
+from prunexplain.study.build import read_manifest
 from prunexplain.study.simulate import simulate
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,6 @@ def answers_fingerprint(run: Run) -> str:
     files = sorted(run.path("study", "answers").glob("*.csv")) + sorted(run.path("study").glob("study.db*"))
     stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.is_file()]
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
-
-
-def _manifest(run: Run) -> dict:
-    path = run.path("study", "manifest.json")
-    if not path.is_file():
-        raise UserError(f"{path}: no study yet; run `prunexplain study build` first")
-    return json.loads(path.read_text())
 
 
 def _exported(run: Run) -> dict[str, Path]:
@@ -80,7 +74,7 @@ def _simulated(settings: Settings, manifest: dict, key: str, out: Path) -> Path:
 
 def crowd_stage(settings: Settings, run: Run) -> CrowdResult:
     """Choose each experiment's answers (real first) and write `study/crowd.json`."""
-    manifest = _manifest(run)
+    manifest = read_manifest(run.path("study", "manifest.json"))
     exported = _exported(run)
     sources = {}
     for key, experiment in manifest["experiments"].items():

@@ -30,10 +30,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import ValidationError
 from scipy import stats
 
-from prunexplain.config import PairTruth, SimulateSettings, UserError, read_toml
+from prunexplain.config import PairTruth, SimulateSettings, UserError, load_section
 from prunexplain.runs import atomic_open, write_json
 
 log = logging.getLogger(__name__)
@@ -84,27 +83,7 @@ class SimulationResult:
 
 def load_simulate_settings(config: Path | None = None, **overrides: Any) -> SimulateSettings:
     """Defaults, then a TOML file (a [simulate] table, or the file's top level), then options that are not None."""
-    data: dict[str, Any] = {}
-    source = "options"
-    if config is not None:
-        source = str(config)
-        data = read_toml(config)
-        data = data.get("simulate", data)
-        _validate(data, source)
-    data |= {key: value for key, value in overrides.items() if value is not None}
-    return _validate(data, source if not overrides else f"{source} and options")
-
-
-def _validate(data: dict[str, Any], source: str) -> SimulateSettings:
-    try:
-        return SimulateSettings.model_validate(data)
-    except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            key = "simulate." + ".".join(str(part) for part in item["loc"])
-            message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
-            problems.append(f"{key}: {message} (got {item['input']!r})")
-        raise UserError(f"{source}: " + "; ".join(problems)) from None
+    return load_section(SimulateSettings, "simulate", config, overrides, whole_file=True)
 
 
 # --- the stage ----------------------------------------------------------------------------------
