@@ -23,11 +23,12 @@ SCRIPT = "<script>alert(1)</script>"
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, tiny_dataset) -> Run:
-    """A real tiny run (every stage) with study stimuli and analysed answers, markup planted in its files."""
+    """A real tiny run (every stage up to the study) with hand-made study stimuli and analysed answers
+    (the tiny models get too few images right for `study build`), markup planted in its files."""
     root = tmp_path_factory.mktemp("report")
     settings = tiny_settings(root, tiny_dataset)
     run = Run(settings.run_dir)
-    run_pipeline(settings, run)
+    run_pipeline(settings, run, until="evaluate")
     config = run.path("config.toml")
     config.write_text(config.read_text() + f"# {SCRIPT}\n")
     images = run.path("explain", "images.csv")
@@ -127,7 +128,7 @@ def test_missing_sections_name_the_command_that_makes_them(tmp_path):
     assert result.sections == [] and len(result.missing) == 7
     text = " ".join(lines)
     for command in ("prunexplain train", "prunexplain prune", "prunexplain evaluate", "prunexplain explain",
-                    "prunexplain study build", "prunexplain analyze"):
+                    "prunexplain study build", "analyses the answers in study/answers/"):
         assert command in text
     assert "(missing)" in result.path.read_text()
 

@@ -53,10 +53,10 @@ def preference_bars(pairs: list[dict], path: Path) -> Path:
         prefer.errorbar(shares, y + 0.15, xerr=_errors(shares, boot), fmt="none", ecolor="#228833", capsize=3,
                         label="bootstrap (items)")
     prefer.axvline(0.5, color="black", linewidth=0.8, linestyle="--")
-    prefer.set(yticks=y, yticklabels=[f"share preferring {p['a']}" for p in pairs],
-               xlabel="share among decided answers")
+    prefer.set(yticks=y, yticklabels=[f"{p['a']} over {p['b']}" for p in pairs],
+               xlabel="share preferring a among decided answers")
     prefer.invert_yaxis()
-    prefer.legend(fontsize="small", loc="best")
+    prefer.legend(fontsize="small", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     return _save(figure, path)
 
 

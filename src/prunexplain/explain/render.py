@@ -74,7 +74,8 @@ class Exp1Panels:
             axis.set_title(title, fontsize=12)
             axis.axis("off")
         self.title = self.figure.suptitle("Both algorithms predict '...'", fontsize=14)
-        self.figure.tight_layout()  # once: a layout computed per panel would depend on the panel before
+        # once, leaving room under the title: a layout computed per panel would depend on the panel before
+        self.figure.tight_layout(rect=(0, 0, 1, 0.95))
         return self
 
     def __exit__(self, *exc) -> None:
