@@ -97,13 +97,16 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _remove_stale(out: Path, stimuli: list[Stimulus]) -> None:
-    """Stimuli of an earlier build that this one did not make would be served and published: remove them."""
+def _remove_stale(out: Path, experiments: list[str], stimuli: list[Stimulus]) -> None:
+    """Files of an earlier build that this one did not make would be served and published: remove them."""
     keep = {out / s.file for s in stimuli}
     for key in EXPERIMENTS:
         for path in (out / key).glob("*.png"):
             if path not in keep:
                 path.unlink()
+        if key not in experiments:
+            (out / f"{key}_input.csv").unlink(missing_ok=True)
+            (out / "layouts" / f"{key}.html").unlink(missing_ok=True)
 
 
 def build_study(settings: Settings, run: Run, out: Path | None = None) -> StudyResult:
@@ -140,7 +143,7 @@ def build_study(settings: Settings, run: Run, out: Path | None = None) -> StudyR
         write_input(out / f"{key}_input.csv", [s.file for s in made], study.url_prefix, study.seed)
         write_layout(out / "layouts" / f"{key}.html", kind, variant, classes)
         stimuli += made
-    _remove_stale(out, stimuli)
+    _remove_stale(out, study.experiments, stimuli)
     _write_manifest(out, settings, run, chosen, classes, stimuli)
     counts = {key: sum(s.experiment == key for s in stimuli) for key in study.experiments}
     log.info("study: %d images, %s in %s", len(labels), counts, out)
