@@ -36,3 +36,26 @@ def test_study_crowd_analysis_and_report_follow_the_models(study_run):
     assert "study: done (skipped)" in again and "crowd: exp1: 1 simulated file(s)" in again
     assert "exp2: 1 real file(s)" in again
     assert json.loads(run.path("analysis", "source.json").read_text())["exp2"]["files"] == [str(real)]
+
+
+def test_answers_of_the_self_hosted_study_replace_the_simulated_crowd(study_run, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from prunexplain.config import ServeSettings
+    from prunexplain.study.server.app import create_app
+    from tests.study.server.serverkit import answer_all, join
+
+    settings, run = study_run
+    settings = settings.model_copy(update={"study": settings.study.model_copy(update={"experiments": ["exp2"]})})
+    _done_through(settings, run, "evaluate")
+    assert "crowd: exp2: 1 simulated file(s)" in run_pipeline(settings, run)
+    monkeypatch.setenv("PRUNEXPLAIN_ADMIN_TOKEN", "a-token-for-this-test-0123456789")
+    serve = ServeSettings(experiments=["exp2"], tasks_per_participant=6, attention_checks=0)
+    with TestClient(create_app(run.path("study"), serve)) as participant:
+        join(participant, "W1")
+        assert len(answer_all(participant)) == 6
+    again = run_pipeline(settings, run)
+    assert "study: done (skipped)" in again and "crowd: exp2: 1 real file(s)" in again
+    assert "analysis: exp2: 6 real answers" in again
+    assert json.loads(run.path("analysis", "source.json").read_text())["exp2"]["files"] == [
+        str(run.path("study", "export", "exp2_results.csv"))]
