@@ -114,6 +114,7 @@ def build_study(settings: Settings, run: Run, out: Path | None = None) -> StudyR
     out = Path(out or run.path("study"))
     study = settings.study
     chosen = study_models(settings, run)
+    pairs = _pairs(settings, list(chosen))
     device = select_device(settings.train.device)
     loaded = {name: load_checkpoint(path, device) for name, (_, path) in chosen.items()}
     models = {name: model for name, (model, _) in loaded.items()}
@@ -125,29 +126,37 @@ def build_study(settings: Settings, run: Run, out: Path | None = None) -> StudyR
     dataset = image_dataset(test, data, root, "test", settings.train.progress)
     selection = select(models, test, dataset, data, study.per_class, study.seed, study.batch_size, device,
                        settings.train.progress)
+    selection.write(out / "selection.csv")
     images = stacked(selection.images, data.image_size)
     maps = _maps(settings, models, checkpoints, images, device)
-    pictures = images.permute(0, 2, 3, 1).numpy()
     classes = list(test.classes)
     labels = [classes[label] for label in selection.images.labels]
-    names = list(chosen)
-    pairs = _pairs(settings, names)
-    sides = draw_sides(len(labels), len(pairs), study.seed)
-    selection.write(out / "selection.csv")
-    stimuli: list[Stimulus] = []
-    for key in study.experiments:
-        kind, variant = EXPERIMENTS[key]
-        drawn = {n: draw_maps(variant, pictures, maps[n], study.occlusion, study.heatmap_alpha) for n in names}
-        made = (exp1_stimuli(key, pictures, drawn, labels, pairs, sides, out, settings.train.progress)
-                if kind == "exp1" else exp2_stimuli(key, drawn, labels, out, settings.train.progress))
-        write_input(out / f"{key}_input.csv", [s.file for s in made], study.url_prefix, study.seed)
-        write_layout(out / "layouts" / f"{key}.html", kind, variant, classes)
-        stimuli += made
+    stimuli = _render(settings, images.permute(0, 2, 3, 1).numpy(), maps, labels, pairs, classes, out)
     _remove_stale(out, study.experiments, stimuli)
     _write_manifest(out, settings, run, chosen, classes, stimuli)
     counts = {key: sum(s.experiment == key for s in stimuli) for key in study.experiments}
     log.info("study: %d images, %s in %s", len(labels), counts, out)
     return StudyResult(out, len(labels), counts)
+
+
+def _render(settings: Settings, pictures: np.ndarray, maps: dict[str, np.ndarray], labels: list[str],
+            pairs: list[tuple[str, str]], classes: list[str], out: Path) -> list[Stimulus]:
+    """Every experiment's stimuli, input CSV and layout; the sides of experiment 1 drawn once for both variants."""
+    study, progress = settings.study, settings.train.progress
+    sides = draw_sides(len(labels), len(pairs), study.seed)
+    drawn: dict[str, dict[str, np.ndarray]] = {}
+    stimuli: list[Stimulus] = []
+    for key in study.experiments:
+        kind, variant = EXPERIMENTS[key]
+        if variant not in drawn:
+            drawn[variant] = {n: draw_maps(variant, pictures, maps[n], study.occlusion, study.heatmap_alpha)
+                              for n in maps}
+        made = (exp1_stimuli(key, pictures, drawn[variant], labels, pairs, sides, out, progress)
+                if kind == "exp1" else exp2_stimuli(key, drawn[variant], labels, out, progress))
+        write_input(out / f"{key}_input.csv", [s.file for s in made], study.url_prefix, study.seed)
+        write_layout(out / "layouts" / f"{key}.html", kind, variant, classes)
+        stimuli += made
+    return stimuli
 
 
 def _write_manifest(out: Path, settings: Settings, run: Run, chosen, classes, stimuli: list[Stimulus]) -> Path:
