@@ -224,12 +224,15 @@ def report_command(
     """Write runs/<name>/report.html: one self-contained HTML page of everything the run holds so far
     (settings, training, pruning, metrics, example explanations, study stimuli, analysed answers).
     """
-    from prunexplain.report import report_settings, write_report
+    from prunexplain.config import ReportSettings, from_options
+    from prunexplain.report import write_report
     from prunexplain.runs import Run
 
     with user_errors():
-        root = run_dir or _settings(None, None, name).run_dir
-        typer.echo(write_report(Run(root), report_settings(images=images, stimuli=stimuli)).summary())
+        settings = _run_settings(run_dir, None, None, name)
+        given = {key: value for key, value in {"images": images, "stimuli": stimuli}.items() if value is not None}
+        report = from_options(ReportSettings, **{**settings.report.model_dump(), **given})
+        typer.echo(write_report(Run(settings.run_dir), report).summary())
 
 
 @app.command()
@@ -291,10 +294,12 @@ Plots = Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots
 
 
 def _analyze(experiment: str, files, out, min_work_time, repeated_items, models, bootstrap, seed, plots) -> None:
-    from prunexplain.analysis.stage import analysis_settings, analyze
+    from prunexplain.analysis.stage import analyze
+    from prunexplain.config import AnalysisSettings, from_options
 
     with user_errors():
-        settings = analysis_settings(
+        settings = from_options(
+            AnalysisSettings,
             min_median_work_time=min_work_time, repeated_items=repeated_items, models=models or None,
             bootstrap=bootstrap, seed=seed, plots=plots,
         )

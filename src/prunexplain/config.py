@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -238,17 +239,28 @@ def _validate(data: dict[str, Any], source: str) -> None:
     validated(Settings, data, source)
 
 
-def validated(model: type[SectionT], data: dict[str, Any], source: str, prefix: str = "") -> SectionT:
-    """`model` from `data`, or one UserError naming the source, each bad key (after `prefix`) and its value."""
+def _dotted(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def validated(
+    model: type[SectionT], data: dict[str, Any], source: str | None, name: Callable[[tuple], str] = _dotted
+) -> SectionT:
+    """`model` from `data`, or one UserError naming the source, each bad key (as `name` spells it) and its value."""
     try:
         return model.model_validate(data)
     except ValidationError as error:
         problems = []
         for item in error.errors():
-            key = prefix + ".".join(str(part) for part in item["loc"])
             message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
-            problems.append(f"{key}: {message} (got {item['input']!r})")
-        raise UserError(f"{source}: " + "; ".join(problems)) from None
+            problems.append(f"{name(item['loc'])}: {message} (got {item['input']!r})")
+        raise UserError((f"{source}: " if source else "") + "; ".join(problems)) from None
+
+
+def from_options(model: type[SectionT], **values: Any) -> SectionT:
+    """Settings from command-line options (None: the default); an error names the option, e.g. --min-work-time."""
+    given = {key: value for key, value in values.items() if value is not None}
+    return validated(model, given, None, lambda loc: "--" + "-".join(str(p) for p in loc).replace("_", "-"))
 
 
 def load_section(
@@ -256,6 +268,7 @@ def load_section(
 ) -> SectionT:
     """Settings of a command outside the pipeline: defaults, then the TOML file's `[table]` (or, with
     `whole_file`, the file itself when it has no such table), then options that are not None."""
+    name = lambda loc: f"{table}.{_dotted(loc)}"  # noqa: E731
     data: dict[str, Any] = {}
     source = "defaults"
     if config is not None:
@@ -264,9 +277,9 @@ def load_section(
         if not isinstance(data, dict):
             raise UserError(f"{config}: '{table}' must be a table, e.g. [{table}]")
         source = str(config)
-        validated(model, data, source, f"{table}.")
+        validated(model, data, source, name)
     given = {key: value for key, value in options.items() if value not in (None, [])}
-    return validated(model, {**data, **given}, f"{source} and options" if given else source, f"{table}.")
+    return validated(model, {**data, **given}, f"{source} and options" if given else source, name)
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import ValidationError
 
 from prunexplain.analysis import stats
 from prunexplain.analysis.load import NONE, Answers, read_answers
@@ -355,16 +354,3 @@ def _validation_markdown(summary: dict) -> str:
         policy = summary["settings"]["repeated_items"]
         text += f"; {v['repeated_items']} answers repeat an item their worker answered in another HIT ({policy})"
     return text + "."
-
-
-def analysis_settings(**values) -> AnalysisSettings:
-    """AnalysisSettings from command-line options (None: the default); errors name the option."""
-    try:
-        return AnalysisSettings(**{key: value for key, value in values.items() if value is not None})
-    except ValidationError as error:
-        problems = [
-            f"--{'-'.join(str(part) for part in item['loc']).replace('_', '-')}: "
-            f"{item['msg'].removeprefix('Value error, ')} (got {item['input']!r})"
-            for item in error.errors()
-        ]
-        raise UserError("; ".join(problems)) from None

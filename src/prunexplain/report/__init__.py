@@ -12,8 +12,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from prunexplain.config import ReportSettings, UserError
 from prunexplain.report.grid import grid_section
 from prunexplain.report.html import page
@@ -53,13 +51,3 @@ def write_report(run: Run, settings: ReportSettings | None = None) -> ReportResu
                           [s.title for s in sections if s.body is None], len(text.encode()))
     log.info("report written: %s", result.summary())
     return result
-
-
-def report_settings(**values) -> ReportSettings:
-    """ReportSettings from command-line options (None: the default); an error names the option."""
-    try:
-        return ReportSettings(**{key: value for key, value in values.items() if value is not None})
-    except ValidationError as error:
-        problems = [f"--{'-'.join(str(p) for p in item['loc']).replace('_', '-')}: {item['msg']} (got {item['input']!r})"
-                    for item in error.errors()]
-        raise UserError("; ".join(problems)) from None
