@@ -15,12 +15,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from prunexplain.config import DataSettings, ModelSettings, TrainSettings
-from prunexplain.data.loaders import image_dataset, scan_split
+from prunexplain.config import DataSettings, ModelSettings, RuntimeSettings, TrainSettings
+from prunexplain.data.loaders import image_dataset, prepare, scan_split
 from prunexplain.data.synthetic import CLASSES, render
 from prunexplain.models import build_model
 from prunexplain.train import make_loader
-from prunexplain.data.loaders import prepare
 
 IMAGES_PER_CLASS, SOURCE_SIZE, EPOCHS = 64, 160, 4
 
@@ -61,13 +60,14 @@ def main() -> None:
         images = scan_split(root, "train")
         rows = {}
         for cache in (False, True):
-            data = DataSettings(cache=cache, image_size=64, cache_dir=root / "cache")
+            data = DataSettings(image_size=64)
+            runtime = RuntimeSettings(cache=cache, cache_dir=root / "cache", progress=False)
             start = time.perf_counter()
-            dataset = image_dataset(images, data, root, "train", progress=False)
+            dataset = image_dataset(images, data, root, "train", runtime)
             setup = time.perf_counter() - start
             model = build_model(len(CLASSES), ModelSettings())
             optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-            loader = make_loader(dataset, TrainSettings().batch_size, data, torch.device("cpu"), shuffle_seed=0)
+            loader = make_loader(dataset, TrainSettings().batch_size, torch.device("cpu"), shuffle_seed=0)
             times = [_epoch_times(loader, model, optimizer, data) for _ in range(EPOCHS)]
             data_s = statistics.median(t[0] for t in times)
             compute_s = statistics.median(t[1] for t in times)

@@ -63,11 +63,13 @@ def main() -> None:
         base = _latency_ms(dense, x)  # again beside each rate: the machine's speed drifts
         masked, _ = _pruned(dense, "local_magnitude_unstructured", rate)
         latency = _latency_ms(masked, x)
-        print(f"{rate:>5} {'unstructured (masked)':<28} {_nonzero(masked):>18,} {latency:>11.1f} {base:>9.1f} {base / latency:>8.2f}x")
+        label = "unstructured (masked)"
+        print(f"{rate:>5} {label:<28} {_nonzero(masked):>18,} {latency:>11.1f} {base:>9.1f} {base / latency:>8.2f}x")
         structured, masks = _pruned(dense, "local_l1_structured", rate)
         small = shrink_vgg(structured, masks)
         latency = _latency_ms(small, x)
-        print(f"{rate:>5} {'structured (filters removed)':<28} {_nonzero(small):>18,} {latency:>11.1f} {base:>9.1f} {base / latency:>8.2f}x")
+        label = "structured (filters removed)"
+        print(f"{rate:>5} {label:<28} {_nonzero(small):>18,} {latency:>11.1f} {base:>9.1f} {base / latency:>8.2f}x")
 
 
 if __name__ == "__main__":

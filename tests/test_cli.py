@@ -37,7 +37,7 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path):
     result = runner.invoke(app, ["train", "--config", str(config)])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        f"error: {config}: train.batch_size: Input should be a valid integer, unable to parse string as an integer (got 'x')"
+        f"error: {config}: train.batch_size: Input should be a valid integer (got 'x')"
     ]
     reference = tmp_path / "r.json"
     reference.write_text("{}")

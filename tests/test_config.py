@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,8 @@ def test_toml_file_then_overrides(tmp_path):
     [
         ("[train]\nepoch = 3\n", "c.toml: train.epoch: unknown key (got 3)"),
         ('[train]\nepochs = "many"\n', "c.toml: train.epochs: Input should be a valid integer"),
-        ('[train]\noptimizer = "RMSprop"\n', "c.toml: train.optimizer: Input should be 'SGD' or 'Adam' (got 'RMSprop')"),
+        ('[train]\noptimizer = "RMSprop"\n',
+         "c.toml: train.optimizer: Input should be 'SGD' or 'Adam' (got 'RMSprop')"),
         ("[train\n", "c.toml: not a valid TOML file"),
     ],
 )
@@ -41,7 +43,8 @@ def test_bad_toml_names_file_key_and_value(tmp_path, text, expected):
 
 
 def test_bad_override_names_itself():
-    with pytest.raises(UserError, match=r"--set train.batch_size=-4: train.batch_size: .*greater than or equal to 1 \(got -4\)"):
+    expected = r"--set train.batch_size=-4: train.batch_size: .*greater than or equal to 1 \(got -4\)"
+    with pytest.raises(UserError, match=expected):
         load_settings(None, ["train.batch_size=-4"])
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         load_settings(None, ["epochs"])
@@ -70,7 +73,7 @@ def test_reference_named_run_maps_every_key(tmp_path):
     assert settings.run.name == "demo"
     assert (settings.train.batch_size, settings.train.epochs, settings.train.optimizer) == (64, 100, "SGD")
     assert settings.train.frozen_parts == ["features"] and settings.model.weights == "imagenet"
-    assert str(settings.train.model_path) == "m/run8.pt" and str(settings.train.results_path) == "out.json"
+    assert str(settings.runtime.model_path) == "m/run8.pt" and str(settings.runtime.results_path) == "out.json"
 
 
 def test_reference_errors_name_file_run_and_key(tmp_path):
@@ -101,3 +104,75 @@ def test_the_example_study_config_is_valid():
     settings = load_settings(Path(__file__).resolve().parents[1] / "examples" / "study.toml")
     assert (settings.model.width, settings.model.pool_size, settings.data.image_size) == (1, 7, 224)
     assert settings.train.optimizer == "SGD" and settings.model.weights == "imagenet"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("prune.rates=[nan]", "prune.rates.0: Input should be a finite number (got nan)"),
+        ("prune.rates=[2, inf]", "prune.rates.1: Input should be a finite number (got inf)"),
+        ("prune.rates=[1, 2]", "prune.rates: rates must be > 1, got 1"),
+        ('prune.rates=["2", "4"]', "prune.rates.0: Input should be a valid number (got '2')"),
+        ("train.epochs=true", "train.epochs: Input should be a valid integer (got True)"),
+        ('train.epochs="5"', "train.epochs: Input should be a valid integer (got '5')"),
+        ("train.epochs=5.5", "train.epochs: Input should be a valid integer (got 5.5)"),
+        ("data.hflip=1", "data.hflip: Input should be a valid boolean (got 1)"),
+        ('data.hflip="yes"', "data.hflip: Input should be a valid boolean (got 'yes')"),
+        ("data.rotation=nan", "data.rotation: Input should be a finite number (got nan)"),
+        ("evaluate.sanity_threshold=inf", "evaluate.sanity_threshold: Input should be a finite number (got inf)"),
+        ("run.root=3", "run.root: Input is not a valid path"),
+        ("train.optimizer=1", "train.optimizer: Input should be 'SGD' or 'Adam' (got 1)"),
+    ],
+)
+def test_settings_are_strict_about_types_and_finite(override, expected):
+    with pytest.raises(UserError) as error:
+        load_settings(None, [override])
+    assert str(error.value).startswith(f"--set {override}: ")
+    assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+def test_strict_settings_still_take_what_toml_and_json_give(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[data]\nroot = "d/x"\nrotation = 5\n[run]\nroot = "out"\n[runtime]\nmodel_path = "m.pt"\n'
+                      '[study]\npairs = [["nonpruned", "2pruned"]]\n[prune]\nrates = [2, 4.5]\n')
+    settings = load_settings(config, ["train.learning_rate=1", "train.optimizer=SGD"])
+    assert settings.data.root == Path("d/x") and settings.run.root == Path("out")
+    assert settings.runtime.model_path == Path("m.pt") and settings.study.pairs == [("nonpruned", "2pruned")]
+    assert settings.prune.rates == [2.0, 4.5] and isinstance(settings.data.rotation, float)
+    assert settings.train.learning_rate == 1.0 and settings.train.optimizer == "SGD"
+    dumped = Settings.model_validate(json.loads(settings.model_dump_json()))  # how the pipeline's records read
+    assert dumped == settings
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "/tmp", ".hidden", "", "-x", "a b"])
+def test_a_run_name_is_one_plain_folder(name):
+    with pytest.raises(UserError, match=r"run.name: a run name is one plain folder name .*\(got '"):
+        load_settings(None, [f'run.name="{name}"'])
+
+
+def test_run_names_that_are_plain_folders_pass():
+    for name in ("demo", "run8", "study_2.v1", "a+b", "_x"):
+        assert load_settings(None, [f'run.name="{name}"']).run.name == name
+
+
+def test_none_unsets_an_optional_setting(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[model]\nweights = "imagenet"\n[explain]\ntarget_layer = "features.3"\n'
+                      '[runtime]\nresults_path = "r.json"\nthreads = 2\n')
+    settings = load_settings(config, ["model.weights=none", "explain.target_layer=none", "runtime.results_path=none",
+                                      "runtime.threads= none "])
+    assert settings.model.weights is None and settings.explain.target_layer is None
+    assert settings.runtime.results_path is None and settings.runtime.threads is None
+    assert load_settings(config, ["train.results_path=none"]).runtime.results_path is None  # an older key name
+    assert load_settings(None, ['model.weights="none"']).model.weights == "none"  # quoted: the text
+    assert load_settings(None, ["run.name=none"]).run.name == "none"  # not optional: the text
+    with pytest.raises(UserError, match=r"train.epochs: Input should be a valid integer \(got 'none'\)"):
+        load_settings(None, ["train.epochs=none"])
+
+
+def test_an_empty_value_of_an_optional_setting_says_how_to_unset_it():
+    with pytest.raises(UserError, match=r"^--set model.weights=: empty value; write model.weights=none to unset it$"):
+        load_settings(None, ["model.weights="])
+    with pytest.raises(UserError, match="write data.root=none"):
+        load_settings(None, ['data.root=""'])
+    assert load_settings(None, ["study.url_prefix="]).study.url_prefix == ""

@@ -10,6 +10,7 @@ import torch
 
 from prunexplain.data.loaders import image_dataset, load_splits
 from prunexplain.models import load_checkpoint
+from prunexplain.runs import Run
 from prunexplain.train import evaluate, make_loader
 from tests.conftest import TINY, tiny_settings
 
@@ -21,7 +22,7 @@ def test_torchrun_two_processes_on_gloo(tmp_path, tiny_dataset):
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "prunexplain", "train", *options, "--name", "ddp",
         "--set", f'run.root="{tmp_path / "runs"}"', "--set", f'data.root="{tiny_dataset}"',
-        "--set", f'train.results_path="{tmp_path / "results.json"}"',
+        "--set", f'runtime.results_path="{tmp_path / "results.json"}"',
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
@@ -29,9 +30,11 @@ def test_torchrun_two_processes_on_gloo(tmp_path, tiny_dataset):
     result = json.loads((tmp_path / "runs" / "ddp" / "train" / "result.json").read_text())
     assert result["processes"] == 2 and result["epochs_trained"] == 2
     assert len(json.loads((tmp_path / "results.json").read_text())) == 1  # rank 0 alone writes
+    assert Run(tmp_path / "runs" / "ddp").record("train")["settings"]["train"]["epochs"] == 2  # recorded once
     # the sharded, summed test accuracy is the saved model's accuracy on the whole test split
     settings = tiny_settings(tmp_path, tiny_dataset)
     model, _ = load_checkpoint(tmp_path / "runs" / "ddp" / "train" / "model.pt")
     test = load_splits(tiny_dataset).test
-    loader = make_loader(image_dataset(test, settings.data, tiny_dataset, "test", False), 16, settings.data, torch.device("cpu"))
+    dataset = image_dataset(test, settings.data, tiny_dataset, "test", settings.runtime)
+    loader = make_loader(dataset, 16, torch.device("cpu"))
     assert evaluate(model, loader, settings.data, torch.device("cpu"))["top1"] == pytest.approx(result["test_top1"])

@@ -3,7 +3,7 @@ import torch
 from torchvision import models as tv
 
 from prunexplain.config import ModelSettings, UserError
-from prunexplain.models import build_model, load_checkpoint, save_checkpoint
+from prunexplain.models import build_model, check_weights, load_checkpoint, save_checkpoint
 
 FULL = ModelSettings(width=1, pool_size=7, batch_norm=False)
 
@@ -61,3 +61,83 @@ def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path):
     torch.save({"weights": 1}, path)
     with pytest.raises(UserError, match="x.pt: not a prunexplain checkpoint"):
         load_checkpoint(path)
+
+
+class _Payload:
+    """A pickle that would run code when unpickled without weights_only."""
+
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').touch()",))
+
+
+def _bad_files(tmp_path) -> dict[str, object]:
+    import io
+    import os
+    import pickle
+
+    buffer = io.BytesIO()
+    torch.save({"a": torch.ones(3)}, buffer)
+    contents = {
+        "random.pt": os.urandom(4096),
+        "empty.pt": b"",
+        "text.pt": b"hello world\n",
+        "payload.pt": pickle.dumps(_Payload()),
+        "truncated.pt": buffer.getvalue()[: len(buffer.getvalue()) // 2],
+    }
+    for name, content in contents.items():
+        (tmp_path / name).write_bytes(content)
+    return {name: tmp_path / name for name in contents}
+
+
+def test_a_file_torch_cannot_read_is_one_line_without_unsafe_advice(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, path in _bad_files(tmp_path).items():
+        with pytest.raises(UserError) as error:
+            load_checkpoint(path)
+        message = str(error.value)
+        assert message.startswith(f"{path}: not a prunexplain checkpoint"), name
+        assert "\n" not in message and "weights_only" not in message, name
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_checkpoint_of_the_wrong_shape_is_one_line(tmp_path):
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(UserError, match=r"list.pt: not a prunexplain checkpoint \(expected keys .*got list\)"):
+        load_checkpoint(tmp_path / "list.pt")
+    settings = ModelSettings(width=0.0625, pool_size=1)
+    path = save_checkpoint(tmp_path / "m.pt", build_model(4, settings), settings, 4)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["num_classes"] = 5
+    torch.save(checkpoint, tmp_path / "other.pt")
+    with pytest.raises(UserError) as error:
+        load_checkpoint(tmp_path / "other.pt")
+    assert "other.pt: not a prunexplain checkpoint (RuntimeError: " in str(error.value)
+    assert "\n" not in str(error.value)
+    checkpoint["meta"]["model"]["width"] = "wide"
+    torch.save(checkpoint, tmp_path / "meta.pt")
+    with pytest.raises(UserError, match="meta.pt: not a prunexplain checkpoint"):
+        load_checkpoint(tmp_path / "meta.pt")
+
+
+def test_bad_weights_files_are_one_line_naming_the_setting(tmp_path):
+    files = _bad_files(tmp_path)
+    with pytest.raises(UserError, match=r"random.pt: not a state dict \(torch.load cannot read it"):
+        build_model(10, FULL.model_copy(update={"weights": str(files["random.pt"])}))
+    torch.save({"features.0.weight": torch.ones(1)}, tmp_path / "small.pth")
+    with pytest.raises(UserError) as error:
+        build_model(10, FULL.model_copy(update={"weights": str(tmp_path / "small.pth")}))
+    expected = f"model.weights: {tmp_path / 'small.pth'}: does not fit vgg16 with batch_norm=False"
+    assert str(error.value).startswith(expected)
+    assert "\n" not in str(error.value)
+    torch.save([torch.ones(1)], tmp_path / "list.pth")
+    with pytest.raises(UserError, match=r"list.pth: not a state dict \(a dict of tensors"):
+        build_model(10, FULL.model_copy(update={"weights": str(tmp_path / "list.pth")}))
+
+
+def test_check_weights_needs_no_file_read(tmp_path):
+    check_weights(ModelSettings())
+    check_weights(FULL.model_copy(update={"weights": "imagenet"}))
+    with pytest.raises(UserError, match=r"model.weights: is a folder '.*' \(give 'imagenet', a local .pth state dict"):
+        check_weights(FULL.model_copy(update={"weights": str(tmp_path)}))
+    with pytest.raises(UserError, match=r"model.weights='w.pth': ImageNet weights fit only the full VGG-16"):
+        check_weights(ModelSettings(weights="w.pth"))

@@ -29,9 +29,8 @@ def full_run(tmp_path_factory, tiny_dataset) -> Run:
     settings = tiny_settings(root, tiny_dataset)
     run = Run(settings.run_dir)
     run_pipeline(settings, run, until="evaluate")
-    config = run.path("config.toml")
-    config.write_text(config.read_text() + f"# {SCRIPT}\n")
-    images = run.path("explain", "images.csv")
+    run.config.write_text(run.config.read_text() + f"# {SCRIPT}\n")
+    images = run.explained_images
     with open(images, newline="") as handle:
         rows = list(csv.DictReader(handle))
     rows[0]["class"] = SCRIPT
@@ -75,7 +74,7 @@ def parsed(html: str) -> Images:
 def test_report_shows_every_section_of_a_full_run(full_run):
     result = write_report(full_run, ReportSettings(images=3, stimuli=2))
     html = result.path.read_text()
-    assert result.path == full_run.path("report.html") and result.missing == [] and len(result.sections) == 7
+    assert result.path == full_run.report and result.missing == [] and len(result.sections) == 7
     assert result.size < 2e6 and result.summary() == f"{result.path} ({result.size / 1e3:.0f} kB), 7 sections"
     for anchor in ("settings", "training", "pruning", "metrics", "grid", "stimuli", "analysis"):
         assert f'id="{anchor}"' in html and f'href="#{anchor}"' in html
@@ -92,7 +91,7 @@ def test_report_shows_every_section_of_a_full_run(full_run):
 def test_every_image_is_an_inline_png(full_run):
     html = write_report(full_run, ReportSettings(images=3, stimuli=2)).path.read_text()
     sources = parsed(html).sources
-    summaries = [json.loads(p.read_text()) for p in full_run.path("analysis").glob("*/summary.json")]
+    summaries = [json.loads(p.read_text()) for p in full_run.analysis_summaries().values()]
     models = 5  # dense and 2 methods x 2 rates
     plots = 3  # training curves, prune/accuracy.png, evaluate/metrics.png
     expected = plots + 3 * (1 + models) + 3 * 2 + sum(len(s["figures"]) for s in summaries)
@@ -112,9 +111,9 @@ def test_text_from_files_is_escaped(full_run):
 
 def test_grid_marks_the_wrong_predictions(full_run):
     html = write_report(full_run, ReportSettings(images=4)).path.read_text()
-    with open(full_run.path("explain", "images.csv"), newline="") as handle:
+    with open(full_run.explained_images, newline="") as handle:
         labels = np.array([int(row["label"]) for row in csv.DictReader(handle)][:4])
-    wrong = sum(int((np.load(p)[:4] != labels).sum()) for p in full_run.path("explain").rglob("predictions.npy"))
+    wrong = sum(int((np.load(full_run.predictions(key))[:4] != labels).sum()) for key in full_run.explained_models())
     assert html.count('class="wrong"') == wrong
     grid = html[html.index('id="grid"'):html.index('id="stimuli"')]
     assert grid.count("<th>x2</th>") == 2 and grid.count("<th>x8</th>") == 2  # one per pruning method
@@ -137,7 +136,7 @@ def test_cli_writes_the_report_and_names_bad_options(full_run):
     runner = CliRunner()
     result = runner.invoke(app, ["report", "--run", str(full_run.root), "--images", "1", "--stimuli", "1"])
     assert result.exit_code == 0, result.output
-    assert str(full_run.path("report.html")) in result.output
+    assert str(full_run.report) in result.output
     result = runner.invoke(app, ["report", "--run", str(full_run.root), "--images", "-1"])
     assert result.exit_code == 2 and "--images" in result.output
     result = runner.invoke(app, ["report", "--run", str(full_run.root / "nope")])

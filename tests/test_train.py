@@ -16,25 +16,24 @@ CPU = torch.device("cpu")
 def _loaders(settings, dataset):
     splits = load_splits(dataset)
     make = lambda name, seed=None: make_loader(  # noqa: E731
-        image_dataset(getattr(splits, name), settings.data, dataset, name, False), 16, settings.data, CPU, seed
+        image_dataset(getattr(splits, name), settings.data, dataset, name, settings.runtime), 16, CPU, seed
     )
     return make("train", 0), make("valid"), make("test")
 
 
 def test_train_stage_writes_checkpoint_history_and_results(tmp_path, tiny_dataset):
-    settings = tiny_settings(tmp_path, tiny_dataset, "train.results_path=" + json.dumps(str(tmp_path / "out.json")))
+    settings = tiny_settings(tmp_path, tiny_dataset, "runtime.results_path=" + json.dumps(str(tmp_path / "out.json")))
     run = Run(settings.run_dir)
     result = train_stage(settings, run)
-    model, checkpoint = load_checkpoint(run.path("train", "model.pt"))
+    model, checkpoint = load_checkpoint(run.root.joinpath("train", "model.pt"))
     assert checkpoint["meta"]["classes"][0] == "0-disk" and checkpoint["meta"]["data"]["image_size"] == 32
-    history = run.path("train", "history.csv").read_text().splitlines()
+    history = run.root.joinpath("train", "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,train_loss,train_accuracy") and len(history) == 3
-    stored = json.loads(run.path("train", "result.json").read_text())
+    stored = json.loads(run.root.joinpath("train", "result.json").read_text())
     assert stored["test_top1"] == result.test_top1 and stored["epochs_trained"] == 2
     assert 0 <= result.test_top1 <= result.test_top5 <= 1
     train_stage(settings, run)
     assert [r["run"] for r in json.loads((tmp_path / "out.json").read_text())] == ["demo", "demo"]
-    assert "train" in run.path("config.toml").read_text()
     # the checkpoint's test accuracy is the model's: evaluating it again gives the same figure
     _, _, test = _loaders(settings, tiny_dataset)
     assert evaluate(model, test, settings.data, CPU)["top1"] == pytest.approx(result.test_top1)
@@ -83,6 +82,7 @@ def test_frozen_parts_do_not_change_and_unknown_parts_are_named(tmp_path, tiny_d
     fit(model, train, valid, settings.train, settings.data, CPU)
     assert all(torch.equal(model.features.state_dict()[k], v) for k, v in before.items())
     assert not torch.equal(model.classifier[6].weight, head)
-    bad = TrainSettings(frozen_parts=["backbone"], epochs=1, progress=False)
-    with pytest.raises(UserError, match=r"train.frozen_parts: the model has no part 'backbone' \(parts: features, avgpool, classifier\)"):
+    bad = TrainSettings(frozen_parts=["backbone"], epochs=1)
+    message = r"train.frozen_parts: the model has no part 'backbone' \(parts: features, avgpool, classifier\)"
+    with pytest.raises(UserError, match=message):
         fit(model, train, valid, bad, DataSettings(), CPU)

@@ -9,11 +9,13 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from prunexplain.config import UserError
+from prunexplain.experiments import COMPARE, RECOGNISE
+from prunexplain.runs import Run
 
 app = typer.Typer(
     help="How much can a CNN be pruned before its explanations stop making sense to people?",
@@ -25,14 +27,21 @@ data_app = typer.Typer(help="Get a dataset: the embedded synthetic one, or Image
 app.add_typer(data_app, name="data")
 
 ConfigOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--config", "-c", exists=True, dir_okay=False, help="TOML settings file (see examples/)."),
 ]
 SetOption = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override one setting, e.g. train.epochs=5. Repeatable."),
+    list[str] | None,
+    typer.Option(
+        "--set", "-s", metavar="KEY=VALUE",
+        help="Override one setting, e.g. train.epochs=5; KEY=none unsets an optional one. Repeatable.",
+    ),
 ]
-NameOption = Annotated[Optional[str], typer.Option("--name", "-n", help="Run name: writes to runs/<name>.")]
+NameOption = Annotated[str | None, typer.Option("--name", "-n", help="Run name: writes to runs/<name>.")]
+RunOption = Annotated[
+    Path | None,
+    typer.Option("--run", help="Run directory, e.g. runs/demo; its config.toml is read unless --config is given."),
+]
 
 
 @contextlib.contextmanager
@@ -61,6 +70,35 @@ def _settings(config: Path | None, overrides: list[str] | None, name: str | None
     return load_settings(config, [*extra, *(overrides or [])], reference)
 
 
+def _stage_settings(run_dir: Path | None, config: Path | None, overrides: list[str] | None, name: str | None,
+                    reference=None):
+    """Settings of a stage command: an existing run's config.toml (what it holds), then the options.
+
+    `--run DIR` names the run directory; `--name N` the run runs/N (or under run.root of --config).
+    A run without config.toml, or an explicit --config, starts from that file or the defaults.
+    """
+    if run_dir is not None:
+        if not run_dir.is_dir():
+            raise UserError(f"--run: no such run directory {run_dir}")
+        run_dir = run_dir.resolve()  # `--run .` names the folder it is
+        where = [f'run.root="{run_dir.parent}"', f'run.name="{run_dir.name}"']
+        saved = Run(run_dir).config
+        return _settings(config or (saved if saved.exists() else None), [*where, *(overrides or [])], None, reference)
+    settings = _settings(config, overrides, name, reference)
+    saved = Run(settings.run_dir).config
+    if config is None and saved.is_file():
+        where = [f'run.root="{settings.run.root}"', f'run.name="{settings.run.name}"']
+        return _settings(saved, [*where, *(overrides or [])], None, reference)
+    return settings
+
+
+def _stage(name: str, settings) -> str:
+    """Run one stage of the pipeline on the settings' run directory, through its done-markers."""
+    from prunexplain.pipeline import run_stage
+
+    return run_stage(settings, Run(settings.run_dir), name)
+
+
 @data_app.command("synthetic")
 def data_synthetic(
     dest: Annotated[Path, typer.Option(help="Folder to write the ImageFolder tree and masks into.")] = Path(
@@ -82,8 +120,8 @@ def data_synthetic(
 def data_imagenette(
     size: Annotated[str, typer.Option(help="Archive: full, 320 or 160 (shorter side in pixels).")] = "320",
     dest: Annotated[Path, typer.Option(help="Folder to download and extract into.")] = Path("data"),
-    url: Annotated[Optional[str], typer.Option(help="Mirror URL of the archive (default: fast.ai's).")] = None,
-    md5: Annotated[Optional[str], typer.Option(help="Expected MD5 with --url (default: the published one).")] = None,
+    url: Annotated[str | None, typer.Option(help="Mirror URL of the archive (default: fast.ai's).")] = None,
+    md5: Annotated[str | None, typer.Option(help="Expected MD5 with --url (default: the published one).")] = None,
 ) -> None:
     """Download Imagenette (resumes a partial download, verifies the MD5, extracts safely)."""
     from prunexplain.data.imagenette import download
@@ -96,12 +134,14 @@ def data_imagenette(
 @app.command()
 def train(
     reference: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Argument(
-            metavar="REFERENCE_JSON", help="The study's named-run JSON (training_config.json); needs RUN_NAME.", exists=True
+            metavar="REFERENCE_JSON",
+            help="The study's named-run JSON (training_config.json); needs RUN_NAME.",
+            exists=True,
         ),
     ] = None,
-    reference_run: Annotated[Optional[str], typer.Argument(metavar="RUN_NAME", help="Run in that JSON.")] = None,
+    reference_run: Annotated[str | None, typer.Argument(metavar="RUN_NAME", help="Run in that JSON.")] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
     name: NameOption = None,
@@ -109,31 +149,44 @@ def train(
     """Train the classifier of a run (VGG-16 by default); writes runs/<name>/train/.
 
     Also reads the study's named-run JSON: `prunexplain train training_config.json run8`.
-    Under `torchrun --nproc_per_node N -m prunexplain train ...` it trains with DDP.
+    On an existing run it starts from the run's config.toml and skips a training already done with
+    the same settings. Under `torchrun --nproc_per_node N -m prunexplain train ...` it trains with DDP
+    (each process trains; only rank 0 writes).
     """
-    from prunexplain.runs import Run
+    import os
+
     from prunexplain.train import train_stage
 
     with user_errors():
         if (reference is None) != (reference_run is None):
             raise UserError("give both the reference JSON and a RUN_NAME, e.g. training_config.json run8")
         ref = (reference, reference_run) if reference else None
-        settings = _settings(config, overrides, name or reference_run, ref)
-        result = train_stage(settings, Run(settings.run_dir))
-        if result is not None:
-            typer.echo(result.summary())
+        settings = _stage_settings(None, config, overrides, name or reference_run, ref)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # DDP: every process must train; rank 0 writes
+            from prunexplain.pipeline import record_finished
+            from prunexplain.preflight import preflight
+
+            preflight(settings, ["data", "train"])
+            result = train_stage(settings, Run(settings.run_dir))
+            if result is not None:
+                for stage in ("data", "train"):  # train_stage prepared the data too
+                    record_finished(settings, Run(settings.run_dir), stage)
+                typer.echo(result.summary())
+            return
+        typer.echo(_stage("train", settings))
 
 
 @app.command()
 def prune(
+    run_dir: RunOption = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
     name: NameOption = None,
     methods: Annotated[
-        Optional[list[str]], typer.Option("--method", "-m", help="Pruning method; repeatable. Default: the study's two.")
+        list[str] | None, typer.Option("--method", "-m", help="Pruning method; repeatable. Default: the study's two.")
     ] = None,
     rates: Annotated[
-        Optional[list[float]], typer.Option("--rate", "-r", help="Compression rate; repeatable, > 1, increasing.")
+        list[float] | None, typer.Option("--rate", "-r", help="Compression rate; repeatable, > 1, increasing.")
     ] = None,
 ) -> None:
     """Prune the trained model step by step to each compression rate, fine-tuning after each step.
@@ -142,32 +195,11 @@ def prune(
     global_magnitude_unstructured, local_l1_structured, local_random_structured.
     Writes runs/<name>/prune/<method>/cr_<rate>/model.pt and results.csv; resumes where it stopped.
     """
-    from prunexplain.pruning.schedule import prune_stage
-    from prunexplain.runs import Run
-
     with user_errors():
         extra = [f"prune.methods={list(methods)!r}".replace("'", '"')] if methods else []
         extra += [f"prune.rates={list(rates)!r}"] if rates else []
-        settings = _settings(config, [*(overrides or []), *extra], name)
-        typer.echo(prune_stage(settings, Run(settings.run_dir)).summary())
-
-
-RunOption = Annotated[
-    Optional[Path],
-    typer.Option("--run", help="Run directory, e.g. runs/demo; its config.toml is read unless --config is given."),
-]
-
-
-def _run_settings(run_dir: Path | None, config: Path | None, overrides: list[str] | None, name: str | None):
-    """Settings of an existing run directory: its resolved config.toml, then the options."""
-    if run_dir is None:
-        return _settings(config, overrides, name)
-    if not run_dir.is_dir():
-        raise UserError(f"--run: no such run directory {run_dir}")
-    saved = run_dir / "config.toml"
-    config = config or (saved if saved.exists() else None)
-    where = [f'run.root="{run_dir.parent}"', f'run.name="{run_dir.name}"']
-    return _settings(config, [*where, *(overrides or [])], None)
+        settings = _stage_settings(run_dir, config, [*(overrides or []), *extra], name)
+        typer.echo(_stage("prune", settings))
 
 
 @app.command("explain")
@@ -177,26 +209,26 @@ def explain_command(
     overrides: SetOption = None,
     name: NameOption = None,
     models: Annotated[
-        Optional[list[str]], typer.Option("--model", "-m", help="'dense' or '<method>/cr_<rate>'; repeatable. Default: all.")
+        list[str] | None,
+        typer.Option("--model", "-m", help="'dense' or '<method>/cr_<rate>'; repeatable. Default: all."),
     ] = None,
-    images: Annotated[Optional[int], typer.Option(help="Explain the first N test images.")] = None,
-    method: Annotated[Optional[str], typer.Option(help="gradcam, gradcam++, scorecam, layercam, xgradcam, eigencam, hirescam.")] = None,
+    images: Annotated[int | None, typer.Option(help="Explain the first N test images.")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="gradcam, gradcam++, scorecam, layercam, xgradcam, eigencam, hirescam.")
+    ] = None,
     render: Annotated[bool, typer.Option("--render", help="Also write occlusion and heatmap PNGs.")] = False,
 ) -> None:
     """Explain every model of a run (dense and each method x rate) on the same test images.
 
     Writes runs/<name>/explain/<model>/maps.npy (and PNGs with --render).
     """
-    from prunexplain.explain.stage import explain_stage
-    from prunexplain.runs import Run
-
     with user_errors():
         extra = [f'explain.models={list(models)!r}'.replace("'", '"')] if models else []
         extra += [f"explain.images={images}"] if images else []
         extra += [f'explain.method="{method}"'] if method else []
         extra += ["explain.render=true"] if render else []
-        settings = _run_settings(run_dir, config, [*(overrides or []), *extra], name)
-        typer.echo(explain_stage(settings, Run(settings.run_dir)).summary())
+        settings = _stage_settings(run_dir, config, [*(overrides or []), *extra], name)
+        typer.echo(_stage("explain", settings))
 
 
 @app.command("evaluate")
@@ -206,30 +238,26 @@ def evaluate_command(
     """Score the explanations of every model: localisation, faithfulness, agreement with the dense
     model, complexity and a randomisation sanity check. Writes runs/<name>/evaluate/metrics.csv and .png.
     """
-    from prunexplain.evaluate.stage import evaluate_stage
-    from prunexplain.runs import Run
-
     with user_errors():
-        settings = _run_settings(run_dir, config, overrides, name)
-        typer.echo(evaluate_stage(settings, Run(settings.run_dir)).summary())
+        settings = _stage_settings(run_dir, config, overrides, name)
+        typer.echo(_stage("evaluate", settings))
 
 
 @app.command("report")
 def report_command(
-    run_dir: Annotated[Optional[Path], typer.Option("--run", help="Run directory, e.g. runs/demo.")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run", help="Run directory, e.g. runs/demo.")] = None,
     name: NameOption = None,
-    images: Annotated[Optional[int], typer.Option(help="Example images (rows) in the grid of explanations.")] = None,
-    stimuli: Annotated[Optional[int], typer.Option(help="Study stimuli shown per experiment.")] = None,
+    images: Annotated[int | None, typer.Option(help="Example images (rows) in the grid of explanations.")] = None,
+    stimuli: Annotated[int | None, typer.Option(help="Study stimuli shown per experiment.")] = None,
 ) -> None:
     """Write runs/<name>/report.html: one self-contained HTML page of everything the run holds so far
     (settings, training, pruning, metrics, example explanations, study stimuli, analysed answers).
     """
     from prunexplain.config import ReportSettings, from_options
     from prunexplain.report import write_report
-    from prunexplain.runs import Run
 
     with user_errors():
-        settings = _run_settings(run_dir, None, None, name)
+        settings = _stage_settings(run_dir, None, None, name)
         given = {key: value for key, value in {"images": images, "stimuli": stimuli}.items() if value is not None}
         report = from_options(ReportSettings, **{**settings.report.model_dump(), **given})
         typer.echo(write_report(Run(settings.run_dir), report).summary())
@@ -241,8 +269,10 @@ def run(
     overrides: SetOption = None,
     name: NameOption = None,
     until: Annotated[
-        Optional[str],
-        typer.Option(help="Stop after this stage: data, train, prune, explain, evaluate, study, crowd, analysis, report."),
+        str | None,
+        typer.Option(
+            help="Stop after this stage: data, train, prune, explain, evaluate, study, crowd, analysis, report."
+        ),
     ] = None,
 ) -> None:
     """Run every stage in order over runs/<name>, skipping stages already done with the same settings.
@@ -251,7 +281,6 @@ def run(
     simulated crowd) -> analysis -> report (runs/<name>/report.html). Killed at any point, it resumes.
     """
     from prunexplain.pipeline import run_pipeline
-    from prunexplain.runs import Run
 
     with user_errors():
         settings = _settings(config, overrides, name)
@@ -272,24 +301,24 @@ AnswerFiles = Annotated[
     ),
 ]
 AnalyzeOut = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--out", "-o", help="Folder for summary.json, workers.csv, PNGs. Default: analysis/<exp>."),
 ]
 MinWorkTime = Annotated[
-    Optional[float],
+    float | None,
     typer.Option("--min-work-time", help="Also report results without workers whose median work time (s) is lower."),
 ]
 RepeatedItems = Annotated[
-    Optional[str], typer.Option(help="A worker's repeated item (another HIT): keep (the study's count), first, drop.")
+    str | None, typer.Option(help="A worker's repeated item (another HIT): keep (the study's count), first, drop.")
 ]
 KnownModels = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--model", "-m", help="Known model name; repeatable. Default: nonpruned, <rate>pruned."),
 ]
 Bootstrap = Annotated[
-    Optional[int], typer.Option(help="Bootstrap resamples of items for intervals (0: none). Default 1000.")
+    int | None, typer.Option(help="Bootstrap resamples of items for intervals (0: none). Default 1000.")
 ]
-AnalyzeSeed = Annotated[Optional[int], typer.Option(help="Seed of the bootstrap.")]
+AnalyzeSeed = Annotated[int | None, typer.Option(help="Seed of the bootstrap.")]
 Plots = Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")]
 
 
@@ -328,12 +357,12 @@ def _analyze_command(experiment: str, doc: str) -> None:
 
 
 _analyze_command(
-    "exp1",
+    COMPARE.name,
     """Experiment 1, which explanation is more reasonable: 'equally reasonable' shares, preferences per
     pair with chi-square, binomial and Holm-corrected tests, per-class tables, Krippendorff's alpha.""",
 )
 _analyze_command(
-    "exp2",
+    RECOGNISE.name,
     """Experiment 2, what is on the picture: accuracy per model and class, 'none' shares, confusion
     matrices, Krippendorff's alpha, Cochran's Q and McNemar tests on the same images.""",
 )
@@ -349,17 +378,19 @@ app.add_typer(study_app, name="study")
 @study_app.command("simulate")
 def study_simulate(
     config: Annotated[
-        Optional[Path],
-        typer.Option("--config", "-c", exists=True, dir_okay=False, help="TOML file; its 'simulate' table holds the settings."),
+        Path | None,
+        typer.Option(
+            "--config", "-c", exists=True, dir_okay=False, help="TOML file; its 'simulate' table holds the settings."
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write into.")] = Path("simulated"),
-    experiment: Annotated[Optional[str], typer.Option(help="exp1 (default) or exp2.")] = None,
-    images: Annotated[Optional[int], typer.Option(help="Images per pair (exp1) or per model (exp2).")] = None,
-    answers_per_item: Annotated[Optional[int], typer.Option(help="Assignments per HIT.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Size of the worker pool.")] = None,
-    spammer_share: Annotated[Optional[float], typer.Option(help="Share of workers answering at random.")] = None,
-    item_correlation: Annotated[Optional[float], typer.Option(help="How much items differ (0: alike).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the simulation.")] = None,
+    experiment: Annotated[str | None, typer.Option(help="exp1 (default) or exp2.")] = None,
+    images: Annotated[int | None, typer.Option(help="Images per pair (exp1) or per model (exp2).")] = None,
+    answers_per_item: Annotated[int | None, typer.Option(help="Assignments per HIT.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Size of the worker pool.")] = None,
+    spammer_share: Annotated[float | None, typer.Option(help="Share of workers answering at random.")] = None,
+    item_correlation: Annotated[float | None, typer.Option(help="How much items differ (0: alike).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the simulation.")] = None,
     power: Annotated[bool, typer.Option("--power/--no-power", help="Exp1: also run the power analysis.")] = True,
 ) -> None:
     """Simulate a crowd with a known truth answering in MTurk's batch-results format, and size a study.
@@ -383,26 +414,26 @@ def study_build(
     overrides: SetOption = None,
     name: NameOption = None,
     manifest: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(exists=True, dir_okay=False, help="Rebuild from this manifest.json and compare every file."),
     ] = None,
-    out: Annotated[Optional[Path], typer.Option(help="With --manifest: folder to rebuild into.")] = None,
+    out: Annotated[Path | None, typer.Option(help="With --manifest: folder to rebuild into.")] = None,
 ) -> None:
     """Build the stimuli of a human study from a run's models, with MTurk files and a manifest.
 
-    N test images per class that every model gets right, experiment 1 panels (occlusion maps and heatmaps) and experiment 2 occlusion maps named as the
-    study named them, MTurk input CSVs and HIT layouts, and study/manifest.json to trace and rebuild it.
+    N test images per class that every model gets right, experiment 1 panels (occlusion maps and
+    heatmaps) and experiment 2 occlusion maps named as the study named them, MTurk input CSVs and HIT
+    layouts, and study/manifest.json to trace and rebuild it.
     """
-    from prunexplain.runs import Run
-    from prunexplain.study.build import build_study, rebuild_study
+    from prunexplain.study.build import rebuild_study
 
     with user_errors():
-        settings = _run_settings(run_dir, config, overrides, name)
+        settings = _stage_settings(run_dir, config, overrides, name)
         run = Run(settings.run_dir)
         if manifest is None:
-            typer.echo(build_study(settings, run).summary())
+            typer.echo(_stage("study", settings))
             return
-        result = rebuild_study(manifest, run, out or run.path("study-rebuild"))
+        result = rebuild_study(manifest, run, out or run.study_rebuild)
         typer.echo(result.summary())
         if result.different:
             raise typer.Exit(1)
@@ -413,7 +444,7 @@ def study_publish(
     run_dir: Annotated[Path, typer.Option("--run", exists=True, file_okay=False, help="Run directory, e.g. runs/x.")],
     bucket: Annotated[str, typer.Option(help="S3 bucket to upload the stimuli into.")],
     prefix: Annotated[str, typer.Option(help="Key prefix inside the bucket, e.g. study1/.")] = "",
-    endpoint_url: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint (default: AWS).")] = None,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint (default: AWS).")] = None,
 ) -> None:
     """Upload the study's stimuli to S3 for Mechanical Turk.
 
@@ -423,35 +454,38 @@ def study_publish(
     from prunexplain.study.mturk import publish
 
     with user_errors():
-        typer.echo(publish(run_dir / "study", bucket, prefix, endpoint_url).summary())
+        typer.echo(publish(_study_dir(run_dir), bucket, prefix, endpoint_url).summary())
 
 
 StudyRun = Annotated[Path, typer.Option("--run", help="Run directory with the study/ of `study build`, e.g. runs/x.")]
 
 
 def _study_dir(run_dir: Path) -> Path:
-    if not (run_dir / "study" / "manifest.json").is_file():
+    study = Run(run_dir).study
+    if not study.manifest.is_file():
         raise UserError(f"{run_dir}: no study/manifest.json; run `prunexplain study build` first")
-    return run_dir / "study"
+    return study.root
 
 
 @study_app.command("serve")
 def study_serve(
     run_dir: StudyRun,
     config: Annotated[
-        Optional[Path],
-        typer.Option("--config", "-c", exists=True, dir_okay=False, help="TOML file; its 'serve' table holds settings."),
+        Path | None,
+        typer.Option(
+            "--config", "-c", exists=True, dir_okay=False, help="TOML file; its 'serve' table holds settings."
+        ),
     ] = None,
-    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port (default 8000).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     experiments: Annotated[
-        Optional[list[str]], typer.Option("--experiment", "-e", help="Experiment key; repeatable. Default: exp1, exp2.")
+        list[str] | None, typer.Option("--experiment", "-e", help="Experiment key; repeatable. Default: exp1, exp2.")
     ] = None,
-    answers_per_stimulus: Annotated[Optional[int], typer.Option(help="Distinct participants per stimulus (5).")] = None,
-    tasks: Annotated[Optional[int], typer.Option("--tasks", help="Stimuli per participant (20).")] = None,
-    attention_checks: Annotated[Optional[int], typer.Option(help="Attention checks per participant (2).")] = None,
-    completion_code: Annotated[Optional[str], typer.Option(help="One code for all (default: per participant).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of task orders and attention checks.")] = None,
+    answers_per_stimulus: Annotated[int | None, typer.Option(help="Distinct participants per stimulus (5).")] = None,
+    tasks: Annotated[int | None, typer.Option("--tasks", help="Stimuli per participant (20).")] = None,
+    attention_checks: Annotated[int | None, typer.Option(help="Attention checks per participant (2).")] = None,
+    completion_code: Annotated[str | None, typer.Option(help="One code for all (default: per participant).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of task orders and attention checks.")] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
 ) -> None:
     """Run the study yourself: a web server for participants and an admin page.
@@ -474,10 +508,10 @@ def study_serve(
 def study_export(
     run_dir: StudyRun,
     out: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--out", "-o", help="A .csv file (one experiment) or a folder. Default: study/export/."),
     ] = None,
-    experiment: Annotated[Optional[str], typer.Option("--experiment", "-e", help="Only this experiment key.")] = None,
+    experiment: Annotated[str | None, typer.Option("--experiment", "-e", help="Only this experiment key.")] = None,
 ) -> None:
     """Export the self-hosted study's answers as MTurk batch-results CSVs, one per experiment.
 

@@ -3,27 +3,44 @@
 The defaults describe the demo (compact VGG-16 on the embedded synthetic dataset), so a run with no
 configuration works on a CPU. `examples/study.toml` holds the reproduced study's settings. Every
 error a user can cause here becomes one `UserError` line that names the file, the key and the value.
+
+Settings are strict about types: a string is not a number and a boolean is not an integer (an int
+still fills a float field), and no float may be `nan` or `inf` (TOML spells both). `--set KEY=none`
+(the bare word) unsets an optional setting, the one spelling for None since TOML has no null; a field
+that cannot be None keeps the text 'none', and `KEY='"none"'` is always the text.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import tomllib
+import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from prunexplain.errors import UserError
+from prunexplain.experiments import EXPERIMENTS, KINDS, first_of_each_kind
+from prunexplain.runs import safe_run_name
 
-class UserError(Exception):
-    """A problem with the user's input (file, key, value, data): shown as one line, no traceback."""
+log = logging.getLogger(__name__)
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Strict, so `"2"` and `true` are refused where a number is meant instead of quietly converted;
+    finite, so a typo'd `nan` or `inf` rate or rotation is refused before any work."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+
+
+# A path from TOML is a string: path fields alone take strings (strict mode wants Path objects).
+PathSetting = Annotated[Path, Field(strict=False)]
 
 
 SectionT = TypeVar("SectionT", bound=BaseModel)
@@ -40,16 +57,13 @@ class SyntheticSettings(_Section):
 
 class DataSettings(_Section):
     dataset: Literal["synthetic", "imagenette"] = "synthetic"
-    root: Path | None = Field(None, description="dataset folder; None: <run>/data/synthetic")
+    root: PathSetting | None = Field(None, description="dataset folder; None: <run>/data/synthetic")
     image_size: int = Field(64, ge=32, le=512, description="square side the model sees, pixels")
     split_seed: int = Field(69, description="seed of the val/ -> test/valid split (the study's 69)")
     hflip: bool = True
     vflip: bool = True
     rotation: float = Field(10.0, ge=0, le=180, description="max random rotation, degrees")
     normalize: bool = Field(False, description="ImageNet mean/std normalisation")
-    cache: bool = Field(True, description="decode images once into a memory-mapped uint8 array")
-    cache_dir: Path | None = Field(None, description="None: <dataset root>/.cache")
-    num_workers: int = Field(0, ge=0)
     synthetic: SyntheticSettings = SyntheticSettings()
 
 
@@ -57,9 +71,13 @@ class ModelSettings(_Section):
     arch: str = "vgg16"
     width: float = Field(0.125, gt=0, le=1, description="channel width multiplier (1 = torchvision)")
     pool_size: int = Field(2, ge=1, le=7, description="side of the pooled map fed to the classifier")
-    batch_norm: bool = Field(True, description="BN after each conv: the narrow model does not train from scratch without it")
+    batch_norm: bool = Field(
+        True, description="BN after each conv: the narrow model does not train from scratch without it"
+    )
     dropout: float = Field(0.5, ge=0, lt=1)
-    weights: str | None = Field(None, description="'imagenet' or a local state-dict file")
+    weights: str | None = Field(
+        None, description="'imagenet', a local state-dict file, or None: from scratch (--set model.weights=none)"
+    )
 
 
 class TrainSettings(_Section):
@@ -73,12 +91,33 @@ class TrainSettings(_Section):
     min_improvement: float = Field(0.01, ge=0, description="relative gain of valid accuracy that counts")
     frozen_parts: list[str] = Field(default_factory=list, description="e.g. ['features'] (study: vgg_no_train_parts)")
     seed: int = 0
+
+
+class RuntimeSettings(_Section):
+    """How work runs, never what it computes: left out of every fingerprint, so changing one of these
+    on a finished run reruns nothing."""
+
     device: str = Field("auto", description="auto (cuda, then cpu), cpu, cuda, cuda:1 ...")
     amp: bool = Field(True, description="mixed precision on cuda")
     channels_last: bool = Field(True, description="channels_last memory format on cuda")
-    progress: bool = True
-    model_path: Path | None = Field(None, description="also save the checkpoint here (study: model_path)")
-    results_path: Path | None = Field(None, description="append results to this JSON array (study: results_path)")
+    progress: bool = Field(True, description="progress bars")
+    num_workers: int = Field(0, ge=0, description="data loader worker processes")
+    threads: int | None = Field(None, ge=1, description="CPU threads of torch; None: torch's default")
+    cache: bool = Field(True, description="decode images once into a memory-mapped uint8 array")
+    cache_dir: PathSetting | None = Field(None, description="None: <dataset root>/.cache")
+    model_path: PathSetting | None = Field(
+        None, description="also save the trained checkpoint here (study: model_path)"
+    )
+    results_path: PathSetting | None = Field(
+        None, description="append training results to this JSON array (study: results_path)"
+    )
+
+
+# Runtime keys that older settings files set in their stage sections: read there with one warning.
+_MOVED_TO_RUNTIME = {
+    "train": ("device", "amp", "channels_last", "progress", "model_path", "results_path"),
+    "data": ("cache", "cache_dir", "num_workers"),
+}
 
 
 class PruneSettings(_Section):
@@ -100,6 +139,8 @@ class PruneSettings(_Section):
     def _increasing_above_one(cls, rates: list[float]) -> list[float]:
         if not rates:
             raise ValueError("give at least one rate")
+        if not all(math.isfinite(rate) for rate in rates):  # allow_inf_nan refuses them first; the contract
+            raise ValueError("rates must be finite numbers")
         if rates[0] <= 1:
             raise ValueError(f"rates must be > 1, got {rates[0]:g}")
         for before, after in zip(rates, rates[1:]):
@@ -140,11 +181,12 @@ class StudySettings(_Section):
     )
     per_class: int = Field(50, ge=1, description="test images per class that every model classifies correctly")
     seed: int = Field(0, description="seed of the image draw, the sides of experiment 1 and the input order")
-    experiments: list[Literal["exp1", "exp1_heatmap", "exp2"]] = Field(
-        default_factory=lambda: ["exp1", "exp1_heatmap", "exp2"],
-        description="exp1: occlusion maps side by side; exp1_heatmap: jet heatmaps; exp2: one occlusion map",
+    experiments: list[str] = Field(
+        default_factory=lambda: list(EXPERIMENTS),
+        description="experiments of the spec (prunexplain.experiments): "
+        + ", ".join(f"{key} ({e.kind.template}, {e.rendering})" for key, e in EXPERIMENTS.items()),
     )
-    pairs: list[tuple[str, str]] = Field(
+    pairs: list[Annotated[tuple[str, str], Field(strict=False)]] = Field(  # TOML and JSON give a pair as a list
         default_factory=list, description="exp1 pairs by study name, e.g. [['nonpruned', '2pruned']]; []: every pair"
     )
     occlusion: float = Field(0.10, gt=0, le=1, description="share of pixels left visible")
@@ -159,6 +201,11 @@ class StudySettings(_Section):
             raise ValueError("name at least two different models")
         return models
 
+    @field_validator("experiments")
+    @classmethod
+    def _known_experiments(cls, keys: list[str]) -> list[str]:
+        return _known(keys, EXPERIMENTS, "experiment")
+
 
 # The reference's named-run JSON keys and where each lands in Settings.
 _REFERENCE_KEYS = {
@@ -168,8 +215,8 @@ _REFERENCE_KEYS = {
     "optimizer": ("train", "optimizer"),
     "learning_rate": ("train", "learning_rate"),
     "momentum": ("train", "momentum"),
-    "model_path": ("train", "model_path"),
-    "results_path": ("train", "results_path"),
+    "model_path": ("runtime", "model_path"),
+    "results_path": ("runtime", "results_path"),
     "pretrained": ("model", "weights"),
 }
 
@@ -185,7 +232,7 @@ def load_settings(
     """
     data: dict[str, Any] = {}
     if config is not None:
-        data = read_toml(config)
+        data = _runtime_moved(read_toml(config), str(config))
         _validate(data, str(config))
     if reference is not None:
         for dotted, value in read_reference_run(*reference).items():
@@ -193,9 +240,37 @@ def load_settings(
         _validate(data, f"{reference[0]} [{reference[1]}]")
     for item in overrides:
         dotted, value = _parse_override(item)
+        dotted = _runtime_key(dotted, f"--set {item}")
+        if value is _UNSET:
+            value = None if _optional(Settings, dotted) else "none"
+        elif value == "" and _optional(Settings, dotted):
+            raise UserError(f"--set {item}: empty value; write {dotted}=none to unset it")
         _set_dotted(data, dotted, value)
         _validate(data, f"--set {item}")
     return Settings.model_validate(data)
+
+
+def _runtime_key(dotted: str, source: str) -> str:
+    """`train.device` (an older name) -> `runtime.device`, with one deprecation line."""
+    section, _, key = dotted.partition(".")
+    if key in _MOVED_TO_RUNTIME.get(section, ()):
+        log.warning("%s: %s is now runtime.%s (how work runs, not what it computes); please rename it",
+                    source, dotted, key)
+        return f"runtime.{key}"
+    return dotted
+
+
+def _runtime_moved(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """A settings table with the runtime keys of older files moved into [runtime]."""
+    for section, keys in _MOVED_TO_RUNTIME.items():
+        table = data.get(section)
+        if not isinstance(table, dict):
+            continue
+        for key in [k for k in keys if k in table]:
+            runtime = data.setdefault("runtime", {})
+            if isinstance(runtime, dict):
+                runtime[_runtime_key(f"{section}.{key}", source).partition(".")[2]] = table.pop(key)
+    return data
 
 
 def read_reference_run(path: Path, name: str) -> dict[str, Any]:
@@ -282,15 +357,37 @@ def load_section(
     return validated(model, {**data, **given}, f"{source} and options" if given else source, name)
 
 
+class _Unset(str):
+    """The bare word `none` of `--set KEY=none`: None for an optional setting, else the text 'none'."""
+
+
+_UNSET = _Unset("none")
+
+
 def _parse_override(item: str) -> tuple[str, Any]:
+    """`KEY=VALUE` with VALUE read as TOML; a bare word is a string, and the bare word `none` is `_UNSET`."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise UserError(f"--set {item}: expected KEY=VALUE, e.g. train.epochs=5")
+    if raw.strip() == _UNSET:
+        return key.strip(), _UNSET
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # a bare word: take it as a string
     return key.strip(), value
+
+
+def _optional(model: type[BaseModel], dotted: str) -> bool:
+    """Whether the field at `dotted` (e.g. `model.weights`) of `model` accepts None; False if there is none."""
+    section, _, rest = dotted.partition(".")
+    field = model.model_fields.get(section)
+    if field is None:
+        return False
+    if rest:
+        inner = field.annotation
+        return isinstance(inner, type) and issubclass(inner, BaseModel) and _optional(inner, rest)
+    return get_origin(field.annotation) in (Union, types.UnionType) and type(None) in get_args(field.annotation)
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -355,6 +452,14 @@ class ModelTruth(_Section):
         return value
 
 
+def _known(keys: list[str], known: dict, what: str) -> list[str]:
+    """Keys of the experiment spec only; a ValueError naming the unknown ones and listing the known."""
+    unknown = [key for key in keys if key not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
+    return keys
+
+
 def _study_pairs() -> list[PairTruth]:
     # Close to the published occlusion-map results (experiment 1).
     return [
@@ -376,7 +481,7 @@ def _study_models() -> list[ModelTruth]:
 class SimulateSettings(_Section):
     """`prunexplain study simulate`: a crowd of workers with a known truth, answering in MTurk's format."""
 
-    experiment: Literal["exp1", "exp2"] = "exp1"
+    experiment: str = Field(next(iter(KINDS)), description=f"kind of task: {', '.join(KINDS)}")
     pairs: list[PairTruth] = Field(default_factory=_study_pairs, description="experiment 1 truth per pair")
     models: list[ModelTruth] = Field(default_factory=_study_models, description="experiment 2 truth per model")
     classes: list[str] = Field(
@@ -405,6 +510,11 @@ class SimulateSettings(_Section):
     power_alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the power analysis")
     power_sims: int = Field(1000, ge=10, description="simulated studies per power check")
 
+    @field_validator("experiment")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        return _known([kind], KINDS, "experiment kind")[0]
+
     @field_validator("answers_per_item")
     @classmethod
     def _fits_pool(cls, value: int, info) -> int:
@@ -423,7 +533,7 @@ class ServeSettings(_Section):
     """
 
     experiments: list[str] = Field(
-        default_factory=lambda: ["exp1", "exp2"], min_length=1, description="experiment keys of manifest.json"
+        default_factory=first_of_each_kind, min_length=1, description="experiment keys of manifest.json"
     )
     answers_per_stimulus: int = Field(5, ge=1, description="distinct participants per stimulus (the study's 5)")
     tasks_per_participant: int = Field(20, ge=1, description="stimuli per participant, attention checks not counted")
@@ -465,8 +575,17 @@ class CrowdSettings(_Section):
 
 
 class RunSettings(_Section):
-    name: str = Field("demo", pattern=r"^[A-Za-z0-9._-]+$")
-    root: Path = Path("runs")
+    name: str = Field("demo", description="one plain folder name under root: letters, digits, . _ + -")
+    root: PathSetting = Path("runs")
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, name: str) -> str:
+        # The run folder is written and, on reruns, replaced: '..', 'a/b' or '/tmp' would reach outside root.
+        if not safe_run_name(name):
+            raise ValueError("a run name is one plain folder name (letters, digits, . _ + -; not '.', '..' "
+                             "or hidden)")
+        return name
 
 
 class Settings(_Section):
@@ -481,6 +600,7 @@ class Settings(_Section):
     crowd: CrowdSettings = CrowdSettings()
     analysis: AnalysisSettings = AnalysisSettings()
     report: ReportSettings = ReportSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
 
     @property
     def run_dir(self) -> Path:

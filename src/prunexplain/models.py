@@ -12,11 +12,13 @@ rebuild the architecture, so any stage can load any checkpoint without being tol
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 from torchvision import models as tv
 
@@ -35,12 +37,13 @@ def _create_vgg16(num_classes: int, settings: ModelSettings) -> nn.Module:
     scale = settings.width
     layout = [v if v == "M" else max(1, round(v * scale)) for v in VGG16_LAYOUT]
     hidden = max(1, round(VGG16_HIDDEN * scale))
-    model = tv.VGG(tv.vgg.make_layers(layout, batch_norm=settings.batch_norm), num_classes=1000, dropout=settings.dropout)
+    features = tv.vgg.make_layers(layout, batch_norm=settings.batch_norm)
+    model = tv.VGG(features, num_classes=1000, dropout=settings.dropout)
     if (scale, settings.pool_size) != (1, 7):
         model.avgpool = nn.AdaptiveAvgPool2d(settings.pool_size)
         model.classifier = _classifier(layout[-2] * settings.pool_size**2, hidden, 1000, settings.dropout)
     if settings.weights is not None:
-        model.load_state_dict(_pretrained_state(settings))
+        _load_pretrained(model, settings)
     model.classifier[6] = nn.Linear(model.classifier[6].in_features, num_classes)
     return model
 
@@ -63,30 +66,91 @@ def _classifier(inputs: int, hidden: int, outputs: int, dropout: float) -> nn.Se
     return head
 
 
-def _pretrained_state(settings: ModelSettings) -> dict[str, torch.Tensor]:
-    """ImageNet weights through torchvision's weights API, or a local state-dict file."""
+def check_weights(settings: ModelSettings) -> None:
+    """Refuse `model.weights` that cannot load, before any data or weights are read: ImageNet
+    weights (torchvision's or a local copy) fit only the full VGG-16, and a local file must exist."""
+    if settings.weights is None:
+        return
     if (settings.width, settings.pool_size) != (1, 7):
         raise UserError(
             f"model.weights={settings.weights!r}: ImageNet weights fit only the full VGG-16 "
             f"(model.width=1, model.pool_size=7), not width={settings.width}, pool_size={settings.pool_size}"
         )
     if settings.weights == "imagenet":
-        return _IMAGENET_WEIGHTS[settings.batch_norm].get_state_dict(progress=True)
+        return
     path = Path(settings.weights)
     if not path.is_file():
-        raise UserError(f"model.weights: no such file {path} (give 'imagenet' or a local .pth state dict)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state)
+        found = "is a folder" if path.is_dir() else "no such file"
+        raise UserError(f"model.weights: {found} {str(path)!r} (give 'imagenet', a local .pth state dict, or none)")
+
+
+def _pretrained_state(settings: ModelSettings) -> dict[str, torch.Tensor]:
+    """ImageNet weights through torchvision's weights API, or a local state-dict file."""
+    check_weights(settings)
+    if settings.weights == "imagenet":
+        try:
+            return _IMAGENET_WEIGHTS[settings.batch_norm].get_state_dict(progress=True)
+        except OSError as error:  # urllib's errors are OSErrors: offline, proxy, full disk
+            raise UserError(f"model.weights='imagenet': cannot get torchvision's ImageNet weights ({error}); "
+                            "download them once with network access, or give a local file") from None
+    path = Path(settings.weights)
+    state = _read_torch_file(path, "a state dict")
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"model.weights: {path}: not a state dict (a dict of tensors, as model.state_dict() gives)")
+    return state
+
+
+def _load_pretrained(model: nn.Module, settings: ModelSettings) -> None:
+    """The weights of `model.weights` into the 1000-class model; a file of another model is one line."""
+    try:
+        model.load_state_dict(_pretrained_state(settings))
+    except RuntimeError as error:
+        raise UserError(f"model.weights: {settings.weights}: does not fit {settings.arch} with "
+                        f"batch_norm={settings.batch_norm} ({_first_line(error)})") from None
+
+
+def _read_torch_file(path: Path, what: str) -> Any:
+    """`torch.load(path, weights_only=True)`; a file torch cannot read is one line naming it.
+
+    torch's own messages span lines and advise `weights_only=False`, which would run any code the
+    file holds: never pass them on. Any exception of the unpickler means the same thing, that the
+    file is not what it should be, so all of them are caught.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise about a bad file
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:
+        raise UserError(f"{path}: cannot read ({error.strerror or error})") from None
+    except Exception:  # noqa: BLE001 - UnpicklingError, EOFError, RuntimeError (zip), KeyError, ...
+        raise UserError(f"{path}: not {what} (torch.load cannot read it: damaged, or another kind of file)") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 ARCHITECTURES: dict[str, Callable[[int, ModelSettings], nn.Module]] = {"vgg16": _create_vgg16}
 
 
+def check_parts(model: nn.Module, parts: list[str]) -> None:
+    """`train.frozen_parts` names top-level parts of the model (the study froze `features`)."""
+    known = [name for name, _ in model.named_children()]
+    for part in parts:
+        if part not in known:
+            raise UserError(f"train.frozen_parts: the model has no part {part!r} (parts: {', '.join(known)})")
+
+
 def build_model(num_classes: int, settings: ModelSettings = ModelSettings()) -> nn.Module:
     """The model of `settings.arch`; unknown names fail with the list of known ones."""
+    check_arch(settings)
+    return ARCHITECTURES[settings.arch](num_classes, settings)
+
+
+def check_arch(settings: ModelSettings) -> None:
     if settings.arch not in ARCHITECTURES:
         raise UserError(f"model.arch: unknown architecture {settings.arch!r} (known: {', '.join(ARCHITECTURES)})")
-    return ARCHITECTURES[settings.arch](num_classes, settings)
 
 
 def save_checkpoint(
@@ -114,13 +178,33 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint")
+    checkpoint = _read_torch_file(path, "a prunexplain checkpoint")
+    if not isinstance(checkpoint, dict) or not _CHECKPOINT_KEYS <= set(checkpoint):
+        keys = sorted(map(str, checkpoint))[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise UserError(f"{path}: not a prunexplain checkpoint (expected keys {sorted(_CHECKPOINT_KEYS)}, got {keys})")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         model = build_model(checkpoint["num_classes"], model_settings(checkpoint))
         model.load_state_dict(checkpoint["state_dict"])
-    except (KeyError, TypeError, RuntimeError, EOFError) as error:
-        raise UserError(f"{path}: not a prunexplain checkpoint ({error})") from None
+    except (KeyError, TypeError, AttributeError, RuntimeError, ValidationError) as error:
+        reason = f"{type(error).__name__}: {_first_line(error)}"
+        raise UserError(f"{path}: not a prunexplain checkpoint ({reason})") from None
     return model.to(device).eval(), checkpoint
+
+
+_CHECKPOINT_KEYS = {"arch", "num_classes", "state_dict", "meta"}
+
+
+def check_fits(checkpoint: dict[str, Any], path: Path, classes: list[str], image_size: int) -> None:
+    """Refuse a checkpoint made for other data than the run's (classes, image size): its results
+    would be silently wrong, e.g. a 5-class model scored on a 10-class test split."""
+    meta = checkpoint.get("meta", {})
+    saved = meta.get("classes")
+    if saved is not None and list(saved) != list(classes):
+        raise UserError(f"{path}: made for {len(saved)} classes ({', '.join(saved[:4])}...), the run's data has "
+                        f"{len(classes)} ({', '.join(classes[:4])}...); train it again for this data")
+    size = meta.get("data", {}).get("image_size")
+    if size is not None and size != image_size:
+        raise UserError(f"{path}: made for {size}-pixel images, the run's data.image_size is {image_size}")
 
 
 def select_device(name: str) -> torch.device:
@@ -130,9 +214,9 @@ def select_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"train.device: unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
+        raise UserError(f"runtime.device: unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device={name!r}: CUDA is not available on this machine")
+        raise UserError(f"runtime.device={name!r}: CUDA is not available on this machine")
     return device
 
 

@@ -1,8 +1,13 @@
-"""`prunexplain run`: every stage in order over one run directory, resumable.
+"""`prunexplain run` and the stage commands: stages in order over one run directory, resumable.
 
 A stage runs unless its done-marker holds the fingerprint of its settings chained with the
-fingerprints of the stages before it: a changed setting reruns that stage and every later one,
-and a run killed at any point starts again at the first unfinished stage.
+fingerprints of the stages before it, and its outputs are still the ones it recorded: a changed
+setting reruns that stage and every later one, a run killed at any point starts again at the first
+unfinished stage, and a finished stage keeps its marker until a rerun of it completes. `[runtime]`
+settings (device, progress, workers, caches) are in no fingerprint: changing them reruns nothing.
+
+`config.toml` always describes what the run holds: each finished stage records the settings it
+computed with, and those win over what a later, perhaps killed, invocation asked for.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from prunexplain.config import Settings, UserError
-from prunexplain.runs import Run, write_text
+from prunexplain.preflight import preflight
+from prunexplain.runs import Run, fault_point, write_text
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +26,7 @@ log = logging.getLogger(__name__)
 def _data(settings: Settings, run: Run) -> str:
     from prunexplain.data import dataset_root
 
-    return f"dataset in {dataset_root(settings.data, run.root, settings.train.progress)}"
+    return f"dataset in {dataset_root(settings.data, run, settings.runtime.progress)}"
 
 
 def _train(settings: Settings, run: Run) -> str:
@@ -102,14 +108,53 @@ def stage_names() -> list[str]:
     return [stage.name for stage in STAGES]
 
 
-def fingerprints(settings: Settings, run: Run) -> list[str]:
-    """Per stage, its settings (and inputs) chained with every earlier stage's: a change anywhere
-    upstream changes the fingerprint of every stage after it."""
+def fingerprints(settings: Settings, run: Run, stages: tuple[Stage, ...] = STAGES) -> list[str]:
+    """Per stage (of the first `stages`), its settings (and inputs) chained with every earlier stage's:
+    a change anywhere upstream changes the fingerprint of every stage after it."""
     chain, upstream = [], ""
-    for stage in STAGES:
+    for stage in stages:
         upstream = settings.fingerprint(*stage.sections) + (stage.inputs(run) if stage.inputs else "") + upstream
         chain.append(upstream)
     return chain
+
+
+def computed_settings(settings: Settings, run: Run) -> Settings:
+    """`settings` with each finished stage's sections as that stage recorded them: what the run holds."""
+    values = settings.model_dump(mode="json")
+    for stage in STAGES:
+        record = run.record(stage.name)
+        if record is not None:
+            values.update({name: value for name, value in record.get("settings", {}).items() if name in values})
+    return Settings.model_validate(values)
+
+
+def _write_config(settings: Settings, run: Run) -> None:
+    write_text(run.config, computed_settings(settings, run).to_toml())
+
+
+def _execute(settings: Settings, run: Run, number: int, total: int, stage: Stage, fingerprint: str) -> str:
+    """Run one stage, record it done and invalidate every later stage (they were computed from its
+    previous outputs)."""
+    log.info("[%d/%d] %s: running", number, total, stage.name)
+    summary = stage.function(settings, run)
+    _record(settings, run, stage, fingerprint)
+    return summary
+
+
+def _record(settings: Settings, run: Run, stage: Stage, fingerprint: str) -> None:
+    sections = {name: getattr(settings, name).model_dump(mode="json") for name in stage.sections}
+    run.mark_done(stage.name, fingerprint, sections)
+    for later in STAGES[stage_names().index(stage.name) + 1 :]:
+        run.clear_done(later.name)
+    _write_config(settings, run)
+    fault_point(f"stage:{stage.name}")
+
+
+def record_finished(settings: Settings, run: Run, name: str) -> None:
+    """Record a stage that ran outside `run_stage` as done (a DDP training, where every process
+    trains and only rank 0 writes)."""
+    index = stage_names().index(name)
+    _record(settings, run, STAGES[index], fingerprints(settings, run, STAGES[: index + 1])[index])
 
 
 def run_pipeline(settings: Settings, run: Run, until: str | None = None) -> str:
@@ -117,16 +162,54 @@ def run_pipeline(settings: Settings, run: Run, until: str | None = None) -> str:
     summary of where results are."""
     if until is not None and until not in stage_names():
         raise UserError(f"--until: unknown stage {until!r} (stages: {', '.join(stage_names())})")
-    write_text(run.path("config.toml"), settings.to_toml())
     stages = STAGES[: stage_names().index(until) + 1] if until else STAGES
+    preflight(settings, [stage.name for stage in stages])
+    _write_config(settings, run)
     lines = [f"run directory: {run.root}"]
-    for number, (stage, fingerprint) in enumerate(zip(stages, fingerprints(settings, run)), 1):
+    for number, (stage, fingerprint) in enumerate(zip(stages, fingerprints(settings, run, stages)), 1):
         if run.is_done(stage.name, fingerprint):
             log.info("[%d/%d] %s: done already, skipped", number, len(stages), stage.name)
             lines.append(f"{stage.name}: done (skipped)")
             continue
-        run.clear_done(stage.name)
-        log.info("[%d/%d] %s: running", number, len(stages), stage.name)
-        lines.append(f"{stage.name}: {stage.function(settings, run)}")
-        run.mark_done(stage.name, fingerprint)
+        lines.append(f"{stage.name}: {_execute(settings, run, number, len(stages), stage, fingerprint)}")
     return "\n".join(lines)
+
+
+def run_stage(settings: Settings, run: Run, name: str) -> str:
+    """One stage, as its own command: through the same done-markers as `run`.
+
+    Every earlier stage must be done with these settings (a fresh run's data stage is run first);
+    where one was computed with other settings, nothing runs and the first differing setting is
+    named, so a stage never mixes, say, a model trained on one dataset with another dataset.
+    """
+    preflight(settings, [name] if run.record("data") else ["data", name])
+    index = stage_names().index(name)
+    chain = fingerprints(settings, run, STAGES[: index + 1])
+    for stage, fingerprint in zip(STAGES[:index], chain):
+        if run.is_done(stage.name, fingerprint):
+            continue
+        if stage.name == "data" and run.record("data") is None:
+            _execute(settings, run, 1, 1, stage, fingerprint)
+            continue
+        raise UserError(_not_ready(settings, run, stage, name))
+    stage = STAGES[index]
+    if run.is_done(name, chain[index]):
+        return f"{name}: done already with these settings (skipped)"
+    return _execute(settings, run, 1, 1, stage, chain[index])
+
+
+def _not_ready(settings: Settings, run: Run, stage: Stage, wanted: str) -> str:
+    record = run.record(stage.name)
+    if record is None:
+        return (f"{wanted}: the run {run.root} has no finished {stage.name} stage; "
+                f"run `prunexplain run --until {wanted}`")
+    recorded = record.get("settings", {})
+    for section in stage.sections:
+        now = getattr(settings, section).model_dump(mode="json")
+        for key in sorted(set(now) | set(recorded.get(section, {}))):
+            if now.get(key) != recorded.get(section, {}).get(key):
+                return (f"{wanted}: {section}.{key} = {now.get(key)!r}, but the run's {stage.name} stage was computed "
+                        f"with {recorded.get(section, {}).get(key)!r} ({run.config}); drop the override or rerun "
+                        f"`prunexplain run` with it")
+    return (f"{wanted}: the run's {stage.name} stage is out of date (its outputs changed since it finished, or an "
+            f"earlier stage changed); run `prunexplain run --until {wanted}`")

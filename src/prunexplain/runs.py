@@ -1,40 +1,437 @@
-"""The run directory: where each stage reads and writes, with atomic writes and done-markers.
+"""The run directory as code: every file of `runs/<name>/` has one named accessor here.
+
+Stages never join run-file names themselves; they ask a `Run` (or, for the human study, which can be
+served and exported from a copied folder, a `StudyFolder`). A model of a run is a `ModelKey`: the
+dense model, or a pruning method at a compression rate, with one text form (`dense`,
+`<method>/cr_<rate>`) and one parser.
 
 A file either exists whole or not at all (temp file in the same folder, fsync, rename), so a run
-killed at any moment leaves nothing half-written. A stage that finished writes `<stage>/.done`
-holding the fingerprint of its settings; `run` skips a stage whose marker matches.
+killed at any moment leaves nothing half-written. A stage that finished writes `<stage>/.done`, a
+JSON record of the fingerprint and the settings it computed with and of its output files (size and
+modification time of each): a stage counts as done only while its outputs are the ones it recorded,
+so a killed rerun with other settings that replaced some of them is never taken as finished.
+This module imports no torch: the study server and the analysis use it too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
+import math
 import os
+import re
+import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-_DONE = ".done"
+from prunexplain.errors import UserError
+
+DENSE = "dense"
+_RATE = re.compile(r"^cr_(?P<rate>\d+(?:\.\d+)?)$")
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """The dense model (`method` None) or a pruning method's model at compression rate `rate`."""
+
+    method: str | None = None
+    rate: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> ModelKey:
+        """`dense` or `<method>/cr_<rate>`; anything else is a UserError naming the text."""
+        if text == DENSE:
+            return cls()
+        method, _, rate = str(text).partition("/")
+        match = _RATE.match(rate)
+        if not method or not match or not _safe_name(method) or float(match["rate"]) <= 1:
+            raise UserError(f"{text!r} is not a model of a run: give 'dense' or '<method>/cr_<rate>' with rate > 1")
+        return cls(method, float(match["rate"]))
+
+    @classmethod
+    def pruned(cls, method: str, rate: float) -> ModelKey:
+        if not math.isfinite(rate) or rate <= 1:
+            raise UserError(f"rate {rate!r} of {method}: a compression rate is a finite number > 1")
+        return cls(method, float(rate))
+
+    @property
+    def dense(self) -> bool:
+        return self.method is None
+
+    @property
+    def rate_folder(self) -> str:
+        return f"cr_{self.rate:g}"
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """Folder names under a stage's folder: ('dense',) or (method, 'cr_<rate>')."""
+        return (DENSE,) if self.dense else (self.method, self.rate_folder)
+
+    def sort_key(self) -> tuple:
+        """Dense first, then by method name, then by rate."""
+        return (not self.dense, self.method or "", self.rate)
+
+    def __str__(self) -> str:
+        return "/".join(self.parts)
+
+
+def _safe_name(name: str) -> bool:
+    """A name that is one plain folder: no separators, no '.', '..' or hidden names."""
+    return bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._+-]*", name)) and name not in (".", "..")
+
+
+def sorted_keys(keys) -> list[ModelKey]:
+    return sorted(keys, key=ModelKey.sort_key)
+
+
+class StudyFolder:
+    """The human study's folder (`<run>/study/`): stimuli, MTurk files, manifest and answers."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"StudyFolder({str(self.root)!r})"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def selection(self) -> Path:
+        return self.root / "selection.csv"
+
+    def stimuli(self, experiment: str) -> Path:
+        """Folder of one experiment's PNGs."""
+        return self.root / experiment
+
+    def stimulus(self, relative: str) -> Path:
+        """A file named in the manifest, relative to the study folder."""
+        return self.root / relative
+
+    def relative(self, path: Path) -> str:
+        """How the manifest names a file of this folder: its path relative to the folder, with '/'."""
+        return Path(path).relative_to(self.root).as_posix()
+
+    def input_csv(self, experiment: str) -> Path:
+        return self.root / f"{experiment}_input.csv"
+
+    def layout(self, experiment: str) -> Path:
+        return self.root / "layouts" / f"{experiment}.html"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "study.db"
+
+    def database_files(self) -> list[Path]:
+        """The database and its SQLite companions (-wal, -shm) that exist."""
+        return sorted(p for p in self.root.glob("study.db*") if p.is_file())
+
+    @property
+    def admin_token(self) -> Path:
+        return self.root / "admin_token"
+
+    @property
+    def answers(self) -> Path:
+        """Folder where people put real answer files (MTurk batch results)."""
+        return self.root / "answers"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+    def exported(self, experiment: str) -> Path:
+        return self.export / f"{experiment}_results.csv"
+
+    @property
+    def attention_checks(self) -> Path:
+        return self.export / "attention_checks.csv"
+
+    def simulated(self, experiment: str) -> Path:
+        return self.root / "simulated" / experiment
+
+    @property
+    def crowd(self) -> Path:
+        """Which answers (real or simulated) each experiment has: what the analysis reads."""
+        return self.root / "crowd.json"
+
+    def built_files(self) -> list[Path]:
+        """What `study build` writes: manifest, selection, MTurk inputs and layouts, the stimuli."""
+        return [self.manifest, self.selection, *self.root.glob("*_input.csv"), *self.root.glob("layouts/*.html"),
+                *self.root.glob("*/*.png")]
+
+    def crowd_files(self) -> list[Path]:
+        """What the crowd stage writes: crowd.json and the simulated crowds' answers."""
+        return [self.crowd, *self.root.glob("simulated/**/*")]
+
+
+class AnalysisFolder:
+    """One experiment's analysis (`<run>/analysis/<experiment>/`, or `analyze --out`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def workers(self) -> Path:
+        return self.root / "workers.csv"
+
+    def figure(self, name: str) -> Path:
+        """A plot, e.g. `preferences` or `confusion_2pruned` (or a name the summary lists)."""
+        return self.root / (name if name.endswith(".png") else f"{name}.png")
+
+
+class SimulationFolder:
+    """A simulated crowd's answers (`<run>/study/simulated/<experiment>/`, or `study simulate --out`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def results(self, kind: str) -> Path:
+        """Answers in MTurk's batch-results format, named after the experiment kind."""
+        return self.root / f"{kind}_results.csv"
+
+    @property
+    def truth(self) -> Path:
+        return self.root / "truth.json"
+
+    @property
+    def power(self) -> Path:
+        return self.root / "power.json"
+
+
+class Run:
+    """One run directory, `runs/<name>/`: the only place that knows its file names."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.root)!r})"
+
+    # settings and markers
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def record(self, stage: str) -> dict[str, Any] | None:
+        """What a finished stage recorded (fingerprint, settings, outputs), or None."""
+        return _read_marker(self.stage_dir(stage) / ".done")
+
+    def is_done(self, stage: str, fingerprint: str) -> bool:
+        """Finished with this fingerprint, and its outputs are still the ones it wrote."""
+        record = self.record(stage)
+        return record is not None and record.get("fingerprint") == fingerprint and record.get("outputs") == (
+            self.output_stamps(stage)
+        )
+
+    def mark_done(self, stage: str, fingerprint: str, settings: dict[str, Any] | None = None) -> None:
+        record = {"fingerprint": fingerprint, "settings": settings or {}, "outputs": self.output_stamps(stage)}
+        write_json(self.stage_dir(stage) / ".done", record)
+
+    def clear_done(self, stage: str) -> None:
+        (self.stage_dir(stage) / ".done").unlink(missing_ok=True)
+
+    def stage_outputs(self, stage: str) -> list[Path]:
+        """The files a pipeline stage writes (markers and temp files aside)."""
+        if stage in ("train", "prune", "explain", "evaluate", "analysis"):
+            files = [p for p in self.stage_dir(stage).rglob("*") if not p.name.startswith(".")]
+        else:
+            files = {"study": self.study.built_files(), "crowd": self.study.crowd_files(),
+                     "report": [self.report]}.get(stage, [])
+        return sorted(p for p in files if p.is_file())
+
+    def output_stamps(self, stage: str) -> dict[str, list[int]]:
+        """Size and modification time of each output file: cheap, and changed by any rewrite."""
+        stamps = {}
+        for path in self.stage_outputs(stage):
+            stat = path.stat()
+            stamps[str(path.relative_to(self.root))] = [stat.st_size, stat.st_mtime_ns]
+        return stamps
+
+    # data
+    @property
+    def synthetic_data(self) -> Path:
+        """Where the embedded dataset is generated when `data.root` is not set."""
+        return self.root / "data" / "synthetic"
+
+    # train
+    @property
+    def dense_checkpoint(self) -> Path:
+        return self.root / "train" / "model.pt"
+
+    @property
+    def train_history(self) -> Path:
+        return self.root / "train" / "history.csv"
+
+    @property
+    def train_result(self) -> Path:
+        return self.root / "train" / "result.json"
+
+    # prune
+    def checkpoint(self, key: ModelKey) -> Path:
+        return self.dense_checkpoint if key.dense else self.root / "prune" / key.method / key.rate_folder / "model.pt"
+
+    def prune_results(self, method: str) -> Path:
+        return self.root / "prune" / method / "results.csv"
+
+    def prune_tables(self) -> dict[str, Path]:
+        """Every pruning method's results table, by method."""
+        return {p.parent.name: p for p in sorted((self.root / "prune").glob("*/results.csv"))}
+
+    @property
+    def accuracy_plot(self) -> Path:
+        return self.root / "prune" / "accuracy.png"
+
+    def models(self) -> dict[ModelKey, Path]:
+        """The run's checkpoints: dense, then each method's rates in increasing order."""
+        found = {ModelKey(): self.dense_checkpoint} if self.dense_checkpoint.is_file() else {}
+        for path in (self.root / "prune").glob("*/cr_*/model.pt"):
+            match = _RATE.match(path.parent.name)
+            if match and float(match["rate"]) > 1:
+                found[ModelKey(path.parent.parent.name, float(match["rate"]))] = path
+        return {key: found[key] for key in sorted_keys(found)}
+
+    # explain
+    @property
+    def explained_images(self) -> Path:
+        """Which test images every model is explained on (one row each)."""
+        return self.root / "explain" / "images.csv"
+
+    def explain_dir(self, key: ModelKey) -> Path:
+        return self.root.joinpath("explain", *key.parts)
+
+    def maps(self, key: ModelKey, method: str = "gradcam") -> Path:
+        return self.explain_dir(key) / ("maps.npy" if method == "gradcam" else f"maps-{method}.npy")
+
+    def predictions(self, key: ModelKey) -> Path:
+        return self.explain_dir(key) / "predictions.npy"
+
+    def render(self, key: ModelKey, index: int, kind: str) -> Path:
+        """A rendered PNG of one explained image: kind is 'occlusion' or 'heatmap'."""
+        return self.explain_dir(key) / "png" / f"{index}_{kind}.png"
+
+    def explained_models(self, method: str = "gradcam") -> list[ModelKey]:
+        """Models of the run whose maps of `method` exist."""
+        return [key for key in self.models() if self.maps(key, method).is_file()]
+
+    # evaluate
+    @property
+    def metrics(self) -> Path:
+        return self.root / "evaluate" / "metrics.csv"
+
+    @property
+    def metrics_plot(self) -> Path:
+        return self.root / "evaluate" / "metrics.png"
+
+    # study, analysis, report
+    @property
+    def study(self) -> StudyFolder:
+        return StudyFolder(self.root / "study")
+
+    def analysis(self, experiment: str) -> Path:
+        """Folder of one experiment's analysis (summary.json, tables, plots)."""
+        return self.root / "analysis" / experiment
+
+    @property
+    def analysis_source(self) -> Path:
+        return self.root / "analysis" / "source.json"
+
+    def analysis_summaries(self) -> dict[str, Path]:
+        folders = sorted(p for p in (self.root / "analysis").glob("*") if AnalysisFolder(p).summary.is_file())
+        return {p.name: AnalysisFolder(p).summary for p in folders}
+
+    def analysis_file(self, experiment: str, name: str) -> Path:
+        """A file an experiment's summary names (its figures), relative to its analysis folder."""
+        return AnalysisFolder(self.analysis(experiment)).figure(name)
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def study_rebuild(self) -> Path:
+        """Default folder of `study build --manifest`: a rebuild to compare with study/."""
+        return self.root / "study-rebuild"
+
+    @property
+    def retired(self) -> Path:
+        """Outputs of models no longer in the run's settings, kept aside rather than deleted."""
+        return self.root / "retired"
+
+    def retire(self, key: ModelKey, stamp: str | None = None) -> list[Path]:
+        """Move every output of a model (checkpoint folder, maps) under `retired/<stamp>/`."""
+        stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+        moved = []
+        for folder in (self.checkpoint(key).parent, self.explain_dir(key)):
+            if key.dense or not folder.exists():
+                continue
+            target = self.retired / stamp / folder.relative_to(self.root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(folder), str(target))
+            moved.append(target)
+        return moved
+
+
+def _read_marker(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def safe_run_name(name: str) -> bool:
+    return _safe_name(name)
 
 
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temp file beside `path`; on success it replaces `path`, on error it is removed."""
+    """Open a temp file beside `path`; on success it replaces `path`, on error it is removed.
+
+    A full disk or a read-only folder becomes a UserError naming the path; the previous file, if
+    any, is untouched.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        _remove(tmp)
+        if error.errno in _STORAGE_ERRORS:
+            kept = "the previous file is kept" if path.exists() else "nothing was written there"
+            raise UserError(f"{path}: cannot write ({os.strerror(error.errno)}); {kept}") from None
+        raise
     except BaseException:
+        _remove(tmp)
+        raise
+
+
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _remove(tmp: str | None) -> None:
+    if tmp is not None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -68,28 +465,16 @@ def append_json_array(path: Path, item: Any) -> Path:
     path = Path(path)
     items = json.loads(path.read_text()) if path.exists() else []
     if not isinstance(items, list):
-        raise ValueError(f"{path}: expected a JSON array")
+        raise UserError(f"{path}: expected a JSON array")
     return write_json(path, [*items, item])
 
 
-class Run:
-    """One run directory, `runs/<name>/`; stages get their paths from here."""
+KILL_AFTER = "PRUNEXPLAIN_KILL_AFTER"
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
 
-    def __repr__(self) -> str:
-        return f"Run({str(self.root)!r})"
-
-    def path(self, *parts: str) -> Path:
-        return self.root.joinpath(*parts)
-
-    def is_done(self, stage: str, fingerprint: str) -> bool:
-        marker = self.path(stage, _DONE)
-        return marker.exists() and marker.read_text().strip() == fingerprint
-
-    def mark_done(self, stage: str, fingerprint: str) -> None:
-        write_text(self.path(stage, _DONE), fingerprint + "\n")
-
-    def clear_done(self, stage: str) -> None:
-        self.path(stage, _DONE).unlink(missing_ok=True)
+def fault_point(name: str) -> None:
+    """Fault injection for tests: SIGKILL this process here when `$PRUNEXPLAIN_KILL_AFTER` names
+    this point (e.g. `stage:train`, `rate:local_magnitude_unstructured/cr_2`, `answer:3`), so a kill
+    test stops a run exactly where it means to instead of sleeping and hoping."""
+    if os.environ.get(KILL_AFTER) == name:
+        os.kill(os.getpid(), 9)

@@ -13,7 +13,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -23,11 +22,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from prunexplain.config import DataSettings, Settings, TrainSettings, UserError
+from prunexplain.config import DataSettings, RuntimeSettings, Settings, TrainSettings
 from prunexplain.data import class_names, dataset_root
 from prunexplain.data.loaders import Splits, image_dataset, load_splits, prepare
-from prunexplain.models import build_model, save_checkpoint, select_device
-from prunexplain.runs import Run, append_json_array, write_csv, write_json, write_text
+from prunexplain.models import build_model, check_parts, save_checkpoint, select_device
+from prunexplain.runs import Run, append_json_array, fault_point, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +121,8 @@ def evaluate(
 
 def _freeze(model: nn.Module, parts: list[str]) -> None:
     """Stop training whole parts of the model (the study's vgg_no_train_parts, e.g. features)."""
-    known = [name for name, _ in model.named_children()]
+    check_parts(model, parts)
     for part in parts:
-        if part not in known:
-            raise UserError(f"train.frozen_parts: the model has no part {part!r} (parts: {', '.join(known)})")
         getattr(model, part).requires_grad_(False)
 
 
@@ -138,15 +135,15 @@ def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimiz
     return torch.optim.Adam(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
 
 
-def _train_epoch(model, loader, optimizer, scaler, data, settings, device, generator, after_step, bar):
+def _train_epoch(model, loader, optimizer, scaler, data, runtime, device, generator, after_step, bar):
     model.train()
     correct = loss_sum = count = 0.0
     for images, labels in bar(loader):
         x = prepare(images.to(device, non_blocking=True), data, generator)
         y = labels.to(device, non_blocking=True)
-        if device.type == "cuda" and settings.channels_last:
+        if device.type == "cuda" and runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, settings.amp):
+        with _autocast(device, runtime.amp):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -169,6 +166,7 @@ def fit(
     settings: TrainSettings,
     data: DataSettings,
     device: torch.device,
+    runtime: RuntimeSettings = RuntimeSettings(),
     after_step: Callable[[], None] | None = None,
     description: str = "train",
 ) -> FitResult:
@@ -179,7 +177,7 @@ def fit(
     weights are those of the highest valid accuracy seen.
     """
     with _seeded(settings.seed, device, train_loader):
-        return _fit(model, train_loader, valid_loader, settings, data, device, after_step, description)
+        return _fit(model, train_loader, valid_loader, settings, data, device, runtime, after_step, description)
 
 
 @contextlib.contextmanager
@@ -194,12 +192,12 @@ def _seeded(seed: int, device: torch.device, loader: DataLoader) -> Iterator[Non
         yield
 
 
-def _fit(model, train_loader, valid_loader, settings, data, device, after_step, description) -> FitResult:
+def _fit(model, train_loader, valid_loader, settings, data, device, runtime, after_step, description) -> FitResult:
     _freeze(model, settings.frozen_parts)
     optimizer = _optimizer(model, settings)
-    scaler = torch.amp.GradScaler(device.type, enabled=settings.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp and device.type == "cuda")
     generator = torch.Generator().manual_seed(settings.seed + 1 + (dist.get_rank() if dist.is_initialized() else 0))
-    show = settings.progress and (not dist.is_initialized() or dist.get_rank() == 0)
+    show = runtime.progress and (not dist.is_initialized() or dist.get_rank() == 0)
     result, start = FitResult(), time.perf_counter()
     best_state, best_accuracy, reference, waited = None, -1.0, 0.0, 0
     epochs = tqdm(range(settings.epochs), desc=description, unit="epoch", disable=not show)
@@ -209,15 +207,16 @@ def _fit(model, train_loader, valid_loader, settings, data, device, after_step, 
             sampler.set_epoch(epoch)
         bar = lambda it: tqdm(it, leave=False, unit="batch", disable=not show)  # noqa: E731
         train_acc, train_loss = _train_epoch(
-            model, train_loader, optimizer, scaler, data, settings, device, generator, after_step, bar
+            model, train_loader, optimizer, scaler, data, runtime, device, generator, after_step, bar
         )
         _share_buffers(model)
-        valid = evaluate(model, valid_loader, data, device, settings.amp)
+        valid = evaluate(model, valid_loader, data, device, runtime.amp)
         result.history.append(
             {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
              "valid_loss": valid["loss"], "valid_accuracy": valid["top1"], "seconds": time.perf_counter() - start}
         )
         epochs.set_postfix(loss=f"{train_loss:.3f}", train=f"{train_acc:.3f}", valid=f"{valid['top1']:.3f}")
+        fault_point(f"epoch:{description}/{epoch}")
         if valid["top1"] > best_accuracy:
             best_accuracy, result.best_epoch = valid["top1"], epoch
             result.train_accuracy, result.valid_accuracy = train_acc, valid["top1"]
@@ -252,10 +251,10 @@ def processes(device: torch.device) -> Iterator[Processes]:
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, data: DataSettings, device: torch.device, shuffle_seed: int | None = None
+    dataset: Dataset, batch_size: int, device: torch.device, shuffle_seed: int | None = None, num_workers: int = 0
 ) -> DataLoader:
     """Shuffled (seeded) for training, in order for evaluation; sharded across DDP processes."""
-    options = dict(batch_size=batch_size, num_workers=data.num_workers, pin_memory=device.type == "cuda")
+    options = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
     distributed = dist.is_available() and dist.is_initialized()
     if shuffle_seed is None:
         if distributed:  # each process scores a disjoint slice; the counts are summed
@@ -266,8 +265,11 @@ def make_loader(
     return DataLoader(dataset, shuffle=True, generator=torch.Generator().manual_seed(shuffle_seed), **options)
 
 
-def device_for(settings: TrainSettings) -> torch.device:
-    device = select_device(settings.device)
+def device_for(runtime: RuntimeSettings) -> torch.device:
+    """The device of `runtime.device`; under torchrun, this process's GPU. Sets the CPU threads."""
+    if runtime.threads is not None:
+        torch.set_num_threads(runtime.threads)
+    device = select_device(runtime.device)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", local_rank)
@@ -277,18 +279,17 @@ def device_for(settings: TrainSettings) -> torch.device:
 
 def train_stage(settings: Settings, run: Run) -> TrainResult | None:
     """Train the run's model on its dataset and write `train/`; returns None on DDP ranks > 0."""
-    device = device_for(settings.train)
+    device = device_for(settings.runtime)
     with processes(device) as procs:
-        if procs.main:
-            write_text(run.path("config.toml"), settings.to_toml())
         splits, loaders = run_loaders(settings, run, device, procs)
         torch.manual_seed(settings.train.seed)
         model = build_model(len(splits.train.classes), settings.model).to(device)
-        if device.type == "cuda" and settings.train.channels_last:
+        if device.type == "cuda" and settings.runtime.channels_last:
             model = model.to(memory_format=torch.channels_last)
         trained = nn.parallel.DistributedDataParallel(model) if procs.world > 1 else model
-        fitted = fit(trained, loaders["train"], loaders["valid"], settings.train, settings.data, device)
-        test = evaluate(model, loaders["test"], settings.data, device, settings.train.amp)
+        fitted = fit(trained, loaders["train"], loaders["valid"], settings.train, settings.data, device,
+                     settings.runtime)
+        test = evaluate(model, loaders["test"], settings.data, device, settings.runtime.amp)
         result = TrainResult(
             train_accuracy=fitted.train_accuracy,
             valid_accuracy=fitted.valid_accuracy,
@@ -300,7 +301,7 @@ def train_stage(settings: Settings, run: Run) -> TrainResult | None:
             seconds=round(fitted.seconds, 2),
             device=str(device),
             processes=procs.world,
-            checkpoint=str(run.path("train", "model.pt")),
+            checkpoint=str(run.dense_checkpoint),
         )
         if not procs.main:
             return None
@@ -313,25 +314,26 @@ def run_loaders(
 ) -> tuple[Splits, dict[str, DataLoader]]:
     """The run's splits and their loaders: train shuffled from the seed, valid and test in order."""
     splits, datasets = _datasets_on_main_first(settings, run, procs)
-    batch, seed = settings.train.batch_size, settings.train.seed
-    loaders = {name: make_loader(datasets[name], batch, settings.data, device) for name in ("valid", "test")}
-    return splits, {"train": make_loader(datasets["train"], batch, settings.data, device, seed), **loaders}
+    batch, seed, workers = settings.train.batch_size, settings.train.seed, settings.runtime.num_workers
+    loaders = {name: make_loader(datasets[name], batch, device, num_workers=workers) for name in ("valid", "test")}
+    return splits, {"train": make_loader(datasets["train"], batch, device, seed, workers), **loaders}
 
 
 def _datasets_on_main_first(settings: Settings, run: Run, procs: Processes):
     """Rank 0 generates the dataset and decodes the caches; the others wait, then find them ready."""
 
-    def prepare_all(progress: bool):
-        root = dataset_root(settings.data, run.root, progress)
+    def prepare_all(runtime: RuntimeSettings):
+        root = dataset_root(settings.data, run, runtime.progress)
         splits = load_splits(root, settings.data.split_seed, class_names(settings.data))
         names = ("train", "valid", "test")
-        return splits, {name: image_dataset(getattr(splits, name), settings.data, root, name, progress) for name in names}
+        datasets = {name: image_dataset(getattr(splits, name), settings.data, root, name, runtime) for name in names}
+        return splits, datasets
 
     if procs.main:
-        prepared = prepare_all(settings.train.progress)
+        prepared = prepare_all(settings.runtime)
     if procs.world > 1:
         dist.barrier()
-    return prepared if procs.main else prepare_all(progress=False)
+    return prepared if procs.main else prepare_all(settings.runtime.model_copy(update={"progress": False}))
 
 
 def _write_outputs(settings, run, model, classes, fitted: FitResult, result: TrainResult) -> None:
@@ -340,11 +342,11 @@ def _write_outputs(settings, run, model, classes, fitted: FitResult, result: Tra
         "data": {"image_size": settings.data.image_size, "normalize": settings.data.normalize},
         "train": asdict(result),
     }
-    path = save_checkpoint(run.path("train", "model.pt"), model, settings.model, len(classes), meta=meta)
-    write_csv(run.path("train", "history.csv"), fitted.history)
-    write_json(run.path("train", "result.json"), {"run": settings.run.name, **asdict(result)})
-    if settings.train.model_path is not None:
-        save_checkpoint(settings.train.model_path, model, settings.model, len(classes), meta=meta)
-    if settings.train.results_path is not None:
-        append_json_array(settings.train.results_path, {"run": settings.run.name, **asdict(result)})
+    path = save_checkpoint(run.dense_checkpoint, model, settings.model, len(classes), meta=meta)
+    write_csv(run.train_history, fitted.history)
+    write_json(run.train_result, {"run": settings.run.name, **asdict(result)})
+    if settings.runtime.model_path is not None:
+        save_checkpoint(settings.runtime.model_path, model, settings.model, len(classes), meta=meta)
+    if settings.runtime.results_path is not None:
+        append_json_array(settings.runtime.results_path, {"run": settings.run.name, **asdict(result)})
     log.info("trained model in %s", path)

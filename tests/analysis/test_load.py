@@ -2,10 +2,12 @@
 
 import csv
 
+import pandas as pd
 import pytest
 
 from prunexplain.analysis.load import parse_tables, read_answers, sort_models
 from prunexplain.config import AnalysisSettings, UserError
+from prunexplain.experiments import KINDS, NONE
 
 EXP1_HEADER = ["HITId", "AssignmentId", "WorkerId", "AssignmentStatus", "WorkTimeInSeconds", "Input.image_url",
                "Answer.algorithms.alg1", "Answer.algorithms.alg2", "Answer.algorithms.none"]
@@ -165,3 +167,34 @@ def test_missing_and_empty_files(tmp_path):
         read_answers("exp1", [tmp_path / "empty.csv"])
     with pytest.raises(UserError, match="unknown experiment 'exp3'"):
         parse_tables("exp3", [])
+
+
+@pytest.mark.parametrize("kind", KINDS.values(), ids=list(KINDS))
+@pytest.mark.parametrize("layout", ["true/false columns", "classifier label column"])
+def test_every_kind_of_the_spec_reads_the_names_and_columns_the_spec_writes(kind, layout):
+    """A kind in the spec is analysed through it: stimulus names made by its scheme, answers in its
+    columns (or one crowd-classifier `Answer.<group>.label` column) come back as models, labels, answers."""
+    classes = ["0-fish", "1-dog"]
+    models = [("nonpruned", "2pruned"), ("32pruned", "nonpruned")] if kind.compares else [("nonpruned",), ("4pruned",)]
+    rows = [{"HITId": f"H{i}", "WorkerId": f"W{worker}", "label": classes[i], "shown": shown, "answer": answer,
+             "Input.image_url": "https://b.example/x/" + kind.stimulus_name(i, classes[i], shown)}
+            for i, shown in enumerate(models) for worker, answer in enumerate(kind.options(classes))]
+    table = pd.DataFrame(rows)
+    if layout == "classifier label column":
+        table[kind.prefix + "label"] = table["answer"]
+    else:
+        for option, column in zip(kind.options(classes), kind.columns(classes)):
+            table[column] = (table["answer"] == option).map({True: "true", False: "false"})
+    answers = parse_tables(kind.name, [("spec.csv", table.drop(columns=["label", "shown", "answer"]))])
+    frame = answers.frame
+    assert answers.problems == [] and answers.kind is kind and len(frame) == len(rows)
+    assert list(frame["answer"]) == [r["answer"] for r in rows] and list(frame["label"]) == [r["label"] for r in rows]
+    for position, column in enumerate(kind.shows):
+        assert list(frame[column]) == [r["shown"][position] for r in rows]
+    assert sorted(answers.models) == sorted({model for shown in models for model in shown})
+    if kind.compares:  # an option that picks a side prefers the model shown there
+        for option in kind.fixed_options:
+            chosen = frame[frame["answer"] == option.value]
+            assert len(chosen) == 2 and (chosen["preferred"] == (chosen[option.picks] if option.picks else NONE)).all()
+    else:
+        assert answers.labels == classes and list(frame["correct"]) == [r["answer"] == r["label"] for r in rows]

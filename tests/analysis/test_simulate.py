@@ -9,7 +9,12 @@ from prunexplain.analysis import stats
 from prunexplain.analysis.load import parse_tables
 from prunexplain.config import AnalysisSettings, ModelTruth, PairTruth, SimulateSettings, UserError
 from prunexplain.study.simulate import (
-    exp1_probabilities, expected_truth, load_simulate_settings, power_analysis, simulate, simulate_answers,
+    exp1_probabilities,
+    expected_truth,
+    load_simulate_settings,
+    power_analysis,
+    simulate,
+    simulate_answers,
 )
 
 PAIR = PairTruth(a="nonpruned", b="32pruned", preference=0.6, none_share=0.3)
@@ -121,6 +126,9 @@ def test_settings_from_toml_with_errors_naming_file_and_key(tmp_path):
         load_simulate_settings(None, workers=3)
     with pytest.raises(UserError, match="no '_'"):
         simulate(SimulateSettings(pairs=[PairTruth(a="non_pruned", b="2pruned")]), tmp_path, power=False)
+    with pytest.raises(UserError, match=r"simulate.experiment: unknown experiment kind 'exp1_heatmap' "
+                                         r"\(known: exp1, exp2\)"):
+        load_simulate_settings(None, experiment="exp1_heatmap")
 
 
 def test_the_analysis_reads_what_the_simulation_writes(tmp_path):

@@ -156,7 +156,8 @@ def test_finished_work_is_not_done_again(tmp_path):
 
 
 def test_a_wrong_checksum_removes_the_download(tmp_path):
-    with _Server(ARCHIVE) as server, pytest.raises(UserError, match=f"checksum mismatch \\(expected md5 {'0' * 32}, got {MD5}"):
+    expected = f"checksum mismatch \\(expected md5 {'0' * 32}, got {MD5}"
+    with _Server(ARCHIVE) as server, pytest.raises(UserError, match=expected):
         download("160", tmp_path, server.url, "0" * 32, progress=False)
     assert not list(tmp_path.iterdir())
 

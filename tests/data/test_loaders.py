@@ -7,10 +7,13 @@ from prunexplain.config import DataSettings, UserError
 from prunexplain.data.loaders import (
     CachedImages,
     FolderImages,
+    ImageSet,
     augment,
     decoded_cache,
     load_splits,
+    object_masks,
     prepare,
+    read_mask,
     scan_split,
     split_sizes,
 )
@@ -37,7 +40,8 @@ def test_split_is_the_studys_random_split_of_the_imagefolder_order(tiny_dataset)
 def test_masks_follow_their_images(tiny_dataset):
     images = scan_split(tiny_dataset, "train")
     assert images.masks is not None
-    assert all(m.exists() and m.name == p.name and m.parent.name == p.parent.name for p, m in zip(images.paths, images.masks))
+    pairs = zip(images.paths, images.masks)
+    assert all(m.exists() and m.name == p.name and m.parent.name == p.parent.name for p, m in pairs)
     assert images.subset([3, 1]).masks == (images.masks[3], images.masks[1])
 
 
@@ -100,7 +104,8 @@ def test_prepare_scales_and_normalises():
     batch = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
     assert torch.equal(prepare(batch, DataSettings(normalize=False)), torch.ones(2, 3, 4, 4))
     normalised = prepare(batch, DataSettings(normalize=True))
-    assert torch.allclose(normalised[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]))
+    expected = torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225])
+    assert torch.allclose(normalised[0, :, 0, 0], expected)
 
 
 def test_folder_errors_name_the_folder(tmp_path):
@@ -115,3 +120,56 @@ def test_folder_errors_name_the_folder(tmp_path):
         scan_image_folder(tmp_path / "train")
     with pytest.raises(UserError, match=r"class folders do not match \(unknown: \['a', 'b'\], missing: \['c'\]\)"):
         scan_image_folder(tmp_path / "train", {"c": "0-c"})
+
+
+def test_a_decompression_bomb_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    from PIL import Image
+
+    path = tmp_path / "bomb.png"
+    Image.new("RGB", (32, 32)).save(path)
+    images = ImageSet((path,), (0,), ("a",))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)  # 1024 pixels: PIL only warns below 2x the limit
+    with pytest.raises(UserError, match=r"bomb.png: image too large to decode \(Image size \(1024 pixels\) exceeds"):
+        FolderImages(images, 16)[0]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # above 2x: PIL's DecompressionBombError
+    with pytest.raises(UserError) as error:
+        decoded_cache(images, 16, tmp_path, "bomb", progress=False)
+    assert str(error.value).startswith(f"{path}: image too large to decode") and "\n" not in str(error.value)
+    assert not list(tmp_path.glob("*.npy"))
+
+
+def test_masks_are_read_at_the_models_size(tiny_dataset):
+    images = scan_split(tiny_dataset, "val").subset([0, 5])
+    masks = object_masks(images, 16)
+    assert masks.shape == (2, 16, 16) and masks.dtype == bool and 0 < masks.mean() < 0.6
+    assert object_masks(ImageSet(images.paths, images.labels, images.classes), 16) is None
+
+
+def test_a_mask_of_another_size_than_its_image_is_refused(tiny_dataset, tmp_path):
+    from PIL import Image
+
+    images = scan_split(tiny_dataset, "val").subset([0])
+    wrong = tmp_path / "mask.png"
+    Image.new("L", (40, 32)).save(wrong)
+    bad = ImageSet(images.paths, images.labels, images.classes, (wrong,))
+    with pytest.raises(UserError) as error:
+        object_masks(bad, 16)
+    assert str(error.value) == (f"{wrong}: object mask is 40x32 pixels, its image {images.paths[0]} is 32x32; "
+                                "a mask must match its image")
+    with pytest.raises(UserError, match=r"missing.png: no such image file"):
+        read_mask(tmp_path / "missing.png", images.paths[0], 16)
+
+
+def test_data_root_must_be_a_folder(tmp_path):
+    from prunexplain.data import check_root, dataset_root
+    from prunexplain.runs import Run
+
+    file = tmp_path / "data.zip"
+    file.write_bytes(b"PK")
+    run = Run(tmp_path / "run")
+    for dataset in ("imagenette", "synthetic"):
+        with pytest.raises(UserError, match=f"data.root: .*{file}.*is a file"):
+            dataset_root(DataSettings(dataset=dataset, root=file), run, progress=False)
+    with pytest.raises(UserError, match=r"data.root: no such folder"):
+        check_root(DataSettings(dataset="imagenette", root=tmp_path / "none"), run)
+    assert not (tmp_path / "run").exists()

@@ -80,3 +80,22 @@ def test_a_foreign_folder_is_never_overwritten(tmp_path):
     with pytest.raises(UserError, match="is not a synthetic dataset"):
         generate(SyntheticSettings(train_per_class=1, val_per_class=1), 32, tmp_path, progress=False)
     assert (tmp_path / "mine.txt").read_text() == "precious"
+
+
+def test_a_file_or_a_path_through_a_file_is_refused_before_writing(tmp_path):
+    file = tmp_path / "data"
+    file.write_text("precious")
+    settings = SyntheticSettings(train_per_class=1, val_per_class=1)
+    with pytest.raises(UserError, match=f"{file}: is a file; the synthetic dataset needs a new or empty folder"):
+        generate(settings, 32, file, progress=False)
+    with pytest.raises(UserError, match=f"{file / 'inner'}: {file} is a file, so no folder can be made inside it"):
+        generate(settings, 32, file / "inner", progress=False)
+    assert file.read_text() == "precious" and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_a_damaged_manifest_rebuilds_the_dataset(tmp_path):
+    settings = SyntheticSettings(train_per_class=1, val_per_class=1)
+    generate(settings, 32, tmp_path / "ds", progress=False)
+    (tmp_path / "ds" / "dataset.json").write_text("{")
+    generate(settings, 32, tmp_path / "ds", progress=False)
+    assert json.loads((tmp_path / "ds" / "dataset.json").read_text())["images"] == 20

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from prunexplain.config import UserError
-from prunexplain.explain.stage import explain_stage, run_models
+from prunexplain.explain.stage import explain_stage
 from prunexplain.pruning.schedule import prune_stage
 from prunexplain.runs import Run
 from prunexplain.train import train_stage
@@ -28,13 +28,13 @@ def test_every_model_gets_maps_of_the_same_images(pruned_run):
         "local_random_unstructured/cr_2", "local_random_unstructured/cr_8",
     ]
     for key in result.models:
-        maps = np.load(run.path("explain", key, "maps.npy"))
+        maps = np.load(run.root.joinpath("explain", key, "maps.npy"))
         assert maps.shape == (5, 32, 32) and maps.dtype == np.float32
         peaks = maps.reshape(5, -1).max(1)
         assert ((np.abs(peaks - 1) < 1e-6) | (peaks == 0)).all() and maps.min() >= 0
-        assert np.load(run.path("explain", key, "predictions.npy")).shape == (5,)
-        assert run.path("explain", key, "png", "4_occlusion.png").exists()
-    assert run.path("explain", "images.csv").read_text().splitlines()[0] == "index,path,label,class"
+        assert np.load(run.root.joinpath("explain", key, "predictions.npy")).shape == (5,)
+        assert run.root.joinpath("explain", key, "png", "4_occlusion.png").exists()
+    assert run.explained_images.read_text().splitlines()[0] == "index,path,label,class,mask"
 
 
 def test_models_and_methods_are_chosen_by_name(pruned_run):
@@ -43,7 +43,7 @@ def test_models_and_methods_are_chosen_by_name(pruned_run):
         update={"models": ["local_random_unstructured/cr_8"], "method": "layercam", "render": False})})
     result = explain_stage(chosen, run)
     assert list(result.models) == ["local_random_unstructured/cr_8"]
-    assert run.path("explain", "local_random_unstructured/cr_8", "maps-layercam.npy").exists()
+    assert run.root.joinpath("explain", "local_random_unstructured/cr_8", "maps-layercam.npy").exists()
     bad = chosen.model_copy(update={"explain": chosen.explain.model_copy(update={"models": ["sparse/cr_3"]})})
     with pytest.raises(UserError, match=r"explain.models: unknown \['sparse/cr_3'\] \(this run has: dense, "):
         explain_stage(bad, run)
@@ -51,6 +51,6 @@ def test_models_and_methods_are_chosen_by_name(pruned_run):
 
 def test_a_run_without_models_is_told_what_to_do(tmp_path, tiny_dataset):
     settings = tiny_settings(tmp_path, tiny_dataset)
-    assert run_models(Run(settings.run_dir)) == {}
+    assert Run(settings.run_dir).models() == {}
     with pytest.raises(UserError, match="run `prunexplain train`"):
         explain_stage(settings, Run(settings.run_dir))

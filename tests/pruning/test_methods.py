@@ -4,8 +4,8 @@ from torch.nn.utils import prune
 
 from prunexplain.config import ModelSettings, UserError
 from prunexplain.models import build_model
-from prunexplain.pruning.methods import METHODS, compute_masks, get_method, prunable_weights
 from prunexplain.pruning.masks import apply_masks, count_nonzero
+from prunexplain.pruning.methods import METHODS, compute_masks, get_method, prunable_weights
 
 
 def _model(seed: int = 0):

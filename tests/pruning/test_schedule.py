@@ -4,18 +4,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from prunexplain.config import UserError
 from prunexplain.models import load_checkpoint
+from prunexplain.pipeline import run_pipeline
 from prunexplain.pruning.methods import prunable_weights
 from prunexplain.pruning.schedule import MEASURED_COLUMNS, STUDY_COLUMNS, prune_stage
-from prunexplain.runs import Run
+from prunexplain.runs import KILL_AFTER, ModelKey, Run
 from prunexplain.train import train_stage
-from tests.conftest import TINY, tiny_settings
+from tests.conftest import tiny_settings
 
 PRUNE = ["prune.max_epochs=1", "prune.rates=[2, 8]"]
 
@@ -25,12 +25,13 @@ def trained(tmp_path_factory, tiny_dataset):
     """A run directory holding a trained tiny model (copied by tests that prune it)."""
     root = tmp_path_factory.mktemp("trained")
     settings = tiny_settings(root, tiny_dataset, "train.epochs=1")
-    train_stage(settings, Run(settings.run_dir))
+    run_pipeline(settings, Run(settings.run_dir), until="train")
     return settings.run_dir
 
 
 def _copy_run(trained, tmp_path):
-    shutil.copytree(trained / "train", tmp_path / "runs" / "demo" / "train")
+    """The trained run, copied whole (markers and config.toml included, times kept)."""
+    shutil.copytree(trained, tmp_path / "runs" / "demo")
     return Run(tmp_path / "runs" / "demo")
 
 
@@ -40,7 +41,7 @@ def test_schedule_writes_the_studys_table_with_measured_rates(tmp_path, tiny_dat
     settings = tiny_settings(tmp_path, tiny_dataset, *PRUNE, methods)
     result = prune_stage(settings, run)
     for method, tolerance in (("local_magnitude_unstructured", 0.002), ("local_l1_structured", 0.2)):
-        with open(run.path("prune", method, "results.csv")) as handle:
+        with open(run.root.joinpath("prune", method, "results.csv")) as handle:
             rows = list(csv.DictReader(handle))
         assert tuple(rows[0]) == STUDY_COLUMNS + MEASURED_COLUMNS
         assert [r["sparsity"] for r in rows] == ["1", "2", "8"]
@@ -57,13 +58,13 @@ def test_pruned_weights_stay_zero_through_finetuning_and_a_round_trip(tmp_path, 
     settings = tiny_settings(tmp_path, tiny_dataset, "prune.max_epochs=2", "prune.rates=[4]",
                              'prune.methods=["local_random_unstructured"]')
     prune_stage(settings, run)
-    model, checkpoint = load_checkpoint(run.path("prune", "local_random_unstructured", "cr_4", "model.pt"))
+    model, checkpoint = load_checkpoint(run.root.joinpath("prune", "local_random_unstructured", "cr_4", "model.pt"))
     weights = prunable_weights(model, "conv")
     assert set(checkpoint["masks"]) == set(weights)
     for name, weight in weights.items():
         mask = checkpoint["masks"][name]
         assert (weight[~mask] == 0).all() and (weight[mask] != 0).all()
-    dense, _ = load_checkpoint(run.path("train", "model.pt"))
+    dense, _ = load_checkpoint(run.root.joinpath("train", "model.pt"))
     assert not torch.equal(dense.classifier[6].weight, model.classifier[6].weight)  # it was fine-tuned
 
 
@@ -78,46 +79,62 @@ def test_bad_schedules_and_missing_models_fail_before_any_work(tmp_path, tiny_da
     assert not (tmp_path / "prune").exists()
 
 
-@pytest.mark.slow
 def test_a_killed_prune_resumes_at_the_first_unfinished_rate(tmp_path, tiny_dataset, trained):
-    """SIGKILL after the first rate; the rerun keeps it and ends where an uninterrupted run does."""
-    options = [a for item in [*TINY, "prune.max_epochs=3", "prune.rates=[2, 4, 8]",
-                              'prune.methods=["local_random_unstructured"]', f'data.root="{tiny_dataset}"']
-               for a in ("--set", item)]
+    """SIGKILL right after the first rate; the rerun keeps it and ends where an uninterrupted run does."""
+    options = ["--set", "prune.max_epochs=3", "--rate", "2", "--rate", "4", "--rate", "8",
+               "--method", "local_random_unstructured"]
 
-    def command(root):
-        return [sys.executable, "-m", "prunexplain", "prune", *options, "--set", f'run.root="{root}"']
+    def prune(run, kill_after=None):
+        env = {**os.environ, KILL_AFTER: kill_after or ""}
+        command = [sys.executable, "-m", "prunexplain", "prune", "--run", str(run.root), *options]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
     killed, whole = _copy_run(trained, tmp_path / "killed"), _copy_run(trained, tmp_path / "whole")
-    first = killed.path("prune", "local_random_unstructured", "cr_2", "model.pt")
-    process = subprocess.Popen(command(killed.root.parent), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not first.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert first.exists(), "the first rate never finished"
-    last = killed.path("prune", "local_random_unstructured", "cr_8", "model.pt")
-    assert not last.exists()
+    assert prune(killed, "rate:local_random_unstructured/cr_2").returncode == -signal.SIGKILL
+    first = killed.checkpoint(ModelKey("local_random_unstructured", 2.0))
+    last = killed.checkpoint(ModelKey("local_random_unstructured", 8.0))
+    assert first.exists() and not last.exists() and not killed.record("prune")
     stamp = first.stat().st_mtime_ns
-    for root in (killed.root.parent, whole.root.parent):
-        done = subprocess.run(command(root), capture_output=True, text=True, timeout=300)
+    for run in (killed, whole):
+        done = prune(run)
         assert done.returncode == 0, done.stderr[-2000:]
     assert first.stat().st_mtime_ns == stamp
     resumed = torch.load(last, weights_only=True)
-    straight = torch.load(whole.path("prune", "local_random_unstructured", "cr_8", "model.pt"), weights_only=True)
+    straight = torch.load(whole.checkpoint(ModelKey("local_random_unstructured", 8.0)), weights_only=True)
     assert all(torch.equal(resumed["state_dict"][k], straight["state_dict"][k]) for k in straight["state_dict"])
     assert all(torch.equal(resumed["masks"][k], straight["masks"][k]) for k in straight["masks"])
-    with open(killed.path("prune", "local_random_unstructured", "results.csv")) as handle:
+    with open(killed.prune_results("local_random_unstructured")) as handle:
         assert [r["sparsity"] for r in csv.DictReader(handle)] == ["1", "2", "4", "8"]
     assert not list(killed.root.rglob("*.tmp"))
+
+
+def test_extending_the_schedule_prunes_only_the_new_rate(tmp_path, tiny_dataset, trained):
+    run = _copy_run(trained, tmp_path)
+    method = 'prune.methods=["local_magnitude_unstructured"]'
+    prune_stage(tiny_settings(tmp_path, tiny_dataset, "train.epochs=1", method, "prune.rates=[2, 4]"), run)
+    stamps = {key: path.stat().st_mtime_ns for key, path in run.models().items()}
+    result = prune_stage(tiny_settings(tmp_path, tiny_dataset, "train.epochs=1", method, "prune.rates=[2, 4, 8]"), run)
+    assert {key: path.stat().st_mtime_ns for key, path in run.models().items() if key in stamps} == stamps
+    assert [row["sparsity"] for row in result.rows["local_magnitude_unstructured"]] == [1, "2", "4", "8"]
+
+
+def test_models_no_longer_scheduled_are_moved_aside(tmp_path, tiny_dataset, trained):
+    run = _copy_run(trained, tmp_path)
+    method = 'prune.methods=["local_magnitude_unstructured"]'
+    prune_stage(tiny_settings(tmp_path, tiny_dataset, "train.epochs=1", method, "prune.rates=[2, 4]"), run)
+    two = run.checkpoint(ModelKey("local_magnitude_unstructured", 2.0)).stat().st_mtime_ns
+    prune_stage(tiny_settings(tmp_path, tiny_dataset, "train.epochs=1", method, "prune.rates=[2, 8]"), run)
+    assert [str(key) for key in run.models()] == [
+        "dense", "local_magnitude_unstructured/cr_2", "local_magnitude_unstructured/cr_8"]
+    assert run.checkpoint(ModelKey("local_magnitude_unstructured", 2.0)).stat().st_mtime_ns == two
+    assert len(list(run.retired.rglob("cr_4/model.pt"))) == 1  # kept aside, not deleted
 
 
 def test_finished_rates_are_reused_only_for_the_same_dense_model(tmp_path, tiny_dataset, trained):
     run = _copy_run(trained, tmp_path)
     settings = tiny_settings(tmp_path, tiny_dataset, 'prune.methods=["local_magnitude_unstructured"]')
     prune_stage(settings, run)
-    checkpoint = run.path("prune", "local_magnitude_unstructured", "cr_8", "model.pt")
+    checkpoint = run.root.joinpath("prune", "local_magnitude_unstructured", "cr_8", "model.pt")
     stamp = checkpoint.stat().st_mtime_ns
     prune_stage(settings, run)
     assert checkpoint.stat().st_mtime_ns == stamp

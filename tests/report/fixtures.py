@@ -16,43 +16,44 @@ from prunexplain.analysis.stage import analyze
 from prunexplain.config import AnalysisSettings, ModelTruth, PairTruth, SimulateSettings
 from prunexplain.data.loaders import decode
 from prunexplain.data.synthetic import CLASSES
+from prunexplain.experiments import COMPARE, EXPERIMENTS, RECOGNISE
 from prunexplain.explain.render import exp1_panel, exp2_image, heatmap, occlude, top_pixels
-from prunexplain.runs import Run, write_json
+from prunexplain.runs import ModelKey, Run, write_json
 from prunexplain.study.simulate import simulate
 
 MODELS = {"nonpruned": "dense", "2pruned": "local_magnitude_unstructured/cr_2",
           "8pruned": "local_magnitude_unstructured/cr_8"}
-EXPERIMENTS = {
-    "exp1": {"kind": "exp1", "variant": "occlusion", "folder": "exp1", "question": "Which algorithm is more reasonable?"},
-    "exp1_heatmap": {"kind": "exp1", "variant": "heatmap", "folder": "exp1_heatmap",
-                     "question": "Which algorithm is more reasonable?"},
-    "exp2": {"kind": "exp2", "variant": "occlusion", "folder": "exp2", "question": "What is on the picture?"},
+_PAIRS = [("nonpruned", "2pruned"), ("nonpruned", "8pruned"), ("2pruned", "8pruned")]
+DESCRIBED = {  # the manifest's description of every experiment of the spec
+    key: {"kind": e.kind.name, "variant": e.rendering, "folder": key, "question": e.kind.question}
+    for key, e in EXPERIMENTS.items()
 }
 
 
 def add_study(run: Run, images: int = 3, label_prefix: str = "") -> dict:
     """study/manifest.json and stimuli of `images` images per pair (exp1) and model (exp2)."""
-    with open(run.path("explain", "images.csv"), newline="") as handle:
+    with open(run.explained_images, newline="") as handle:
         rows = list(csv.DictReader(handle))[:images]
-    maps = {name: np.load(run.path("explain", key, "maps.npy"))[:images] for name, key in MODELS.items()}
+    maps = {name: np.load(run.maps(ModelKey.parse(key)))[:images] for name, key in MODELS.items()}
     pictures = [decode(Path(row["path"]), maps["nonpruned"].shape[-1]) for row in rows]
     labels = [label_prefix + row["class"] for row in rows]
     drawn = {name: _drawn(pictures, m) for name, m in maps.items()}
     stimuli = []
     for i, (picture, label) in enumerate(zip(pictures, labels)):
-        for key in ("exp1", "exp1_heatmap"):
-            for left, right in (("nonpruned", "2pruned"), ("nonpruned", "8pruned"), ("2pruned", "8pruned")):
-                file = f"{key}/{i}_{left}_{row_label(label)}_{right}.png"
-                exp1_panel(drawn[left][EXPERIMENTS[key]["variant"]][i], picture,
-                           drawn[right][EXPERIMENTS[key]["variant"]][i], label, run.path("study", file))
-                stimuli.append({"experiment": key, "file": file, "image": i, "label": label, "left": left, "right": right})
-        for model in MODELS:
-            file = f"exp2/{i}_{row_label(label)}_{model}.png"
-            exp2_image(drawn[model]["occlusion"][i], run.path("study", file))
-            stimuli.append({"experiment": "exp2", "file": file, "image": i, "label": label, "model": model})
+        for key, experiment in EXPERIMENTS.items():
+            shown = {name: variants[experiment.rendering][i] for name, variants in drawn.items()}
+            kind = experiment.kind
+            for models in (_PAIRS if kind.compares else [(model,) for model in MODELS]):
+                file = f"{key}/{kind.stimulus_name(i, row_label(label), models)}"
+                if kind.compares:
+                    exp1_panel(shown[models[0]], picture, shown[models[1]], label, run.study.stimulus(file))
+                else:
+                    exp2_image(shown[models[0]], run.study.stimulus(file))
+                stimuli.append({"experiment": key, "file": file, "image": i, "label": label,
+                                **dict(zip(kind.shows, models))})
     manifest = {"classes": sorted(set(labels)), "models": {name: {"key": key} for name, key in MODELS.items()},
-                "experiments": EXPERIMENTS, "stimuli": stimuli}
-    write_json(run.path("study", "manifest.json"), manifest)
+                "experiments": DESCRIBED, "stimuli": stimuli}
+    write_json(run.study.manifest, manifest)
     return manifest
 
 
@@ -70,17 +71,17 @@ def _drawn(pictures: list[np.ndarray], maps: np.ndarray) -> dict[str, list[np.nd
 def add_analysis(run: Run, scratch: Path, sources: dict[str, str], images: int = 20) -> None:
     """analysis/<key>/ from simulated crowds and analysis/source.json with the given source per key."""
     crowd = dict(images=images, workers=12, answers_per_item=3, seed=1, classes=list(CLASSES))
-    exp1 = SimulateSettings(experiment="exp1", pairs=[PairTruth(a="nonpruned", b="2pruned", preference=0.4),
+    exp1 = SimulateSettings(experiment=COMPARE.name, pairs=[PairTruth(a="nonpruned", b="2pruned", preference=0.4),
                                                       PairTruth(a="nonpruned", b="8pruned", preference=0.7)], **crowd)
-    exp2 = SimulateSettings(experiment="exp2", models=[ModelTruth(name="nonpruned"), ModelTruth(name="8pruned",
+    exp2 = SimulateSettings(experiment=RECOGNISE.name, models=[ModelTruth(name="nonpruned"), ModelTruth(name="8pruned",
                                                                                                correct=0.6)], **crowd)
-    answers = {"exp1": simulate(exp1, scratch / "exp1", power=False).results,
-               "exp2": simulate(exp2, scratch / "exp2", power=False).results}
+    answers = {COMPARE.name: simulate(exp1, scratch / COMPARE.name, power=False).results,
+               RECOGNISE.name: simulate(exp2, scratch / RECOGNISE.name, power=False).results}
     settings = AnalysisSettings(bootstrap=50)
     listed = {}
-    for key in ("exp1", "exp1_heatmap", "exp2"):
-        file = answers[EXPERIMENTS[key]["kind"]]
-        analyze(EXPERIMENTS[key]["kind"], [file], settings, run.path("analysis", key))
+    for key, experiment in EXPERIMENTS.items():
+        file = answers[experiment.kind.name]
+        analyze(experiment.kind.name, [file], settings, run.analysis(key))
         if key in sources:
             listed[key] = {"source": sources[key], "files": [file.name]}
-    write_json(run.path("analysis", "source.json"), listed)
+    write_json(run.analysis_source, listed)

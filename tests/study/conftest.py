@@ -14,10 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prunexplain.data.loaders import load_splits, prepare
-from prunexplain.explain.stage import stacked
+from prunexplain.data.loaders import load_splits, prepare, stacked
 from prunexplain.models import build_model, save_checkpoint
-from prunexplain.runs import Run
+from prunexplain.runs import ModelKey, Run
 from tests.conftest import tiny_settings
 
 STUDY_MODELS = ["dense", "local_magnitude_unstructured/cr_2", "local_magnitude_unstructured/cr_32"]
@@ -45,14 +44,14 @@ def make_study_run(root: Path, dataset: Path, *overrides: str):
     """Settings and a run with a dense and two 'pruned' checkpoints that get every test image right."""
     settings = tiny_settings(
         root, dataset, "model.dropout=0", f"study.models={STUDY_MODELS!r}".replace("'", '"'), "study.per_class=2",
-        "explain.target_layer=\"features.16\"", *overrides,
+        "explain.target_layer=\"features.16\"", "prune.rates=[2, 32]", *overrides,
     )
     run = Run(settings.run_dir)
     test = load_splits(dataset, settings.data.split_seed).test
     images, labels = stacked(test, settings.data.image_size), torch.tensor(test.labels)
     meta = {"classes": list(test.classes), "data": {"image_size": 32, "normalize": False}}
     for seed, key in enumerate(STUDY_MODELS):
-        path = run.path("train", "model.pt") if key == "dense" else run.path("prune", key, "model.pt")
+        path = run.checkpoint(ModelKey.parse(key))
         save_checkpoint(path, _fitted(settings, images, labels, seed), settings.model, 10, meta=meta)
     return settings, run
 

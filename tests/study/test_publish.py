@@ -61,9 +61,10 @@ def test_stimuli_are_uploaded_once_with_their_content(s3, study_dir):
 def test_cli_publishes_and_names_a_missing_bucket(s3, study_dir):
     url, _ = s3
     run = study_dir.parent
-    done = CliRunner().invoke(app, ["study", "publish", "--run", str(run), "--bucket", "stimuli", "--endpoint-url", url])
+    publish_to = ["study", "publish", "--run", str(run), "--endpoint-url", url, "--bucket"]
+    done = CliRunner().invoke(app, [*publish_to, "stimuli"])
     assert done.exit_code == 0 and "2 files uploaded" in done.output and "study.url_prefix" in done.output
-    missing = CliRunner().invoke(app, ["study", "publish", "--run", str(run), "--bucket", "nope", "--endpoint-url", url])
+    missing = CliRunner().invoke(app, [*publish_to, "nope"])
     assert missing.exit_code == 2 and "s3://nope" in missing.output and "Traceback" not in missing.output
 
 

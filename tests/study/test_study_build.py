@@ -1,20 +1,30 @@
+import ast
 import csv
+import html
 import json
+import re
+from pathlib import PurePosixPath
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pydantic import ValidationError
 
 from prunexplain.analysis.load import parse_tables
-from prunexplain.config import UserError
-from prunexplain.data.loaders import ImageSet, prepare
-from prunexplain.explain.stage import stacked
+from prunexplain.config import StudySettings, UserError
+from prunexplain.data.loaders import ImageSet, prepare, stacked
+from prunexplain.experiments import EXPERIMENTS, RECOGNISE, SHOWN_AS, Experiment
 from prunexplain.models import load_checkpoint
+from prunexplain.runs import ModelKey
 from prunexplain.study.build import build_study, rebuild_study
+from prunexplain.study.mturk import layout
 from prunexplain.study.select import draw, study_name
+from prunexplain.study.server.catalog import load_study
 from prunexplain.study.stimuli import draw_sides
 from tests.study.conftest import copy_run
+
+SHAPES = ["disk", "square", "triangle", "plus", "star", "ring", "hexagon", "crescent", "arrow", "heart"]
 
 
 def _rows(path):
@@ -24,17 +34,17 @@ def _rows(path):
 
 def test_every_selected_image_is_classified_correctly_by_every_model(built):
     settings, run, result = built
-    rows = _rows(run.path("study", "selection.csv"))
+    rows = _rows(run.study.selection)
     assert result.images == len(rows) == 20
     labels = [int(row["label"]) for row in rows]
     assert np.bincount(labels, minlength=10).tolist() == [2] * 10
     assert len({row["test_index"] for row in rows}) == 20
     images = ImageSet(tuple(row["path"] for row in rows), tuple(labels), tuple(f"c{i}" for i in range(10)))
     x = prepare(stacked(images, 32), settings.data)
-    manifest = json.loads(run.path("study", "manifest.json").read_text())
+    manifest = json.loads(run.study.manifest.read_text())
     assert list(manifest["models"]) == ["nonpruned", "2pruned", "32pruned"]
     for model in manifest["models"].values():
-        net, _ = load_checkpoint(run.path(model["checkpoint"]))
+        net, _ = load_checkpoint(run.checkpoint(ModelKey.parse(model["key"])))
         with torch.no_grad():
             assert net(x).argmax(1).tolist() == labels
 
@@ -42,14 +52,14 @@ def test_every_selected_image_is_classified_correctly_by_every_model(built):
 def test_stimuli_follow_the_study_names_and_both_sides_are_balanced(built):
     settings, run, result = built
     assert result.stimuli == {"exp1": 60, "exp1_heatmap": 60, "exp2": 60}
-    manifest = json.loads(run.path("study", "manifest.json").read_text())
+    manifest = json.loads(run.study.manifest.read_text())
     exp1 = [s for s in manifest["stimuli"] if s["experiment"] == "exp1"]
     for a, b in [("nonpruned", "2pruned"), ("nonpruned", "32pruned"), ("2pruned", "32pruned")]:
         pair = [s for s in exp1 if {s["left"], s["right"]} == {a, b}]
         assert len(pair) == 20 and sum(s["left"] == a for s in pair) == 10
     first = exp1[0]
     assert first["file"] == f"exp1/{first['image']}_{first['left']}_{first['label']}_{first['right']}.png"
-    assert run.path("study", first["file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run.study.stimulus(first["file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the heatmap variant puts the same model on the same side of the same image
     heat = {(s["image"], s["left"], s["right"]) for s in manifest["stimuli"] if s["experiment"] == "exp1_heatmap"}
     assert heat == {(s["image"], s["left"], s["right"]) for s in exp1}
@@ -67,21 +77,20 @@ def test_sides_are_balanced_random_and_reproducible():
 
 def test_file_names_and_layout_answers_parse_back_with_analyze(built):
     settings, run, _ = built
-    urls = [row["image_url"] for row in _rows(run.path("study", "exp1_input.csv"))]
+    urls = [row["image_url"] for row in _rows(run.study.input_csv("exp1"))]
     table = pd.DataFrame({"HITId": [f"H{i}" for i in range(len(urls))], "WorkerId": "W1", "Input.image_url": urls,
                           "Answer.algorithms.label": ["alg1", "alg2", "none"] * (len(urls) // 3)})
     answers = parse_tables("exp1", [("export.csv", table)])
     assert not answers.problems and len(answers.frame) == 60
     assert answers.models == ["nonpruned", "2pruned", "32pruned"]
     assert answers.frame["answer"].value_counts().to_dict() == {"alg1": 20, "alg2": 20, "none": 20}
-    urls = [row["image_url"] for row in _rows(run.path("study", "exp2_input.csv"))]
+    urls = [row["image_url"] for row in _rows(run.study.input_csv("exp2"))]
     labels = [u.split("_")[1] for u in urls]
     table = pd.DataFrame({"HITId": [f"H{i}" for i in range(len(urls))], "WorkerId": "W1", "Input.image_url": urls,
                           "Answer.classes.label": labels})
     answers = parse_tables("exp2", [("export.csv", table)])
     assert not answers.problems and answers.frame["correct"].all()
-    assert answers.labels == [f"{i}-{n}" for i, n in enumerate(
-        ["disk", "square", "triangle", "plus", "star", "ring", "hexagon", "crescent", "arrow", "heart"])]
+    assert answers.labels == [f"{i}-{n}" for i, n in enumerate(SHAPES)]
 
 
 def test_input_csvs_are_shuffled_from_the_seed_with_the_url_prefix(study_run):
@@ -90,33 +99,35 @@ def test_input_csvs_are_shuffled_from_the_seed_with_the_url_prefix(study_run):
     prefixed = settings.model_copy(update={"study": settings.study.model_copy(
         update={"url_prefix": "https://bucket.example/s/", "experiments": ["exp2"]})})
     build_study(prefixed, run)
-    urls = [row["image_url"] for row in _rows(run.path("study", "exp2_input.csv"))]
+    urls = [row["image_url"] for row in _rows(run.study.input_csv("exp2"))]
     assert all(u.startswith("https://bucket.example/s/exp2/") for u in urls) and len(set(urls)) == 60
     assert urls != sorted(urls)
-    assert not list(run.path("study", "exp1").glob("*.png")) and not run.path("study", "exp1_input.csv").exists()
-    layout = run.path("study", "layouts", "exp2.html").read_text()
+    assert not list(run.study.stimuli("exp1").glob("*.png")) and not run.study.input_csv("exp1").exists()
+    layout = run.study.layout("exp2").read_text()
     assert "<crowd-form" in layout and '<crowd-classifier name="classes"' in layout and "${image_url}" in layout
-    assert "&#x27;9-heart&#x27;, &#x27;none&#x27;" in layout
+    categories = re.search(r'categories="([^"]*)"', layout)[1]
+    assert "'" not in categories and "&#39;9-heart&#39;, &#39;none&#39;" in categories  # quotes escaped
+    assert ast.literal_eval(html.unescape(categories)) == [*(f"{i}-{n}" for i, n in enumerate(SHAPES)), "none"]
 
 
 def test_rebuilding_from_the_manifest_gives_identical_files(built, tmp_path):
     settings, run, _ = built
-    result = rebuild_study(run.path("study", "manifest.json"), run, tmp_path / "again")
+    result = rebuild_study(run.study.manifest, run, tmp_path / "again")
     assert result.different == [] and result.checked == 180 + 7
-    original = run.path("study", "exp1_heatmap", "0_2pruned_0-disk_nonpruned.png")
+    original = run.study.stimuli("exp1_heatmap") / "0_2pruned_0-disk_nonpruned.png"
     again = tmp_path / "again" / "exp1_heatmap" / original.name
     if original.exists():
         assert original.read_bytes() == again.read_bytes()
-    some = sorted(run.path("study", "exp1").glob("*.png"))[:3]
+    some = sorted(run.study.stimuli("exp1").glob("*.png"))[:3]
     assert all(p.read_bytes() == (tmp_path / "again" / "exp1" / p.name).read_bytes() for p in some)
 
 
 def test_rebuild_refuses_changed_checkpoints(built, tmp_path):
     settings, run = copy_run(*built[:2], tmp_path)
-    checkpoint = run.path("train", "model.pt")
+    checkpoint = run.dense_checkpoint
     checkpoint.write_bytes(checkpoint.read_bytes() + b"x")
     with pytest.raises(UserError, match="model nonpruned .* not the checkpoint it was built from"):
-        rebuild_study(run.path("study", "manifest.json"), run, tmp_path / "again")
+        rebuild_study(run.study.manifest, run, tmp_path / "again")
     assert not (tmp_path / "again").exists()
 
 
@@ -136,6 +147,51 @@ def test_models_are_named_as_the_study_and_checked(study_run):
     wrong = settings.model_copy(update={"study": settings.study.model_copy(update={"models": ["dense", "x/cr_4"]})})
     with pytest.raises(UserError, match=r"study.models: 'x/cr_4' is not in this run \(it has: dense, "):
         build_study(wrong, run)
-    pairs = settings.model_copy(update={"study": settings.study.model_copy(update={"pairs": [("nonpruned", "64pruned")]})})
+    unknown = [("nonpruned", "64pruned")]
+    pairs = settings.model_copy(update={"study": settings.study.model_copy(update={"pairs": unknown})})
     with pytest.raises(UserError, match="study.pairs"):
         build_study(pairs, run)
+
+
+def test_study_settings_name_only_experiments_of_the_spec():
+    assert StudySettings().experiments == list(EXPERIMENTS)
+    with pytest.raises(ValidationError, match=r"unknown experiment 'exp3' \(known: exp1, exp1_heatmap, exp2\)"):
+        StudySettings(experiments=["exp1", "exp3"])
+
+
+def test_a_new_experiment_in_the_spec_is_built_served_and_analysed(study_run, monkeypatch):
+    """One entry in experiments.EXPERIMENTS is all a new experiment needs: settings accept it, the
+    build renders and names its stimuli, writes its MTurk files, the server and the analysis read it."""
+    monkeypatch.setitem(EXPERIMENTS, "exp2_heatmap", Experiment("exp2_heatmap", RECOGNISE, "heatmap"))
+    settings, run = study_run
+    study = StudySettings(**{**settings.study.model_dump(), "experiments": ["exp2", "exp2_heatmap"]})
+    result = build_study(settings.model_copy(update={"study": study}), run)
+    assert result.stimuli == {"exp2": 60, "exp2_heatmap": 60}
+    manifest = json.loads(run.study.manifest.read_text())
+    described = manifest["experiments"]["exp2_heatmap"]
+    assert (described["kind"], described["variant"], described["question"]) == (
+        RECOGNISE.name, "heatmap", RECOGNISE.question)
+    heat = [s for s in manifest["stimuli"] if s["experiment"] == "exp2_heatmap"]
+    assert [s["file"] for s in heat] == [
+        f"exp2_heatmap/{RECOGNISE.stimulus_name(s['image'], s['label'], (s['model'],))}" for s in heat]
+    occluded = run.study.stimuli("exp2") / PurePosixPath(heat[0]["file"]).name
+    assert run.study.stimulus(heat[0]["file"]).read_bytes() != occluded.read_bytes()  # drawn as a heatmap
+    assert SHOWN_AS["heatmap"] in run.study.layout("exp2_heatmap").read_text()
+    served = load_study(run.study.root)
+    assert served.experiments["exp2_heatmap"].spec is RECOGNISE and len(served.of("exp2_heatmap")) == 60
+    urls = [row["image_url"] for row in _rows(run.study.input_csv("exp2_heatmap"))]
+    table = pd.DataFrame({"HITId": [f"H{i}" for i in range(len(urls))], "WorkerId": "W1", "Input.image_url": urls,
+                          RECOGNISE.prefix + "label": [u.split("_")[-2] for u in urls]})
+    answers = parse_tables(described["kind"], [("export.csv", table)])
+    assert not answers.problems and answers.frame["correct"].all() and len(answers.frame) == 60
+
+
+def test_every_experiments_layout_asks_its_question_with_its_options():
+    classes = ["0-disk", "1-<square>"]
+    for key, experiment in EXPERIMENTS.items():
+        kind = experiment.kind
+        page = layout(experiment, classes)
+        assert f'<crowd-classifier name="{kind.answer_group}"' in page and f'header="{kind.question}"' in page
+        categories = re.search(r'categories="([^"]*)"', page)[1]
+        assert ast.literal_eval(html.unescape(categories)) == kind.options(classes), key
+        assert SHOWN_AS[experiment.rendering] in page and "<square>" not in page and "${image_url}" in page

@@ -21,21 +21,21 @@ def test_study_crowd_analysis_and_report_follow_the_models(study_run):
     report = run_pipeline(settings, run)
     assert "study: 20 images; stimuli: exp1 60, exp1_heatmap 60, exp2 60" in report
     assert "crowd: exp1: 1 simulated file(s)" in report and "analysis: exp1: 300 simulated answers" in report
-    sources = json.loads(run.path("analysis", "source.json").read_text())
+    sources = json.loads(run.analysis_source.read_text())
     assert {key: s["source"] for key, s in sources.items()} == {"exp1": "simulated", "exp1_heatmap": "simulated",
                                                                "exp2": "simulated"}
-    summary = json.loads(run.path("analysis", "exp2", "summary.json").read_text())
+    summary = json.loads((run.analysis("exp2") / "summary.json").read_text())
     assert summary["answers"] == 300 and [m for m in summary["models"]] == ["nonpruned", "2pruned", "32pruned"]
-    html = run.path("report.html").read_text()
+    html = run.report.read_text()
     assert "simulated" in html.lower() and "exp1_heatmap" in html
     # people's answers dropped into study/answers/ replace the simulated crowd of that experiment only
-    real = run.path("study", "answers", "exp2_batch1.csv")
+    real = run.study.answers / "exp2_batch1.csv"
     real.parent.mkdir()
-    shutil.copy(run.path("study", "simulated", "exp2", "exp2_results.csv"), real)
+    shutil.copy(run.study.simulated("exp2") / "exp2_results.csv", real)
     again = run_pipeline(settings, run)
     assert "study: done (skipped)" in again and "crowd: exp1: 1 simulated file(s)" in again
     assert "exp2: 1 real file(s)" in again
-    assert json.loads(run.path("analysis", "source.json").read_text())["exp2"]["files"] == [str(real)]
+    assert json.loads(run.analysis_source.read_text())["exp2"]["files"] == [str(real)]
 
 
 def test_answers_of_the_self_hosted_study_replace_the_simulated_crowd(study_run, monkeypatch):
@@ -51,11 +51,11 @@ def test_answers_of_the_self_hosted_study_replace_the_simulated_crowd(study_run,
     assert "crowd: exp2: 1 simulated file(s)" in run_pipeline(settings, run)
     monkeypatch.setenv("PRUNEXPLAIN_ADMIN_TOKEN", "a-token-for-this-test-0123456789")
     serve = ServeSettings(experiments=["exp2"], tasks_per_participant=6, attention_checks=0)
-    with TestClient(create_app(run.path("study"), serve)) as participant:
+    with TestClient(create_app(run.study.root, serve)) as participant:
         join(participant, "W1")
         assert len(answer_all(participant)) == 6
     again = run_pipeline(settings, run)
     assert "study: done (skipped)" in again and "crowd: exp2: 1 real file(s)" in again
     assert "analysis: exp2: 6 real answers" in again
-    assert json.loads(run.path("analysis", "source.json").read_text())["exp2"]["files"] == [
-        str(run.path("study", "export", "exp2_results.csv"))]
+    assert json.loads(run.analysis_source.read_text())["exp2"]["files"] == [
+        str(run.study.exported("exp2"))]

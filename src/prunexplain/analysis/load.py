@@ -5,15 +5,16 @@ self-hosted study's export (only the columns the analysis needs) and the study's
 (the answers plus columns the study's notebook derived from them). All three are read alike; the
 derived columns are only checked against the answers, never trusted in their place.
 
-The item, model names and class label come from the stimulus file name in `Input.image_url`
-(DESIGN.md): experiment 1 `{i}_{left}_{classlabel}_{right}.png`, experiment 2
-`{i}_{classlabel}_{model}.png`. Rows are numbered as a spreadsheet shows them: the header is row 1.
+The item, model names and class label come from the stimulus file name in `Input.image_url`, parsed
+with the scheme of the experiment's kind (`prunexplain.experiments`; DESIGN.md): experiment 1
+`{i}_{left}_{classlabel}_{right}.png`, experiment 2 `{i}_{classlabel}_{model}.png`. The answer
+columns, options and preprocessed columns come from the same spec. Rows are numbered as a
+spreadsheet shows them: the header is row 1.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,29 +22,13 @@ from pathlib import Path
 import pandas as pd
 
 from prunexplain.config import AnalysisSettings, UserError
+from prunexplain.experiments import DENSE_NAME, KINDS, NONE, STUDY_MODEL_HINT, Kind, study_model_rate
 
 log = logging.getLogger(__name__)
 
-EXPERIMENTS = ("exp1", "exp2")
-NONE = "none"
 REQUIRED = ("HITId", "WorkerId", "Input.image_url")
-EXP1_PREFIX = "Answer.algorithms."
-EXP1_OPTIONS = ("alg1", "alg2", NONE)
-EXP2_PREFIX = "Answer.classes."
-SCHEMES = {"exp1": "{i}_{left}_{classlabel}_{right}.png", "exp2": "{i}_{classlabel}_{model}.png"}
-
-_NAME = {
-    "exp1": re.compile(r"^(?P<image>\d+)_(?P<left>[^_]+)_(?P<label>[^_]+)_(?P<right>[^_]+)\.(?:png|jpe?g)$", re.I),
-    "exp2": re.compile(r"^(?P<image>\d+)_(?P<label>[^_]+)_(?P<model>[^_]+)\.(?:png|jpe?g)$", re.I),
-}
-_MODEL = re.compile(r"^(?:nonpruned|(?P<rate>\d+(?:\.\d+)?)pruned)$")
 _TRUE = {"true", "1", "1.0", "yes", "on", "x"}
 _FALSE = {"false", "0", "0.0", "no", "off", ""}
-# Columns of the study's preprocessed files that repeat what the file name and the answer say.
-_DERIVED = {
-    "exp1": {"img_id": "image", "img_class": "label", "alg1": "left", "alg2": "right", "annotation_result": "answer"},
-    "exp2": {"img_id": "image", "img_class": "label", "algorithm": "model", "img_answer": "answer"},
-}
 _RAW_MARKERS = ("AssignmentId", "AssignmentStatus", "WorkTimeInSeconds")
 
 
@@ -82,7 +67,7 @@ class Answers:
     order), preferred (a model or 'none') and choice ('a', 'b' or 'none'); exp2 adds model, correct.
     """
 
-    experiment: str
+    experiment: str  # the kind's name
     frame: pd.DataFrame
     files: list[SourceFile]
     problems: list[Problem] = field(default_factory=list)
@@ -94,13 +79,17 @@ class Answers:
     def left_out(self) -> int:
         return len({(p.file, p.row) for p in self.problems if p.row is not None})
 
+    @property
+    def kind(self) -> Kind:
+        return KINDS[self.experiment]
+
 
 def model_sort_key(name: str) -> tuple:
     """'nonpruned' first, then by compression rate, then any other name alphabetically."""
-    match = _MODEL.match(name)
-    if match is None:
+    rate = study_model_rate(name)
+    if rate is None:
         return (2, 0.0, name)
-    return (0, 0.0, name) if match["rate"] is None else (1, float(match["rate"]), name)
+    return (0, 0.0, name) if name == DENSE_NAME else (1, rate, name)
 
 
 def sort_models(names) -> list[str]:
@@ -120,13 +109,14 @@ def parse_tables(
 ) -> Answers:
     """Validate tables read as strings (name, table) and join their good rows."""
     settings = settings or AnalysisSettings()
-    if experiment not in EXPERIMENTS:
-        raise UserError(f"unknown experiment {experiment!r} (known: {', '.join(EXPERIMENTS)})")
+    if experiment not in KINDS:
+        raise UserError(f"unknown experiment {experiment!r} (known: {', '.join(KINDS)})")
+    kind = KINDS[experiment]
     tables = [(name, _expand_label_column(table.copy())) for name, table in tables]
-    labels = _answer_labels(experiment, tables)
+    labels = _answer_labels(kind, tables)
     parts, problems, files = [], [], []
     for name, table in tables:
-        part, found = _parse_table(experiment, name, table, labels, settings)
+        part, found = _parse_table(kind, name, table, labels, settings)
         parts.append(part)
         problems += found
         files.append(SourceFile(name, _format(table), len(table)))
@@ -142,8 +132,8 @@ def parse_tables(
         first = f"; first: {problems[0]}" if problems else ""
         names = ", ".join(name for name, _ in tables)
         raise UserError(f"{names}: no valid answers left ({len(problems)} problems{first})")
-    models = sort_models(frame["model"]) if experiment == "exp2" else sort_models([*frame["a"], *frame["b"]])
-    if experiment == "exp1":
+    models = sort_models([*frame["a"], *frame["b"]]) if kind.compares else sort_models(frame["model"])
+    if not kind.asks_class:  # the labels are those the file names carry
         labels = sorted(frame["label"].unique(), key=_label_key)
     return Answers(experiment, frame.reset_index(drop=True), files, problems, labels, models, repeated)
 
@@ -167,21 +157,21 @@ def _expand_label_column(table: pd.DataFrame) -> pd.DataFrame:
     """A crowd-classifier layout answers in one column, `Answer.<group>.label`, holding the option:
     spread it into the study's true/false column per option, so both layouts read alike.
 
-    Experiment 2's options are the labels chosen or named in the stimulus file names, and none.
+    Where a kind asks for the class, its options are the labels chosen or named in the stimulus file
+    names, and none.
     """
-    for prefix in (EXP1_PREFIX, EXP2_PREFIX):
-        column = prefix + "label"
-        if column not in table or any(c.startswith(prefix) and c != column for c in table.columns):
+    for kind in KINDS.values():
+        column = kind.prefix + "label"
+        if column not in table or any(c.startswith(kind.prefix) and c != column for c in table.columns):
             continue
         chosen = table.pop(column).str.strip()
-        if prefix == EXP1_PREFIX:
-            options = list(EXP1_OPTIONS)
-        else:
+        classes = []
+        if kind.asks_class:
             urls = table.get("Input.image_url", pd.Series(dtype=str))
-            named = _file_names(urls).str.extract(_NAME["exp2"])["label"].dropna()
-            options = sorted({*chosen[chosen != ""], *named, NONE} - {NONE}, key=_label_key) + [NONE]
-        for option in options:
-            table[prefix + option] = (chosen == option).map({True: "true", False: "false"})
+            named = _file_names(urls).str.extract(kind.pattern)["label"].dropna()
+            classes = sorted({*chosen[chosen != ""], *named} - {NONE}, key=_label_key)
+        for option, answer_column in zip(kind.options(classes), kind.columns(classes)):
+            table[answer_column] = (chosen == option).map({True: "true", False: "false"})
     return table
 
 
@@ -197,43 +187,38 @@ def _label_key(label: str) -> tuple:
     return (0, int(head), label) if head.isdigit() else (1, 0, label)
 
 
-def _answer_labels(experiment: str, tables) -> list[str]:
-    """Experiment 2's class labels, from the `Answer.classes.<label>` columns (the same in every file)."""
+def _answer_labels(kind: Kind, tables) -> list[str]:
+    """The class labels of a kind that asks for the class, from its `Answer.<group>.<label>` columns
+    (the same in every file); [] for other kinds."""
     found = None
     for name, table in tables:
-        _check_columns(experiment, name, table)
-        if experiment == "exp1":
+        _check_columns(kind, name, table)
+        if not kind.asks_class:
             continue
-        labels = [c.removeprefix(EXP2_PREFIX) for c in table.columns if c.startswith(EXP2_PREFIX)]
-        labels = sorted((label for label in labels if label != NONE), key=_label_key)
+        labels = [c.removeprefix(kind.prefix) for c in table.columns if c.startswith(kind.prefix)]
+        labels = sorted((label for label in labels if label not in kind.options()), key=_label_key)
         if found is not None and labels != found:
-            raise UserError(f"{name}: its Answer.classes.* columns differ from the first file's ({', '.join(found)})")
+            raise UserError(f"{name}: its {kind.prefix}* columns differ from the first file's ({', '.join(found)})")
         found = labels
     return found or []
 
 
-def _check_columns(experiment: str, name: str, table: pd.DataFrame) -> None:
+def _check_columns(kind: Kind, name: str, table: pd.DataFrame) -> None:
     columns = set(table.columns)
-    other = "exp2" if experiment == "exp1" else "exp1"
-    other_prefix = EXP2_PREFIX if experiment == "exp1" else EXP1_PREFIX
-    prefix = EXP1_PREFIX if experiment == "exp1" else EXP2_PREFIX
-    if not any(c.startswith(prefix) for c in columns) and any(c.startswith(other_prefix) for c in columns):
-        raise UserError(
-            f"{name}: has {other_prefix}* columns: these are {other} results, use `prunexplain analyze {other}`"
-        )
-    needed = [*REQUIRED]
-    if experiment == "exp1":
-        needed += [EXP1_PREFIX + option for option in EXP1_OPTIONS]
-    else:
-        needed += [EXP2_PREFIX + NONE]
+    ours = any(c.startswith(kind.prefix) for c in columns)
+    for other in KINDS.values():
+        if other is not kind and not ours and any(c.startswith(other.prefix) for c in columns):
+            raise UserError(f"{name}: has {other.prefix}* columns: these are {other.name} results, use "
+                            f"`prunexplain analyze {other.name}`")
+    needed = [*REQUIRED, *kind.columns()]  # the fixed options' columns; the classes' are counted below
     missing = [c for c in needed if c not in columns]
-    if experiment == "exp2" and sum(c.startswith(EXP2_PREFIX) for c in columns) < 3:
-        missing.append(EXP2_PREFIX + "<label> (at least two classes)")
+    if kind.asks_class and sum(c.startswith(kind.prefix) for c in columns) < len(kind.columns()) + 2:
+        missing.append(kind.prefix + "<label> (at least two classes)")
     if missing:
         raise UserError(f"{name}: missing column(s) {', '.join(missing)} (is this an MTurk batch-results file?)")
 
 
-def _parse_table(experiment, name, table, labels, settings) -> tuple[pd.DataFrame, list[Problem]]:
+def _parse_table(kind: Kind, name, table, labels, settings) -> tuple[pd.DataFrame, list[Problem]]:
     """The table's rows in the common layout, and the problems of its bad rows (left out)."""
     rows = pd.Series(range(2, len(table) + 2), index=table.index)
     problems: dict[int, list[Problem]] = {}
@@ -258,14 +243,14 @@ def _parse_table(experiment, name, table, labels, settings) -> tuple[pd.DataFram
     flag(frame["worker"] == "", "WorkerId", "empty")
     flag(frame["hit"] == "", "HITId", "empty")
     _check_rejected(table, flag)
-    frame["answer"] = _answers(experiment, table, labels, flag)
-    frame = frame.join(_names(experiment, table, labels, settings, flag))
-    _check_derived(experiment, table, frame, flag)
+    frame["answer"] = _answers(kind, table, labels, flag)
+    frame = frame.join(_names(kind, table, labels, settings, flag))
+    _check_derived(kind, table, frame, flag)
     if problems and len(problems) == len(table):
-        _wrong_scheme_hint(experiment, name, table)
+        _wrong_scheme_hint(kind, name, table)
     bad = list(problems)
     kept = frame.drop(index=bad)
-    kept = _add_exp1_columns(kept) if experiment == "exp1" else _add_exp2_columns(kept)
+    kept = _add_compare_columns(kind, kept) if kind.compares else _add_recognise_columns(kept)
     return kept, [p for index in sorted(problems) for p in problems[index]]
 
 
@@ -279,10 +264,9 @@ def _check_rejected(table: pd.DataFrame, flag) -> None:
         flag(marked, "Reject", lambda i: f"marked for rejection ({table.at[i, 'Reject'].strip()!r})")
 
 
-def _answers(experiment: str, table: pd.DataFrame, labels: list[str], flag) -> pd.Series:
+def _answers(kind: Kind, table: pd.DataFrame, labels: list[str], flag) -> pd.Series:
     """The one chosen option of each row (alg1/alg2/none or a class label/none); '' where not exactly one."""
-    prefix = EXP1_PREFIX if experiment == "exp1" else EXP2_PREFIX
-    options = list(EXP1_OPTIONS) if experiment == "exp1" else [*labels, NONE]
+    prefix, options = kind.prefix, kind.options(labels)
     chosen = pd.DataFrame(False, index=table.index, columns=options)
     unreadable = pd.Series(False, index=table.index)
     for option in options:
@@ -299,46 +283,54 @@ def _answers(experiment: str, table: pd.DataFrame, labels: list[str], flag) -> p
     return chosen.idxmax(axis=1).where(count == 1, "")
 
 
-def _names(experiment, table, labels, settings, flag) -> pd.DataFrame:
+def _names(kind: Kind, table, labels, settings, flag) -> pd.DataFrame:
     """Image id, class label and model name(s) parsed from each row's stimulus file name."""
     item = _file_names(table["Input.image_url"])
-    parts = item.str.extract(_NAME[experiment])
-    scheme = SCHEMES[experiment]
+    parts = item.str.extract(kind.pattern)
     url = lambda i: table.at[i, "Input.image_url"]  # noqa: E731
-    flag(parts["image"].isna(), "Input.image_url", lambda i: f"{url(i)!r} does not follow {scheme}")
+    flag(parts["image"].isna(), "Input.image_url", lambda i: f"{url(i)!r} does not follow {kind.scheme}")
     parts = parts.fillna("")
     known = set(settings.models)
-    is_model = (lambda n: n in known) if known else (lambda n: bool(_MODEL.match(n)))
-    hint = ", ".join(settings.models) if known else "'nonpruned' or '<rate>pruned', e.g. 2pruned"
-    for column in ("left", "right") if experiment == "exp1" else ("model",):
+    is_model = (lambda n: n in known) if known else (lambda n: study_model_rate(n) is not None)
+    hint = ", ".join(settings.models) if known else STUDY_MODEL_HINT
+    for column in kind.shows:
         names = parts[column]
         unknown = (names != "") & ~names.map(is_model)
         flag(unknown, "Input.image_url", lambda i, c=column: f"unknown model {parts.at[i, c]!r} (known: {hint})")
-    if experiment == "exp1":
-        same = (parts["left"] != "") & (parts["left"] == parts["right"])
-        flag(same, "Input.image_url", lambda i: f"the same model {parts.at[i, 'left']!r} on both sides")
-    else:
+    if kind.compares:
+        first, second = kind.shows
+        same = (parts[first] != "") & (parts[first] == parts[second])
+        flag(same, "Input.image_url", lambda i: f"the same model {parts.at[i, first]!r} on both sides")
+    if kind.asks_class:
         label = lambda i: parts.at[i, "label"]  # noqa: E731
         unknown = (parts["label"] != "") & ~parts["label"].isin(labels)
-        flag(unknown, "Input.image_url", lambda i: f"class {label(i)!r} has no {EXP2_PREFIX}{label(i)} column")
+        flag(unknown, "Input.image_url", lambda i: f"class {label(i)!r} has no {kind.prefix}{label(i)} column")
     return parts.assign(item=item)
 
 
-def _check_derived(experiment: str, table: pd.DataFrame, frame: pd.DataFrame, flag) -> None:
+def _preferred(kind: Kind, frame: pd.DataFrame, otherwise: str) -> pd.Series:
+    """The model each answer prefers: the one shown where its option picks, else `otherwise`."""
+    preferred = pd.Series(otherwise, index=frame.index, dtype=object)
+    for shown in kind.shows:
+        preferred = preferred.mask(frame["answer"] == kind.picking(shown), frame[shown])
+    return preferred
+
+
+def _check_derived(kind: Kind, table: pd.DataFrame, frame: pd.DataFrame, flag) -> None:
     """A preprocessed file's own columns must say what its file name and answer columns say."""
-    for column, ours in _DERIVED[experiment].items():
+    for column, ours in kind.preprocessed.items():
         if column not in table:
             continue
         differ = (table[column].str.strip() != frame[ours]) & (frame[ours] != "")
         flag(differ, column,
              lambda i, c=column, o=ours: f"says {table.at[i, c]!r}, the answer/file name say {frame.at[i, o]!r}")
     expected = {}
-    if experiment == "exp2" and "correct" in table:
+    if kind.asks_class and "correct" in table:
         expected["correct"] = (frame["answer"] == frame["label"]).astype(float).where(frame["label"] != "")
-    if experiment == "exp1":
-        preferred = frame["left"].where(frame["answer"] == "alg1", frame["right"].where(frame["answer"] == "alg2", ""))
+    if kind.compares:
+        preferred = _preferred(kind, frame, "")
         for column in table.columns:
-            if _MODEL.match(column):
+            if study_model_rate(column) is not None:
                 expected[column] = (preferred == column).astype(float)
     for column, values in expected.items():
         theirs = pd.to_numeric(table[column], errors="coerce")
@@ -346,15 +338,17 @@ def _check_derived(experiment: str, table: pd.DataFrame, frame: pd.DataFrame, fl
         flag(differ, column, lambda i, c=column, v=values: f"says {table.at[i, c]!r}, the answer says {v[i]:g}")
 
 
-def _wrong_scheme_hint(experiment: str, name: str, table: pd.DataFrame) -> None:
-    """Every row bad because the file names follow the other experiment's scheme: say so, once."""
-    other = "exp2" if experiment == "exp1" else "exp1"
+def _wrong_scheme_hint(kind: Kind, name: str, table: pd.DataFrame) -> None:
+    """Every row bad because the file names follow another kind's scheme: say so, once."""
     items = _file_names(table["Input.image_url"])
-    if len(items) and items.str.match(_NAME[other]).mean() > 0.5 and not items.str.match(_NAME[experiment]).any():
-        raise UserError(
-            f"{name}: column Input.image_url: file names follow {SCHEMES[other]} ({other}), not "
-            f"{SCHEMES[experiment]}; use `prunexplain analyze {other}`"
-        )
+    if not len(items) or items.str.match(kind.pattern).any():
+        return
+    for other in KINDS.values():
+        if other is not kind and items.str.match(other.pattern).mean() > 0.5:
+            raise UserError(
+                f"{name}: column Input.image_url: file names follow {other.scheme} ({other.name}), not "
+                f"{kind.scheme}; use `prunexplain analyze {other.name}`"
+            )
 
 
 def _file_names(urls: pd.Series) -> pd.Series:
@@ -362,17 +356,20 @@ def _file_names(urls: pd.Series) -> pd.Series:
     return urls.str.strip().str.split("?").str[0].str.rsplit("/", n=1).str[-1]
 
 
-def _add_exp1_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    rank = {name: i for i, name in enumerate(sort_models([*frame["left"], *frame["right"]]))}
-    first = frame["left"].map(rank) <= frame["right"].map(rank)
-    a = frame["left"].where(first, frame["right"])
-    b = frame["right"].where(first, frame["left"])
-    preferred = frame["left"].where(frame["answer"] == "alg1", frame["right"].where(frame["answer"] == "alg2", NONE))
+def _add_compare_columns(kind: Kind, frame: pd.DataFrame) -> pd.DataFrame:
+    """The pair in model order (a before b, whichever side they were shown on) and the answer as
+    the model it prefers (`preferred`) and as a, b or none (`choice`)."""
+    left, right = (frame[shown] for shown in kind.shows)
+    rank = {name: i for i, name in enumerate(sort_models([*left, *right]))}
+    first = left.map(rank) <= right.map(rank)
+    a = left.where(first, right)
+    b = right.where(first, left)
+    preferred = _preferred(kind, frame, NONE)
     choice = pd.Series(NONE, index=frame.index).mask(preferred == a, "a").mask(preferred == b, "b")
     return frame.assign(a=a, b=b, preferred=preferred, choice=choice)
 
 
-def _add_exp2_columns(frame: pd.DataFrame) -> pd.DataFrame:
+def _add_recognise_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(correct=frame["answer"] == frame["label"])
 
 

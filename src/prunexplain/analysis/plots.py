@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from prunexplain.experiments import COMPARE, NONE
 from prunexplain.runs import write_with
 
 _DPI = 120
+_EQUALLY = COMPARE.label(NONE).lower()  # 'equally reasonable': the words people chose
 
 
 def _save(figure: Figure, path: Path) -> Path:
@@ -37,7 +39,7 @@ def preference_bars(pairs: list[dict], path: Path) -> Path:
     figure = Figure(figsize=(11, 1.2 + 0.7 * len(pairs)))
     split, prefer = figure.subplots(1, 2)
     left = np.zeros(len(pairs))
-    for key, label, color in (("a_preferred", "a preferred", "#4477aa"), ("none", "equally reasonable", "#bbbbbb"),
+    for key, label, color in (("a_preferred", "a preferred", "#4477aa"), ("none", _EQUALLY, "#bbbbbb"),
                               ("b_preferred", "b preferred", "#ee6677")):
         widths = np.array([p[key] / p["n"] if p["n"] else 0.0 for p in pairs])
         split.barh(y, widths, left=left, color=color, label=label)
@@ -67,7 +69,7 @@ def class_heatmaps(rows: list[dict], labels: Sequence[str], path: Path) -> Path:
     figure = Figure(figsize=(4 + 2.2 * len(pairs), 1.5 + 0.4 * len(labels)))
     axes = figure.subplots(1, 2)
     for axis, key, title, cmap, limits in (
-        (axes[0], "none_share", "share 'equally reasonable'", "Greys", (0, 1)),
+        (axes[0], "none_share", f"share '{_EQUALLY}'", "Greys", (0, 1)),
         (axes[1], "a_share", "share preferring a (of decided)", "RdBu", (0.2, 0.8)),
     ):
         values = np.array([[index[(label, a, b)][key] for a, b in pairs] for label in labels], dtype=float)

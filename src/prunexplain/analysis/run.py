@@ -29,14 +29,13 @@ class RunAnalysis:
 
 def analyze_run(settings: Settings, run: Run) -> RunAnalysis:
     """Analyse each experiment of the run's study with `settings.analysis`."""
-    listing = run.path("study", "crowd.json")
+    listing = run.study.crowd
     if not listing.is_file():
         raise UserError(f"{listing}: no answers listed yet; run `prunexplain run` (its crowd stage) first")
     sources = read_json(listing)
     answers = {}
     for key, source in sources.items():
-        result = analyze(source["kind"], [Path(f) for f in source["files"]], settings.analysis,
-                         run.path("analysis", key))
+        result = analyze(source["kind"], [Path(f) for f in source["files"]], settings.analysis, run.analysis(key))
         answers[key] = result.summary["answers"]
-    write_json(run.path("analysis", "source.json"), sources)
+    write_json(run.analysis_source, sources)
     return RunAnalysis(sources, answers)

@@ -1,6 +1,7 @@
 """The analysis stage: answer files in, `summary.json`, `workers.csv`, PNG plots and Markdown tables out.
 
-`analyze("exp1" | "exp2", files, settings, out_dir)` reads and validates the answers (`load`), runs
+`analyze(kind, files, settings, out_dir)` (a kind of the experiment spec: exp1 compares, exp2
+recognises) reads and validates the answers (`load`), runs
 the statistics (`stats`), optionally repeats the headline results without low-effort workers, and
 writes everything atomically into `out_dir`. The summary's schema is documented in the README.
 """
@@ -17,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from prunexplain.analysis import stats
-from prunexplain.analysis.load import NONE, Answers, read_answers
+from prunexplain.analysis.load import Answers, read_answers
 from prunexplain.config import AnalysisSettings, UserError
-from prunexplain.runs import write_csv, write_json
+from prunexplain.experiments import DENSE_NAME, KINDS, NONE, Kind
+from prunexplain.runs import AnalysisFolder, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +42,19 @@ def analyze(
 ) -> AnalysisResult:
     """Analyse one experiment's answer files; write summary.json, workers.csv and plots into out_dir."""
     settings = settings or AnalysisSettings()
+    out_dir = Path(out_dir)
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())  # refused now, not after the work
+    if not existing.is_dir():
+        blocker = "it" if existing == out_dir else existing
+        raise UserError(f"{out_dir}: {blocker} is a file; the analysis output must be a folder (new or existing)")
     answers = read_answers(experiment, files, settings)
     summary = summarise(answers, settings)
-    out_dir = Path(out_dir)
-    written = [write_csv(out_dir / "workers.csv", _worker_rows(stats.worker_stats(answers.frame)))]
+    folder = AnalysisFolder(out_dir)
+    written = [write_csv(folder.workers, _worker_rows(stats.worker_stats(answers.frame)))]
     if settings.plots:
-        written += _plots(answers, summary, out_dir)
+        written += _plots(answers, summary, folder)
     summary["figures"] = [path.name for path in written if path.suffix == ".png"]
-    written.append(write_json(out_dir / "summary.json", _clean(summary)))
+    written.append(write_json(folder.summary, _clean(summary)))
     log.info("analysis of %s written to %s", experiment, out_dir)
     return AnalysisResult(experiment, out_dir, summary, markdown(summary), written)
 
@@ -55,7 +62,7 @@ def analyze(
 def summarise(answers: Answers, settings: AnalysisSettings) -> dict:
     """All numbers of the analysis as one JSON-ready dict (see the README for the schema)."""
     rng = np.random.default_rng(settings.seed)
-    core = _exp1 if answers.experiment == "exp1" else _exp2
+    core = _exp1 if answers.kind.compares else _exp2
     summary = {"experiment": answers.experiment, **core(answers.frame, answers, settings, rng, detail=True)}
     summary["per_worker"] = _workers(answers.frame)
     summary["filter"] = _filtered(answers, settings, rng, core)
@@ -74,7 +81,7 @@ def _counts(frame: pd.DataFrame) -> dict:
 def _exp1(frame: pd.DataFrame, answers: Answers, settings, rng, detail: bool) -> dict:
     models, confidence = answers.models, settings.confidence
     none = int((frame["answer"] == NONE).sum())
-    counts = stats.value_counts(frame, "answer", ["alg1", "alg2", NONE])
+    counts = stats.value_counts(frame, "answer", answers.kind.options())
     alpha, alpha_ci = stats.alpha_with_ci(counts, settings.bootstrap if detail else 0, confidence, rng)
     result = {
         **_counts(frame), "models": models, "none": none, "none_share": stats.share(none, len(frame)),
@@ -93,11 +100,11 @@ def _exp1(frame: pd.DataFrame, answers: Answers, settings, rng, detail: bool) ->
 def _exp2(frame: pd.DataFrame, answers: Answers, settings, rng, detail: bool) -> dict:
     models, labels, confidence = answers.models, answers.labels, settings.confidence
     none = int((frame["answer"] == NONE).sum())
-    counts = stats.value_counts(frame, "answer", [*labels, NONE])
+    counts = stats.value_counts(frame, "answer", answers.kind.options(labels))
     alpha, alpha_ci = stats.alpha_with_ci(counts, settings.bootstrap if detail else 0, confidence, rng)
     per_model = stats.model_stats(frame, models, confidence)
     majority = stats.majority_correct(frame, models)
-    baseline = "nonpruned" if "nonpruned" in per_model else models[0]
+    baseline = DENSE_NAME if DENSE_NAME in per_model else models[0]
     result = {
         **_counts(frame), "labels": labels, "none": none, "none_share": stats.share(none, len(frame)),
         "none_ci": stats.wilson(none, len(frame), confidence),
@@ -114,7 +121,7 @@ def _exp2(frame: pd.DataFrame, answers: Answers, settings, rng, detail: bool) ->
     if detail:
         result["classes"] = stats.class_model_stats(frame, models, labels)
         result["confusion"] = {
-            "rows": labels, "columns": [*labels, NONE],
+            "rows": labels, "columns": answers.kind.options(labels),
             "models": {m: stats.confusion(frame, m, labels).tolist() for m in models},
         }
     return result
@@ -172,25 +179,25 @@ def _worker_rows(table: pd.DataFrame) -> list[dict]:
             for row in table.to_dict("records")]
 
 
-def _plots(answers: Answers, summary: dict, out_dir: Path) -> list[Path]:
+def _plots(answers: Answers, summary: dict, folder: AnalysisFolder) -> list[Path]:
     from prunexplain.analysis import plots  # matplotlib only when plots are asked for
 
     workers = stats.worker_stats(answers.frame)
     written = []
-    if answers.experiment == "exp1":
-        written.append(plots.preference_bars(summary["pairs"], out_dir / "preferences.png"))
-        written.append(plots.class_heatmaps(summary["classes"], answers.labels, out_dir / "classes.png"))
-        written.append(plots.worker_scatter(workers, out_dir / "workers.png"))
+    if answers.kind.compares:
+        written.append(plots.preference_bars(summary["pairs"], folder.figure("preferences")))
+        written.append(plots.class_heatmaps(summary["classes"], answers.labels, folder.figure("classes")))
+        written.append(plots.worker_scatter(workers, folder.figure("workers")))
     else:
-        written.append(plots.accuracy_bars(summary["models"], out_dir / "accuracy.png"))
+        written.append(plots.accuracy_bars(summary["models"], folder.figure("accuracy")))
         written.append(
-            plots.class_accuracy(summary["classes"], answers.models, answers.labels, out_dir / "classes.png")
+            plots.class_accuracy(summary["classes"], answers.models, answers.labels, folder.figure("classes"))
         )
         confusion = summary["confusion"]
         for model, matrix in confusion["models"].items():
             written.append(plots.confusion_matrix(np.array(matrix), confusion["rows"], confusion["columns"],
-                                                  f"{model}: true class x answer", out_dir / f"confusion_{model}.png"))
-        written.append(plots.worker_scatter(workers, out_dir / "workers.png", "accuracy", "accuracy"))
+                                                  f"{model}: true class x answer", folder.figure(f"confusion_{model}")))
+        written.append(plots.worker_scatter(workers, folder.figure("workers"), "accuracy", "accuracy"))
     return written
 
 
@@ -212,8 +219,14 @@ def _clean(value):
 
 def markdown(summary: dict) -> str:
     """The summary as Markdown tables for the terminal."""
-    body = _exp1_markdown(summary) if summary["experiment"] == "exp1" else _exp2_markdown(summary)
+    kind = _kind(summary)
+    body = _exp1_markdown(kind, summary) if kind.compares else _exp2_markdown(kind, summary)
     return "\n\n".join([*body, *_filter_markdown(summary), _validation_markdown(summary)]) + "\n"
+
+
+def _kind(summary: dict) -> Kind:
+    """The kind of task a summary is of (what `summarise` wrote into it)."""
+    return KINDS[summary["experiment"]]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
@@ -252,7 +265,7 @@ def _header(summary: dict, title: str) -> str:
     )
 
 
-def _exp1_markdown(summary: dict) -> list[str]:
+def _exp1_markdown(kind: Kind, summary: dict) -> list[str]:
     none = (f"'Equally reasonable': {summary['none']} of {summary['answers']} answers "
             f"({_pct(summary['none_share'])}, CI {_ci(summary['none_ci'])}).")
     rows = [
@@ -263,7 +276,7 @@ def _exp1_markdown(summary: dict) -> list[str]:
     ]
     pairs = table(["pair a vs b", "answers", "equally", "a preferred", "b preferred", "a share of decided (CI)",
                    "CI over items", "chi2", "p", "p Holm", "binomial p", "alpha"], rows)
-    out = [_header(summary, "Experiment 1: which explanation is more reasonable?") + " " + none, pairs]
+    out = [_header(summary, kind.heading) + " " + none, pairs]
     if "classes" in summary:
         out.append(_exp1_class_markdown(summary))
     return out
@@ -282,11 +295,11 @@ def _exp1_class_markdown(summary: dict) -> str:
     return f"### Per class\n\n{table(headers, rows)}\n\nDoes the preference depend on the class? {effect}."
 
 
-def _exp2_markdown(summary: dict) -> list[str]:
+def _exp2_markdown(kind: Kind, summary: dict) -> list[str]:
     models = summary["models"]
     rows = [[name, m["n"], m["correct"], f"{_pct(m['accuracy'])} ({_ci(m['accuracy_ci'])})", m["none"],
              _pct(m["none_share"])] for name, m in models.items()]
-    head = _header(summary, "Experiment 2: what is on the picture?") + (
+    head = _header(summary, kind.heading) + (
         f" 'None': {summary['none']} answers ({_pct(summary['none_share'])}).")
     out = [head, table(["model", "answers", "correct", "accuracy (CI)", "none", "none share"], rows)]
     out.append(_exp2_tests_markdown(summary["tests"]))
@@ -333,7 +346,7 @@ def _filter_markdown(summary: dict) -> list[str]:
     text = (f"{spec['workers_removed']} workers and {spec['answers_removed']} answers left out; "
             f"{after['answers']} answers remain, alpha {_num(after['krippendorff_alpha'])} "
             f"(before {_num(summary['krippendorff_alpha'])}).")
-    if summary["experiment"] == "exp1":
+    if _kind(summary).compares:
         before = {(p["a"], p["b"]): p for p in summary["pairs"]}
         rows = [[f"{p['a']} vs {p['b']}", _pct(before[(p['a'], p['b'])]["none_share"]), _pct(p["none_share"]),
                  _pct(before[(p['a'], p['b'])]["a_share"]), _pct(p["a_share"]), _p(p["p"])] for p in after["pairs"]]

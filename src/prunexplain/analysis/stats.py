@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from prunexplain.analysis.load import NONE
+from prunexplain.experiments import COMPARE, NONE
 
 log = logging.getLogger(__name__)
 NAN = float("nan")
@@ -186,7 +186,7 @@ def _one_pair(answers: pd.DataFrame, a: str, b: str, confidence, bootstrap, rng)
         "a_share": share(wins_a, decided), "a_share_ci": wilson(wins_a, decided, confidence),
         "a_share_ci_items": bootstrap_share(per_item[:, 0], per_item.sum(axis=1), bootstrap, confidence, rng),
         "chi2": test["chi2"], "p": test["p"], "binom_p": binomial_p(wins_a, decided),
-        "krippendorff_alpha": alpha(value_counts(answers, "answer", ["alg1", "alg2", NONE])),
+        "krippendorff_alpha": alpha(value_counts(answers, "answer", COMPARE.options())),
         "items": int(answers["item"].nunique()),
         **_class_effect(answers),
     }
@@ -221,7 +221,8 @@ def class_stats(frame: pd.DataFrame, models: Sequence[str], labels: Sequence[str
 
 
 def worker_stats(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per worker: answers, share of 'none', median work time; exp1 left-side share, exp2 accuracy."""
+    """Per worker: answers, share of 'none', median work time; when comparing, the share of decided
+    answers that chose the left side (a side bias shows here); when recognising, accuracy."""
     grouped = frame.groupby("worker", sort=True)
     table = pd.DataFrame({
         "answers": grouped.size(),
@@ -230,7 +231,8 @@ def worker_stats(frame: pd.DataFrame) -> pd.DataFrame:
     })
     if "choice" in frame:
         decided = frame[frame["answer"] != NONE]
-        table["left_share"] = decided.groupby("worker")["answer"].apply(lambda s: float((s == "alg1").mean()))
+        left = COMPARE.picking(COMPARE.shows[0])
+        table["left_share"] = decided.groupby("worker")["answer"].apply(lambda s: float((s == left).mean()))
     if "correct" in frame:
         table["accuracy"] = grouped["correct"].mean()
     return table.reset_index()

@@ -5,15 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from prunexplain.config import DataSettings, UserError
+from prunexplain.runs import Run
 
 
-def dataset_root(data: DataSettings, run_root: Path, progress: bool = True) -> Path:
+def dataset_root(data: DataSettings, run: Run, progress: bool = True) -> Path:
     """The folder of the run's dataset, generating the synthetic one if it is not there yet."""
+    root = check_root(data, run)
     if data.dataset == "synthetic":
         from prunexplain.data.synthetic import generate
 
-        root = data.root or Path(run_root) / "data" / "synthetic"
         generate(data.synthetic, data.image_size, root, progress)
+    return root
+
+
+def check_root(data: DataSettings, run: Run) -> Path:
+    """The dataset folder the settings name, refused (one line naming data.root) when it cannot be one,
+    without reading any image: the synthetic one is generated into a new or earlier synthetic folder,
+    an ImageFolder dataset (Imagenette) is a folder holding train/ and val/."""
+    if data.dataset == "synthetic":
+        from prunexplain.data.synthetic import check_dest
+
+        root = data.root or run.synthetic_data
+        check_dest(root, "data.root" if data.root else "the run's synthetic data folder")
         return root
     if data.root is None:
         raise UserError(
@@ -21,7 +34,13 @@ def dataset_root(data: DataSettings, run_root: Path, progress: bool = True) -> P
             "(download one with `prunexplain data imagenette --size 320 --dest DIR`)"
         )
     if not data.root.is_dir():
+        if data.root.exists():
+            raise UserError(f"data.root: {data.root}: is a file, not a folder (extract the archive, give its folder)")
         raise UserError(f"data.root: no such folder {data.root}")
+    missing = [split for split in ("train", "val") if not (data.root / split).is_dir()]
+    if missing:
+        raise UserError(f"data.root: {data.root} has no {' or '.join(f'{m}/' for m in missing)} folder "
+                        "(an ImageFolder dataset such as imagenette2-320 has train/ and val/)")
     return data.root
 
 

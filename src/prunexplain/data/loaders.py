@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from prunexplain.config import DataSettings, UserError
+from prunexplain.config import DataSettings, RuntimeSettings, UserError
 from prunexplain.data.folders import scan_image_folder
 from prunexplain.runs import write_with
 
@@ -72,6 +73,37 @@ def scan_split(root: Path, split: str, class_names: dict[str, str] | None = None
     return ImageSet(paths, tuple(label for _, label in samples), tuple(classes), masks)
 
 
+def stacked(images: ImageSet, size: int) -> torch.Tensor:
+    """The images as one uint8 batch `[N, 3, size, size]`."""
+    dataset = FolderImages(images, size)
+    return torch.stack([dataset[i][0] for i in range(len(dataset))]) if len(dataset) else torch.empty(0, 3, size, size)
+
+
+def image_rows(images: ImageSet) -> list[dict]:
+    """One row per image (index, path, label, class, mask): how a stage records which images it used."""
+    masks = images.masks or ("",) * len(images)
+    return [
+        {"index": i, "path": str(path), "label": label, "class": images.classes[label], "mask": str(mask)}
+        for i, (path, label, mask) in enumerate(zip(images.paths, images.labels, masks))
+    ]
+
+
+def read_image_rows(path: Path, classes: Sequence[str]) -> ImageSet:
+    """The images a stage recorded with `image_rows`, so a later stage uses exactly those."""
+    import csv
+
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        masks = tuple(Path(r["mask"]) for r in rows) if rows and all(r.get("mask") for r in rows) else None
+        return ImageSet(tuple(Path(r["path"]) for r in rows), tuple(int(r["label"]) for r in rows), tuple(classes),
+                        masks)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file; run `prunexplain explain` first") from None
+    except (KeyError, ValueError, OSError) as error:
+        raise UserError(f"{path}: not a table of explained images ({error})") from None
+
+
 def split_sizes(n: int) -> tuple[int, int]:
     """The study's 2800/1125 proportions, exact on the complete val/ folder."""
     test = round(n * REFERENCE_TEST / (REFERENCE_TEST + REFERENCE_VALID))
@@ -88,10 +120,58 @@ def load_splits(root: Path, split_seed: int = 69, class_names: dict[str, str] | 
 
 def decode(path: Path, size: int) -> np.ndarray:
     """An image file as uint8 `[size, size, 3]`; unreadable files name themselves in the error."""
+    with _opened(path) as image:
+        return np.array(_converted(image, "RGB", path).resize((size, size), Image.BILINEAR))
+
+
+def read_mask(mask: Path, image: Path, size: int) -> np.ndarray:
+    """An object mask as bool `[size, size]`, True on the object (stored 0 or 255).
+
+    A mask of another size than its image is refused, not resized: it belongs to another image, or
+    was cut differently, and a stretched mask would score explanations against the wrong pixels.
+    """
+    with _opened(image) as picture:
+        expected = picture.size  # the header only: no pixels are decoded
+    with _opened(mask) as opened:
+        if opened.size != expected:
+            raise UserError(f"{mask}: object mask is {opened.size[0]}x{opened.size[1]} pixels, its image {image} "
+                            f"is {expected[0]}x{expected[1]}; a mask must match its image")
+        grey = _converted(opened, "L", mask).resize((size, size), Image.BILINEAR)
+    return np.array(grey) >= 128
+
+
+def object_masks(images: ImageSet, size: int) -> np.ndarray | None:
+    """The object masks of `images` as bool `[N, size, size]`, or None when the dataset has none."""
+    if images.masks is None:
+        return None
+    if not images:
+        return np.zeros((0, size, size), bool)
+    return np.stack([read_mask(mask, path, size) for mask, path in zip(images.masks, images.paths)])
+
+
+def _opened(path: Path) -> Image.Image:
+    """`Image.open` (lazy: reads the header) with every failure one line naming the file.
+
+    PIL only warns on an image between 1x and 2x its pixel limit and decodes it anyway; such files
+    (decompression bombs, or a photo far beyond any model's input) are refused like larger ones.
+    """
     try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB").resize((size, size), Image.BILINEAR))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such image file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise UserError(f"{path}: image too large to decode ({error})") from None
     except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise UserError(f"{path}: cannot read image ({error})") from None
+
+
+def _converted(image: Image.Image, mode: str, path: Path) -> Image.Image:
+    """`image.convert(mode)`, which decodes the pixels: a truncated or corrupt file fails here."""
+    try:
+        return image.convert(mode)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise UserError(f"{path}: cannot read image ({error})") from None
 
 
@@ -143,12 +223,14 @@ def decoded_cache(images: ImageSet, size: int, cache_dir: Path, name: str, progr
     return np.load(path, mmap_mode="r")
 
 
-def image_dataset(images: ImageSet, data: DataSettings, root: Path, name: str, progress: bool = True) -> Dataset:
-    """The dataset of one split: cached if `data.cache`, else decoding on every access."""
-    if not data.cache:
+def image_dataset(
+    images: ImageSet, data: DataSettings, root: Path, name: str, runtime: RuntimeSettings = RuntimeSettings()
+) -> Dataset:
+    """The dataset of one split: cached if `runtime.cache`, else decoding on every access."""
+    if not runtime.cache:
         return FolderImages(images, data.image_size)
-    cache_dir = data.cache_dir or Path(root) / ".cache"
-    return CachedImages(images, decoded_cache(images, data.image_size, cache_dir, name, progress))
+    cache_dir = runtime.cache_dir or Path(root) / ".cache"
+    return CachedImages(images, decoded_cache(images, data.image_size, cache_dir, name, runtime.progress))
 
 
 def prepare(batch: torch.Tensor, data: DataSettings, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -46,7 +46,9 @@ def _star() -> np.ndarray:
 
 def _plus() -> np.ndarray:
     a, b = 0.3, 1.0
-    return np.array([(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)])
+    return np.array(
+        [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]
+    )
 
 
 def _arrow() -> np.ndarray:
@@ -161,9 +163,8 @@ def render(seed: int, split: int, index: int, label: int, size: int, distractors
     for _ in range(distractors):
         _draw_distractor(draw, rng, big, radius)
     centre = rng.uniform(radius * 1.2, big - radius * 1.2, 2)
-    local = background[
-        int(max(0, centre[1] - radius)) : int(centre[1] + radius), int(max(0, centre[0] - radius)) : int(centre[0] + radius)
-    ]
+    top, left = int(max(0, centre[1] - radius)), int(max(0, centre[0] - radius))
+    local = background[top : int(centre[1] + radius), left : int(centre[0] + radius)]
     colour = tuple(int(c) for c in _contrasting_colour(rng, _luminance(local.reshape(-1, 3).mean(0))))
     mask = Image.new("L", (big, big), 0)
     name = CLASSES[label].split("-", 1)[1]
@@ -202,6 +203,28 @@ def _jobs(settings: SyntheticSettings, size: int, dest: Path) -> list[tuple]:
     return jobs
 
 
+def check_dest(dest: Path, name: str | None = None) -> None:
+    """Refuse a destination the generator would fail on or destroy: a file, or a folder with other
+    content (it is replaced whole). `name` is the setting it came from, e.g. data.root."""
+    dest = Path(dest)
+    where = f"{name}: {dest}" if name else str(dest)
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{where}: is a file; the synthetic dataset needs a new or empty folder")
+    parent = next(p for p in dest.parents if p.exists())  # '.' or '/' at the latest
+    if not parent.is_dir():
+        raise UserError(f"{where}: {parent} is a file, so no folder can be made inside it")
+    if dest.is_dir() and any(dest.iterdir()) and not (dest / "dataset.json").is_file():
+        raise UserError(f"{where}: folder exists and is not a synthetic dataset; choose an empty or new folder")
+
+
+def _read_manifest(path: Path) -> object:
+    """The recorded dataset description, or None when the file is damaged (the dataset is then rebuilt)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def generate(settings: SyntheticSettings, size: int, dest: Path, progress: bool = True) -> SyntheticInfo:
     """Write the dataset into `dest` unless the same one is already there; atomic as a whole.
 
@@ -212,11 +235,10 @@ def generate(settings: SyntheticSettings, size: int, dest: Path, progress: bool 
     info = SyntheticInfo(dest, CLASSES, 10 * (settings.train_per_class + settings.val_per_class), size, settings.seed)
     manifest = dest / "dataset.json"
     wanted = {**asdict(info), "root": None, "settings": settings.model_dump()}
-    if manifest.exists() and json.loads(manifest.read_text()) == json.loads(json.dumps(wanted)):
+    check_dest(dest)
+    if manifest.exists() and _read_manifest(manifest) == json.loads(json.dumps(wanted)):
         log.info("synthetic dataset already in %s", dest)
         return info
-    if dest.exists() and any(dest.iterdir()) and not manifest.exists():
-        raise UserError(f"{dest}: folder exists and is not a synthetic dataset; choose an empty or new folder")
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for top in ("", "masks"):

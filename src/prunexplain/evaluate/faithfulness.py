@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunexplain.evaluate.metrics import spearman_to_dense, MetricInputs
+from prunexplain.evaluate.metrics import MetricInputs, spearman_to_dense
 
 ToInput = Callable[[torch.Tensor], torch.Tensor]  # 0..1 images -> the model's input (normalised)
 Explainer = Callable[[nn.Module, torch.Tensor], np.ndarray]  # model, input -> maps [N, H, W]
@@ -79,7 +79,8 @@ def randomisation_similarity(
     results = []
     for name, layer in _layers_top_down(randomised):
         with torch.no_grad():
-            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * layer.weight.std().clamp(min=1e-3))
+            scale = layer.weight.std().clamp(min=1e-3)
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * scale)
             if layer.bias is not None:
                 layer.bias.zero_()
         maps = explainer(randomised, inputs)

@@ -69,7 +69,8 @@ def top_iou_dense(x: MetricInputs) -> np.ndarray:
 
 def ssim_dense(x: MetricInputs) -> np.ndarray:
     """Structural similarity (scikit-image) of the map with the dense model's map, both in 0..1."""
-    return np.array([structural_similarity(a, b, data_range=1.0) for a, b in zip(_scaled(x.maps), _scaled(x.reference))])
+    pairs = zip(_scaled(x.maps), _scaled(x.reference))
+    return np.array([structural_similarity(a, b, data_range=1.0) for a, b in pairs])
 
 
 def _scaled(maps: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 """One figure: each metric (mean and 95 % interval) and test accuracy against compression rate,
-one line per pruning method, every line starting at the dense model (rate 1)."""
+one line per pruning method, every line starting at the dense model (rate 1). A
+`matplotlib.figure.Figure`, no pyplot: nothing global changes when a stage draws it."""
 
 from __future__ import annotations
 
@@ -7,17 +8,24 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from prunexplain.explain.render import save_figure, plt
+import matplotlib
+from matplotlib.figure import Figure
+
+from prunexplain.runs import write_with
 
 
 def plot_metrics(rows: list[dict], accuracies: dict[str, list[tuple[float, float]]], path: Path) -> Path:
+    """Write the figure of metrics.csv's rows and each method's (rate, accuracy) points to `path` (PNG)."""
     by_metric: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         by_metric[row["metric"]][row["method"]].append(row)
     panels = [*by_metric, "test accuracy"] if accuracies else list(by_metric)
     columns = 4
-    figure, axes = plt.subplots(math.ceil(len(panels) / columns), columns, figsize=(16, 3.3 * math.ceil(len(panels) / columns)), dpi=90, squeeze=False)
-    colours = dict(zip(sorted({r["method"] for r in rows} - {"dense"} | set(accuracies)), plt.cm.tab10.colors))
+    lines = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(16, 3.3 * lines), dpi=90)
+    axes = figure.subplots(lines, columns, squeeze=False)
+    methods = sorted({r["method"] for r in rows} - {"dense"} | set(accuracies))
+    colours = dict(zip(methods, matplotlib.colormaps["tab10"].colors))
     for axis, panel in zip(axes.flat, panels):
         if panel == "test accuracy":
             for method, points in accuracies.items():
@@ -41,4 +49,4 @@ def plot_metrics(rows: list[dict], accuracies: dict[str, list[tuple[float, float
         axes.flat[0].legend(fontsize=7)
     figure.supxlabel("compression rate")
     figure.tight_layout()
-    return save_figure(figure, path)
+    return write_with(path, lambda handle: figure.savefig(handle, format="png"))

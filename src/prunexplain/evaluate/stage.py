@@ -18,14 +18,13 @@ import torch
 from tqdm import tqdm
 
 from prunexplain.config import Settings, UserError
-from prunexplain.data.loaders import decode, normalise
+from prunexplain.data.loaders import normalise, object_masks, read_image_rows, stacked
 from prunexplain.evaluate.faithfulness import deletion_insertion, randomisation_similarity
 from prunexplain.evaluate.metrics import METRICS, MetricInputs, bootstrap_mean
 from prunexplain.evaluate.plot import plot_metrics
 from prunexplain.explain.cam import explain
-from prunexplain.explain.stage import explained_images, run_models, stacked
 from prunexplain.models import load_checkpoint, select_device
-from prunexplain.runs import Run, write_csv
+from prunexplain.runs import ModelKey, Run, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +41,16 @@ class EvaluateResult:
         return f"{len(self.rows)} rows in {self.table}, plot {self.plot}{flagged}"
 
 
-def _method_rate(key: str) -> tuple[str, float]:
-    if key == "dense":
-        return "dense", 1.0
-    method, rate = key.split("/")
-    return method, float(rate.removeprefix("cr_"))
-
-
 def _object_masks(images, size: int) -> np.ndarray | None:
-    if images.masks is None:
+    masks = object_masks(images, size)
+    if masks is None:
         log.info("evaluate: the dataset has no object masks; localisation metrics skipped")
-        return None
-    return np.stack([decode(path, size)[..., 0] >= 128 for path in images.masks])
+    return masks
 
 
 def _per_image(
-    settings: Settings, run: Run, key: str, path: Path, inputs: MetricInputs, x01: torch.Tensor, device: torch.device
+    settings: Settings, run: Run, key: ModelKey, path: Path, inputs: MetricInputs, x01: torch.Tensor,
+    device: torch.device,
 ) -> dict:
     """Every metric of one model, per image; `x01` are the explained images, 0..1, on `device`."""
     values = {
@@ -68,7 +61,7 @@ def _per_image(
     model, checkpoint = load_checkpoint(path, device)
     data = settings.data.model_copy(update={"normalize": checkpoint["meta"]["data"]["normalize"]})
     to_input = lambda x: normalise(x, data)  # noqa: E731
-    classes = torch.from_numpy(np.load(run.path("explain", key, "predictions.npy"))).to(device)
+    classes = torch.from_numpy(np.load(run.predictions(key))).to(device)
     values["deletion_auc"], values["insertion_auc"] = deletion_insertion(
         model, x01, inputs.maps, classes, to_input, settings.evaluate.steps, settings.explain.batch_size
     )
@@ -82,31 +75,32 @@ def _per_image(
 
 def evaluate_stage(settings: Settings, run: Run) -> EvaluateResult:
     """Score the maps of every model the explain stage wrote."""
-    models = {k: p for k, p in run_models(run).items() if run.path("explain", k, "maps.npy").exists()}
-    if "dense" not in models:
+    models = {key: path for key, path in run.models().items() if run.maps(key).is_file()}
+    dense = ModelKey()
+    if dense not in models:
         raise UserError("evaluate: no Grad-CAM maps of the dense model; run `prunexplain explain` first")
-    dense_maps = np.load(run.path("explain", "dense", "maps.npy"))
-    images = explained_images(settings, run)
+    dense_maps = np.load(run.maps(dense))
+    _, checkpoint = load_checkpoint(models[dense])
+    images = read_image_rows(run.explained_images, checkpoint["meta"]["classes"])
     if len(images) != len(dense_maps):
-        raise UserError(f"evaluate: explain/ holds maps of {len(dense_maps)} images, settings ask for "
-                        f"{len(images)} (explain.images); run `prunexplain explain` again")
+        raise UserError(f"{run.explained_images}: lists {len(images)} images, the dense maps hold "
+                        f"{len(dense_maps)}; run `prunexplain explain` again")
     size = dense_maps.shape[-1]
-    device = select_device(settings.train.device)
+    device = select_device(settings.runtime.device)
     x01, masks = stacked(images, size).to(device).float() / 255, _object_masks(images, size)
     rows, flagged = [], []
-    for key, path in tqdm(models.items(), desc="evaluate", unit="model", disable=not settings.train.progress):
-        maps = np.load(run.path("explain", key, "maps.npy"))
-        inputs = MetricInputs(maps=maps, masks=masks, reference=None if key == "dense" else dense_maps,
+    for key, path in tqdm(models.items(), desc="evaluate", unit="model", disable=not settings.runtime.progress):
+        maps = np.load(run.maps(key))
+        inputs = MetricInputs(maps=maps, masks=masks, reference=None if key.dense else dense_maps,
                               share=settings.explain.occlusion)
-        method, rate = _method_rate(key)
         for metric, values in _per_image(settings, run, key, path, inputs, x01, device).items():
             mean, low, high = bootstrap_mean(values, settings.evaluate.seed, settings.evaluate.resamples)
-            rows.append({"method": method, "rate": rate, "metric": metric, "mean": mean,
+            rows.append({"method": key.method or "dense", "rate": key.rate, "metric": metric, "mean": mean,
                          "ci_low": low, "ci_high": high, "n": len(values)})
             if metric == "sanity_spearman_all_layers" and mean > settings.evaluate.sanity_threshold:
-                flagged.append(key)
-    table = write_csv(run.path("evaluate", "metrics.csv"), rows)
-    plot = plot_metrics(rows, _accuracies(run), run.path("evaluate", "metrics.png"))
+                flagged.append(str(key))
+    table = write_csv(run.metrics, rows)
+    plot = plot_metrics(rows, _accuracies(run), run.metrics_plot)
     if flagged:
         log.warning("maps that survive model randomisation (not explaining the model): %s", ", ".join(flagged))
     return EvaluateResult(table, plot, rows, flagged)
@@ -115,7 +109,7 @@ def evaluate_stage(settings: Settings, run: Run) -> EvaluateResult:
 def _accuracies(run: Run) -> dict[str, list[tuple[float, float]]]:
     """Test top-1 against rate per pruning method, from the prune stage's tables."""
     curves = {}
-    for table in sorted(run.path("prune").glob("*/results.csv")):
+    for method, table in run.prune_tables().items():
         with open(table) as handle:
-            curves[table.parent.name] = [(float(r["sparsity"]), float(r["test_top1_accuracy"])) for r in csv.DictReader(handle)]
+            curves[method] = [(float(r["sparsity"]), float(r["test_top1_accuracy"])) for r in csv.DictReader(handle)]
     return curves

@@ -1,6 +1,8 @@
 """Pictures of explanations for people: occlusion maps, jet heatmaps and the study's panels.
 
 Images are uint8 `[H, W, 3]` arrays, maps float `[H, W]` at the image's size (`cam.upsample`).
+Figures are `matplotlib.figure.Figure`s drawn on their own Agg canvas: no pyplot, no global figure
+state, no backend switched at import, so importing this module changes nothing for its caller.
 """
 
 from __future__ import annotations
@@ -8,14 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from prunexplain.runs import write_with  # noqa: E402
+from prunexplain.runs import write_with
 
 
 def top_pixels(maps: torch.Tensor, share: float = 0.10) -> torch.Tensor:
@@ -36,7 +37,7 @@ def occlude(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Jet colour map of the map (scaled to 0..1) blended over the image with weight `alpha`."""
     scaled = (cam - cam.min()) / max(float(cam.max() - cam.min()), 1e-12)
-    colours = plt.get_cmap("jet")(scaled)[..., :3] * 255
+    colours = matplotlib.colormaps["jet"](scaled)[..., :3] * 255
     return np.clip(alpha * colours + (1 - alpha) * image, 0, 255).astype(np.uint8)
 
 
@@ -47,12 +48,6 @@ def save_png(image: np.ndarray, path: Path) -> Path:
 def _pretty(label: str) -> str:
     """'3-chainsaw' -> 'Chainsaw': the class as the study's titles name it."""
     return label.split("-", 1)[-1].capitalize()
-
-
-def save_figure(figure, path: Path) -> Path:
-    write_with(path, lambda handle: figure.savefig(handle, format="png"))
-    plt.close(figure)
-    return Path(path)
 
 
 class Exp1Panels:
@@ -67,7 +62,9 @@ class Exp1Panels:
     _TITLES = ("Algorithm 1", "Original Image", "Algorithm 2")
 
     def __enter__(self) -> Exp1Panels:
-        self.figure, axes = plt.subplots(1, 3, figsize=(9, 3.4), dpi=100)
+        self.figure = Figure(figsize=(9, 3.4), dpi=100)
+        FigureCanvasAgg(self.figure)  # one Agg canvas measures the layout and draws every panel
+        axes = self.figure.subplots(1, 3)
         self.pictures = []
         for axis, title in zip(axes, self._TITLES):
             self.pictures.append(axis.imshow(np.zeros((2, 2, 3), np.uint8)))
@@ -79,7 +76,7 @@ class Exp1Panels:
         return self
 
     def __exit__(self, *exc) -> None:
-        plt.close(self.figure)
+        self.figure.clear()  # its artists hold the last panel's pictures
 
     def __call__(self, left: np.ndarray, original: np.ndarray, right: np.ndarray, label: str, path: Path) -> Path:
         for shown, picture in zip(self.pictures, (left, original, right)):

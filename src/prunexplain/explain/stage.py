@@ -8,7 +8,6 @@ than Grad-CAM) with `predictions.npy`, and with `explain.render` occlusion and h
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +15,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from prunexplain.config import DataSettings, Settings, UserError
+from prunexplain.config import Settings, UserError
 from prunexplain.data import class_names, dataset_root
-from prunexplain.data.loaders import FolderImages, ImageSet, load_splits, prepare
-from prunexplain.explain.cam import METHODS, explain
+from prunexplain.data.loaders import ImageSet, image_rows, load_splits, stacked
+from prunexplain.explain.batched import maps_and_predictions
+from prunexplain.explain.cam import METHODS
 from prunexplain.explain.render import heatmap, occlude, save_png, top_pixels
-from prunexplain.models import load_checkpoint, select_device
-from prunexplain.runs import Run, write_csv, write_with
+from prunexplain.models import check_fits, load_checkpoint, select_device
+from prunexplain.runs import ModelKey, Run, write_csv, write_with
 
 log = logging.getLogger(__name__)
 
@@ -36,86 +36,51 @@ class ExplainResult:
         return f"{len(self.models)} models x {self.images} images: {', '.join(self.models)}"
 
 
-def run_models(run: Run) -> dict[str, Path]:
-    """The run's checkpoints by name: 'dense', then '<method>/cr_<rate>' in increasing rate."""
-    models = {"dense": run.path("train", "model.pt")} if run.path("train", "model.pt").exists() else {}
-    rate = lambda path: float(re.sub(r"^cr_", "", path.parent.name))  # noqa: E731
-    for method in sorted(p for p in run.path("prune").glob("*") if p.is_dir()):
-        for path in sorted(method.glob("cr_*/model.pt"), key=rate):
-            models[f"{method.name}/{path.parent.name}"] = path
-    return models
-
-
-def _chosen(available: dict[str, Path], wanted: list[str]) -> dict[str, Path]:
+def _chosen(available: dict[ModelKey, Path], wanted: list[str]) -> dict[ModelKey, Path]:
     if not available:
         raise UserError("explain: the run has no models yet; run `prunexplain train` (and `prune`) first")
-    unknown = [name for name in wanted if name not in available]
+    keys = [ModelKey.parse(name) for name in wanted]
+    unknown = [str(key) for key in keys if key not in available]
     if unknown:
-        raise UserError(f"explain.models: unknown {unknown} (this run has: {', '.join(available)})")
-    return {name: available[name] for name in wanted} if wanted else available
+        raise UserError(f"explain.models: unknown {unknown} (this run has: {', '.join(map(str, available))})")
+    return {key: available[key] for key in keys} if keys else available
 
 
 def explained_images(settings: Settings, run: Run) -> ImageSet:
     """The images every model is explained on: the first `explain.images` of the test split."""
-    root = dataset_root(settings.data, run.root, progress=False)
+    root = dataset_root(settings.data, run, progress=False)
     test = load_splits(root, settings.data.split_seed, class_names(settings.data)).test
-    return test.subset(range(min(settings.explain.images, len(test))))
+    if settings.explain.images > len(test):
+        raise UserError(f"explain.images={settings.explain.images}: the test split has only {len(test)} images")
+    return test.subset(range(settings.explain.images))
 
 
-def stacked(images: ImageSet, size: int) -> torch.Tensor:
-    """The images as one uint8 batch `[N, 3, size, size]`."""
-    dataset = FolderImages(images, size)
-    return torch.stack([dataset[i][0] for i in range(len(dataset))])
-
-
-def _test_images(settings: Settings, run: Run, meta: dict) -> tuple[torch.Tensor, list[dict]]:
-    """The explained images as a batch at the model's size, and a row per image."""
-    test = explained_images(settings, run)
-    rows = [
-        {"index": i, "path": str(path), "label": label, "class": test.classes[label]}
-        for i, (path, label) in enumerate(zip(test.paths, test.labels))
-    ]
-    return stacked(test, meta["data"]["image_size"]), rows
-
-
-def maps_and_predictions(model, images, data: DataSettings, settings, device) -> tuple[np.ndarray, np.ndarray]:
-    """Maps of the predicted classes and the predictions, batch by batch (uint8 images in)."""
-    maps, predictions = [], []
-    for start in range(0, len(images), settings.batch_size):
-        x = prepare(images[start : start + settings.batch_size].to(device), data)
-        with torch.no_grad():
-            classes = model(x).argmax(1)
-        maps.append(explain(model, x, settings.method, classes, settings.target_layer).cpu())
-        predictions.append(classes.cpu())
-    return torch.cat(maps).numpy().astype(np.float32), torch.cat(predictions).numpy()
-
-
-def _render(folder: Path, images: torch.Tensor, maps: np.ndarray, settings) -> None:
+def _render(run: Run, key: ModelKey, images: torch.Tensor, maps: np.ndarray, settings) -> None:
     masks = top_pixels(torch.from_numpy(maps), settings.occlusion).numpy()
     for i, (image, cam, mask) in enumerate(zip(images.permute(0, 2, 3, 1).numpy(), maps, masks)):
-        save_png(occlude(image, mask), folder / "png" / f"{i}_occlusion.png")
-        save_png(heatmap(image, cam, settings.heatmap_alpha), folder / "png" / f"{i}_heatmap.png")
+        save_png(occlude(image, mask), run.render(key, i, "occlusion"))
+        save_png(heatmap(image, cam, settings.heatmap_alpha), run.render(key, i, "heatmap"))
 
 
 def explain_stage(settings: Settings, run: Run) -> ExplainResult:
     """Explain every chosen model of the run on the same first N test images."""
     if settings.explain.method not in METHODS:
         raise UserError(f"explain.method: unknown CAM method {settings.explain.method!r} (known: {', '.join(METHODS)})")
-    models = _chosen(run_models(run), settings.explain.models)
-    device = select_device(settings.train.device)
+    models = _chosen(run.models(), settings.explain.models)
+    device = select_device(settings.runtime.device)
+    test = explained_images(settings, run)
     _, first = load_checkpoint(next(iter(models.values())))
-    images, rows = _test_images(settings, run, first["meta"])
-    write_csv(run.path("explain", "images.csv"), rows)
-    name = "maps.npy" if settings.explain.method == "gradcam" else f"maps-{settings.explain.method}.npy"
+    check_fits(first, next(iter(models.values())), list(test.classes), settings.data.image_size)
+    images = stacked(test, first["meta"]["data"]["image_size"])
+    write_csv(run.explained_images, image_rows(test))
     written = {}
-    for key, path in tqdm(models.items(), desc="explain", unit="model", disable=not settings.train.progress):
+    for key, path in tqdm(models.items(), desc="explain", unit="model", disable=not settings.runtime.progress):
         model, checkpoint = load_checkpoint(path, device)
         data = settings.data.model_copy(update={"normalize": checkpoint["meta"]["data"]["normalize"]})
         maps, predictions = maps_and_predictions(model, images, data, settings.explain, device)
-        folder = run.path("explain", key)
-        written[key] = write_with(folder / name, lambda handle: np.save(handle, maps))
-        write_with(folder / "predictions.npy", lambda handle: np.save(handle, predictions))
+        written[str(key)] = write_with(run.maps(key, settings.explain.method), lambda handle: np.save(handle, maps))
+        write_with(run.predictions(key), lambda handle: np.save(handle, predictions))
         if settings.explain.render:
-            _render(folder, images, maps, settings.explain)
+            _render(run, key, images, maps, settings.explain)
         log.info("explained %s: %d maps", key, len(maps))
     return ExplainResult(written, len(images))

@@ -103,8 +103,8 @@ def compute_masks(
     else:
         names = list(weights)
         total = sum(method.units(weights[n]) for n in names)
-        flat = _keep_top(torch.cat([scores[n].flatten() for n in names]), torch.cat([alive[n].flatten() for n in names]),
-                         max(1, round(total / rate)))
+        flat = _keep_top(torch.cat([scores[n].flatten() for n in names]),
+                         torch.cat([alive[n].flatten() for n in names]), max(1, round(total / rate)))
         sizes = [scores[n].numel() for n in names]
         units = {n: part.view(scores[n].shape) for n, part in zip(names, flat.split(sizes))}
     return {name: _expand(units[name], weights[name], method.unit) for name in weights}

@@ -1,5 +1,6 @@
 """Accuracy against compression rate, one colour per method: after fine-tuning (solid) and right
-after pruning, before fine-tuning (dashed)."""
+after pruning, before fine-tuning (dashed). A `matplotlib.figure.Figure`, no pyplot: nothing global
+changes when a stage draws it."""
 
 from __future__ import annotations
 
@@ -7,11 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from prunexplain.runs import write_with  # noqa: E402
+from prunexplain.runs import write_with
 
 
 def _number(value: Any) -> float | None:
@@ -23,8 +22,9 @@ def _number(value: Any) -> float | None:
 
 def plot_accuracy(rows: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     """Write the plot of every method's results rows (dense row first) to `path` (PNG)."""
-    figure, axis = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for colour, (method, table) in zip(plt.cm.tab10.colors, rows.items()):
+    figure = Figure(figsize=(6.4, 4.2), dpi=120)
+    axis = figure.subplots()
+    for colour, (method, table) in zip(matplotlib.colormaps["tab10"].colors, rows.items()):
         rates = [float(r["sparsity"]) for r in table]
         axis.plot(rates, [float(r["test_top1_accuracy"]) for r in table], "o-", color=colour, label=method)
         before = [(float(r["sparsity"]), _number(r["accuracy_before_finetune"])) for r in table[1:]]
@@ -39,6 +39,4 @@ def plot_accuracy(rows: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     figure.tight_layout()
-    write_with(path, lambda handle: figure.savefig(handle, format="png"))
-    plt.close(figure)
-    return Path(path)
+    return write_with(path, lambda handle: figure.savefig(handle, format="png"))

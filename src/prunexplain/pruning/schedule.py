@@ -5,10 +5,18 @@ weights, fine-tunes it with masks held fixed (pruned weights are zeroed after ev
 so they are exactly zero in every forward pass and in the saved state), and saves a checkpoint
 with its masks and its results row. A killed run starts again at the first rate without a
 checkpoint made with the same settings; `results.csv` is rewritten from those checkpoints.
+
+Each rate's checkpoint carries a fingerprint of what made it: the dense checkpoint, the settings of
+data, model, training and pruning, the method and the schedule *up to that rate*. Extending a
+schedule (adding 128 after 64) therefore keeps every finished rate; a rate that is recomputed makes
+every later one recomputed too, as each starts from the one before. Checkpoints of rates or methods
+no longer in the settings are moved under `retired/`, so they are never listed as the run's models.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -20,11 +28,11 @@ import torch
 from torch import nn
 
 from prunexplain.config import Settings, UserError
-from prunexplain.models import file_digest, load_checkpoint, model_settings, save_checkpoint
+from prunexplain.models import check_fits, file_digest, load_checkpoint, model_settings, save_checkpoint
 from prunexplain.pruning.masks import apply_masks, channel_masks, count_nonzero
 from prunexplain.pruning.methods import compute_masks, get_method, prunable_weights
 from prunexplain.pruning.plot import plot_accuracy
-from prunexplain.runs import Run, write_csv
+from prunexplain.runs import ModelKey, Run, fault_point, write_csv
 from prunexplain.train import device_for, evaluate, fit, run_loaders
 
 log = logging.getLogger(__name__)
@@ -49,10 +57,6 @@ class PruneResult:
             accuracies = ", ".join(f"{r['sparsity']}x {float(r['test_top1_accuracy']):.3f}" for r in rows)
             lines.append(f"{method}: test top-1 {accuracies} ({self.tables[method]})")
         return "\n".join([*lines, f"plot: {self.plot}"])
-
-
-def rate_dir(run: Run, method: str, rate: float) -> Path:
-    return run.path("prune", method, f"cr_{rate:g}")
 
 
 def _elapsed(seconds: float) -> str:
@@ -88,13 +92,19 @@ def _finetune_settings(settings: Settings, step: int):
     )
 
 
+def rate_fingerprint(base: str, name: str, rates: list[float]) -> str:
+    """What makes a method's checkpoint at rates[-1]: `base` (dense checkpoint and settings), the
+    method and the schedule up to that rate; later rates do not change it."""
+    return hashlib.sha256(json.dumps([base, name, [f"{r:g}" for r in rates]]).encode()).hexdigest()[:16]
+
+
 def prune_method(
-    name: str, settings: Settings, run: Run, loaders: dict, device: torch.device, dense: Path, fingerprint: str
+    name: str, settings: Settings, run: Run, loaders: dict, device: torch.device, dense: Path, base: str
 ) -> list[dict[str, Any]]:
     """The whole schedule of one method; returns the results rows (dense first).
 
-    `fingerprint` identifies the settings and the dense checkpoint: a saved rate is reused only if
-    it carries the same one.
+    A saved rate is reused only if it carries the fingerprint of `base` and the schedule up to it,
+    and no earlier rate was recomputed in this call.
     """
     method, prune = get_method(name), settings.prune
     model, checkpoint = load_checkpoint(dense, device)
@@ -103,31 +113,35 @@ def prune_method(
     masks = {k: torch.ones_like(w, dtype=torch.bool, device="cpu") for k, w in weights.items()}
     rows = [{**_dense_row(name, meta), "nonzero_params": count_nonzero(model, weights)["nonzero_params"]}]
     part = "features" if prune.scope == "conv" else "features+classifier"
+    recomputed = False
     for step, rate in enumerate(prune.rates):
-        path = rate_dir(run, name, rate) / "model.pt"
-        finished = _finished(path, fingerprint, device)
+        key = ModelKey.pruned(name, rate)
+        path, fingerprint = run.checkpoint(key), rate_fingerprint(base, name, prune.rates[: step + 1])
+        finished = None if recomputed else _finished(path, fingerprint, device)
         if finished is not None:
             model, saved = finished
             weights, masks = prunable_weights(model, prune.scope), saved["masks"]
             rows.append(saved["meta"]["row"])
             log.info("%s %gx: done already", name, rate)
             continue
-        start = time.perf_counter()
+        recomputed, start = True, time.perf_counter()
         masks = compute_masks(method, weights, masks, rate, torch.Generator().manual_seed(_step_seed(prune.seed, step)))
         if method.unit == "filter":
             masks.update(channel_masks(model, masks))
         apply_masks(model, masks)
-        before = evaluate(model, loaders["test"], settings.data, device, settings.train.amp)
+        amp = settings.runtime.amp
+        before = evaluate(model, loaders["test"], settings.data, device, amp)
         fitted = None
         if prune.max_epochs > 0:
-            fitted = fit(model, loaders["train"], loaders["valid"], _finetune_settings(settings, step), settings.data, device,
-                         after_step=lambda: apply_masks(model, masks), description=f"{name} {rate:g}x")
+            fitted = fit(model, loaders["train"], loaders["valid"], _finetune_settings(settings, step), settings.data,
+                         device, settings.runtime, after_step=lambda: apply_masks(model, masks),
+                         description=f"{name} {rate:g}x")
         # fit restored the weights of its best valid epoch, so its valid accuracy is theirs
         if fitted is not None:
             valid = fitted.valid_accuracy
         else:
-            valid = evaluate(model, loaders["valid"], settings.data, device, settings.train.amp)["top1"]
-        test = evaluate(model, loaders["test"], settings.data, device, settings.train.amp)
+            valid = evaluate(model, loaders["valid"], settings.data, device, amp)["top1"]
+        test = evaluate(model, loaders["test"], settings.data, device, amp)
         row = {
             "pruning_method": name, "sparsity": f"{rate:g}", "modules_pruned_and_finetuned": part,
             "pruned_model_path": str(path), "batch_size": settings.train.batch_size,
@@ -141,9 +155,10 @@ def prune_method(
                         {**meta, "prune": {"method": name, "rate": rate, "step": step}, "row": row,
                          "fingerprint": fingerprint})
         rows.append(row)
-        write_csv(run.path("prune", name, "results.csv"), rows)
+        write_csv(run.prune_results(name), rows)
         log.info("%s %gx: test top-1 %.4f (before fine-tuning %.4f)", name, rate, test["top1"], before["top1"])
-    write_csv(run.path("prune", name, "results.csv"), rows)
+        fault_point(f"rate:{key}")
+    write_csv(run.prune_results(name), rows)
     return rows
 
 
@@ -155,16 +170,34 @@ def _finished(path: Path, fingerprint: str, device: torch.device) -> tuple[nn.Mo
     return (model, checkpoint) if checkpoint["meta"].get("fingerprint") == fingerprint else None
 
 
+def retire_unscheduled(settings: Settings, run: Run) -> list[ModelKey]:
+    """Move aside the outputs of pruned models that the settings no longer ask for."""
+    wanted = {ModelKey.pruned(m, r) for m in settings.prune.methods for r in settings.prune.rates}
+    stale = [key for key in run.models() if not key.dense and key not in wanted]
+    for key in stale:
+        moved = run.retire(key)
+        log.warning("%s is no longer in prune.methods x prune.rates: its outputs moved to %s", key,
+                    ", ".join(map(str, moved)))
+    for method, table in run.prune_tables().items():
+        if method not in settings.prune.methods:
+            table.unlink()
+    return stale
+
+
 def prune_stage(settings: Settings, run: Run) -> PruneResult:
     """Every method of `settings.prune` over its schedule, starting from the run's trained model."""
     for name in settings.prune.methods:
         get_method(name)  # unknown names fail before any work
-    dense = run.path("train", "model.pt")
+    dense = run.dense_checkpoint
     if not dense.exists():
         raise UserError(f"{dense}: no trained model; run `prunexplain train` (or `prunexplain run`) first")
-    device = device_for(settings.train)
-    _, loaders = run_loaders(settings, run, device)
-    fingerprint = settings.fingerprint("data", "model", "train", "prune") + file_digest(dense)[:16]
-    rows = {name: prune_method(name, settings, run, loaders, device, dense, fingerprint) for name in settings.prune.methods}
-    tables = {name: run.path("prune", name, "results.csv") for name in rows}
-    return PruneResult(tables, rows, plot_accuracy(rows, run.path("prune", "accuracy.png")))
+    device = device_for(settings.runtime)
+    splits, loaders = run_loaders(settings, run, device)
+    check_fits(torch.load(dense, map_location="cpu", weights_only=True), dense, splits.train.classes,
+               settings.data.image_size)
+    retire_unscheduled(settings, run)
+    prune = settings.prune.model_dump(mode="json", exclude={"methods", "rates"})
+    base = settings.fingerprint("data", "model", "train") + json.dumps(prune, sort_keys=True) + file_digest(dense)
+    rows = {name: prune_method(name, settings, run, loaders, device, dense, base) for name in settings.prune.methods}
+    tables = {name: run.prune_results(name) for name in rows}
+    return PruneResult(tables, rows, plot_accuracy(rows, run.accuracy_plot))

@@ -66,6 +66,7 @@ def shrink_vgg(model: nn.Module, masks: Masks) -> nn.Module:
     for index in linears:
         layer = model.classifier[index]
         last = index == linears[-1]
-        rows = torch.arange(layer.out_features) if last else _alive(masks, f"classifier.{index}.weight", layer.out_features)
+        rows = (torch.arange(layer.out_features) if last
+                else _alive(masks, f"classifier.{index}.weight", layer.out_features))
         model.classifier[index], keep = _linear(layer, rows, keep), rows
     return model

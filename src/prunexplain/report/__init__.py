@@ -2,8 +2,10 @@
 
 Settings, training, accuracy against compression rate, explanation metrics, a grid of example
 explanations, the study's stimuli and the analysed answers, each section only where its files
-exist (else one line naming the command that makes them). Pictures are inline PNG data URIs and
-the page forbids network requests, so the file can be mailed and opened offline.
+exist (else one line naming the command that makes them). Python gathers each section's data
+(blocks.py, sections.py, grid.py, study.py); Jinja2 templates (templates/) hold all the markup.
+Pictures are inline PNG data URIs and the page forbids network requests, so the file can be mailed
+and opened offline.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from prunexplain.config import ReportSettings, UserError
 from prunexplain.report.grid import grid_section
-from prunexplain.report.html import page
+from prunexplain.report.page import render_page
 from prunexplain.report.sections import metrics_section, pruning_section, settings_section, training_section
 from prunexplain.report.study import analysis_section, stimuli_section
 from prunexplain.runs import Run, write_text
@@ -45,9 +47,9 @@ def write_report(run: Run, settings: ReportSettings | None = None) -> ReportResu
         metrics_section(run, settings), grid_section(run, settings), stimuli_section(run, settings),
         analysis_section(run, settings),
     ]
-    text = page(f"prunexplain report: {run.root.name}", f"Run directory {run.root}", sections)
-    path = write_text(run.path("report.html"), text)
-    result = ReportResult(path, [s.title for s in sections if s.body is not None],
-                          [s.title for s in sections if s.body is None], len(text.encode()))
+    text = render_page(f"prunexplain report: {run.root.name}", f"Run directory {run.root}", sections)
+    path = write_text(run.report, text)
+    result = ReportResult(path, [s.title for s in sections if s.missing is None],
+                          [s.title for s in sections if s.missing is not None], len(text.encode()))
     log.info("report written: %s", result.summary())
     return result

@@ -1,7 +1,7 @@
 """The grid of example explanations: one row per image, the original then every model's heatmap.
 
-Reads `explain/images.csv` and each model's `maps.npy` and `predictions.npy`; the overlays are
-drawn here (jet, as the study's heatmaps) at the maps' size, so nothing needs `explain --render`.
+Reads the explained images' table and each model's maps and predictions; the overlays are drawn
+here (jet, as the study's heatmaps) at the maps' size, so nothing needs `explain --render`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 from prunexplain.config import ReportSettings, UserError
 from prunexplain.data.loaders import decode
 from prunexplain.explain.render import heatmap
-from prunexplain.report.html import Raw, Section, join, png_uri, tag
-from prunexplain.report.sections import read_csv
+from prunexplain.report.blocks import png_uri, read_csv
+from prunexplain.report.page import Section
 from prunexplain.runs import Run
 
 log = logging.getLogger(__name__)
@@ -26,77 +26,58 @@ _TITLE = "Example explanations"
 
 
 @dataclass(frozen=True)
-class Column:
-    """One explained model: 'dense' or '<method>/cr_<rate>'."""
+class Cell:
+    """One picture of the grid, shown `width` pixels wide; under it the true class (first column) or the
+    class a model wrongly predicts (its map then explains that class)."""
 
-    key: str
-    method: str
-    rate: float
-
-    @property
-    def heading(self) -> str:
-        return "dense" if self.method == "dense" else f"x{self.rate:g}"
+    uri: str
+    title: str
+    width: int
+    truth: str | None = None
+    wrong: str | None = None
 
 
-def explained_models(run: Run) -> list[Column]:
-    """Every model with Grad-CAM maps: dense first, then each method in increasing rate."""
-    root = run.path("explain")
-    columns = [Column("dense", "dense", 1.0)] if (root / "dense" / "maps.npy").exists() else []
-    for method in sorted(p for p in root.glob("*") if p.is_dir() and p.name != "dense"):
-        found = [Column(f"{method.name}/{p.parent.name}", method.name, float(p.parent.name.removeprefix("cr_")))
-                 for p in method.glob("cr_*/maps.npy")]
-        columns += sorted(found, key=lambda column: column.rate)
-    return columns
+@dataclass(frozen=True)
+class Grid:
+    groups: list[tuple[str, int]]  # header row 1: each pruning method and how many rates it spans
+    headings: list[str]  # header row 2: each model's column
+    rows: list[list[Cell]]
+    total: int  # explained images; the first len(rows) are shown
 
 
 def grid_section(run: Run, settings: ReportSettings) -> Section:
-    columns = explained_models(run)
-    if not columns or not run.path("explain", "images.csv").exists():
+    keys = run.explained_models()
+    if not keys or not run.explained_images.exists():
         return Section("grid", _TITLE, missing="no explanations yet: run `prunexplain explain`")
-    rows = read_csv(run.path("explain", "images.csv"))
+    rows = read_csv(run.explained_images)
     names = _class_names(run, rows)
     shown = rows[: settings.images]
-    maps = {c.key: np.load(run.path("explain", c.key, "maps.npy"), mmap_mode="r")[: len(shown)] for c in columns}
-    predictions = {c.key: np.load(run.path("explain", c.key, "predictions.npy")) for c in columns}
-    body = _header(columns)
+    maps = {key: np.load(run.maps(key), mmap_mode="r")[: len(shown)] for key in keys}
+    predictions = {key: np.load(run.predictions(key)) for key in keys}
+    cells = []
     for i, row in enumerate(shown):
-        image = _image(Path(row["path"]), maps[columns[0].key].shape[-1])
+        image = _image(Path(row["path"]), maps[keys[0]].shape[-1])
         grey = np.repeat(image.mean(axis=2, keepdims=True), 3, axis=2).astype(np.uint8)
-        cells = [_picture(image, f"#{row['index']} {row['class']}", settings, truth=row["class"])]
-        for column in columns:
-            overlay = heatmap(grey, np.asarray(maps[column.key][i]), settings.heatmap_alpha)
-            predicted = int(predictions[column.key][i])
+        line = [_cell(image, f"#{row['index']} {row['class']}", settings, truth=row["class"])]
+        for key in keys:
+            overlay = heatmap(grey, np.asarray(maps[key][i]), settings.heatmap_alpha)
+            predicted = int(predictions[key][i])
             wrong = names.get(predicted, f"class {predicted}") if predicted != int(row["label"]) else None
-            cells.append(_picture(overlay, f"{column.key}: predicts {wrong}" if wrong else column.key, settings, wrong))
-        body += tag("tr", join(cells))
-    return Section("grid", _TITLE, tag("div", tag("table", body), class_="grid") + tag("p", _caption(shown, rows), class_="note"))
-
-
-def _caption(shown: list, rows: list) -> str:
-    return (f"The first {len(shown)} of the {len(rows)} explained test images (rows) and the Grad-CAM map of each "
-            "model (columns) as a jet overlay on the image in grey, so every colour comes from the map: red = most "
-            "important for the predicted class, blue = least. "
-            "A red frame and the class under a map mark a wrong prediction (the map then explains that class). "
-            "Look for the rate from which the maps leave the object or stop resembling the dense model's.")
-
-
-def _header(columns: list[Column]) -> Raw:
-    """Two header rows: the pruning methods spanning their rates, then the rates."""
+            line.append(_cell(overlay, f"{key}: predicts {wrong}" if wrong else str(key), settings, wrong=wrong))
+        cells.append(line)
     groups: dict[str, int] = {}
-    for column in columns:
-        groups[column.method] = groups.get(column.method, 0) + 1
-    top = join(tag("th", "" if method == "dense" else method, colspan=n, class_="group") for method, n in groups.items())
-    return (tag("tr", tag("th", "") + top)
-            + tag("tr", tag("th", "image (true class)") + join(tag("th", c.heading) for c in columns)))
+    for key in keys:
+        groups[key.method or ""] = groups.get(key.method or "", 0) + 1
+    headings = ["dense" if key.dense else f"x{key.rate:g}" for key in keys]
+    return Section("grid", _TITLE, Grid(list(groups.items()), headings, cells, len(rows)))
 
 
 def _class_names(run: Run, rows: list[dict]) -> dict[int, str]:
     """Class index -> name for predictions: the trained checkpoint's classes (its tensors stay on disk,
     memory-mapped), else the classes of the explained images."""
     names = {int(row["label"]): row["class"] for row in rows}
-    checkpoint = run.path("train", "model.pt")
-    if checkpoint.exists():
-        meta = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("meta", {})
+    if run.dense_checkpoint.exists():
+        meta = torch.load(run.dense_checkpoint, map_location="cpu", weights_only=True, mmap=True).get("meta", {})
         names = {**names, **dict(enumerate(meta.get("classes", [])))}
     return names
 
@@ -110,13 +91,9 @@ def _image(path: Path, size: int) -> np.ndarray:
         return np.full((size, size, 3), 128, np.uint8)
 
 
-def _picture(picture: np.ndarray, title: str, settings: ReportSettings, wrong: str | None = None,
-             truth: str | None = None) -> Raw:
-    """A grid cell: the picture at a whole multiple of its pixels (crisp) near the cell size, and under it
-    the true class (first column) or the wrongly predicted one."""
+def _cell(picture: np.ndarray, title: str, settings: ReportSettings, truth: str | None = None,
+          wrong: str | None = None) -> Cell:
+    """The picture at a whole multiple of its pixels (crisp) near the cell size."""
     side = picture.shape[1]
     shown = side * max(1, settings.cell_size // side) if side <= settings.cell_size else settings.cell_size
-    img = tag("img", src=png_uri(picture, settings.cell_size), alt=title, title=title, width=shown,
-              class_="wrong" if wrong else None)
-    label = tag("div", wrong, class_="pred") if wrong else tag("div", truth, class_="truth") if truth else Raw("")
-    return tag("td", img + label)
+    return Cell(png_uri(picture, settings.cell_size), title, shown, truth, wrong)

@@ -1,64 +1,57 @@
 """The model-side sections of the report: settings, training, pruning and the automated metrics.
 
-Each function reads one stage's files from the run directory and returns a `Section`; a stage
-that has not run yet gives a section that names the command which makes its files.
+Each function reads one stage's files through the run's accessors and returns a `Section` holding
+plain data for its template; a stage that has not run yet gives a section that names the command
+which makes its files.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import tomllib
 from collections import defaultdict
-from pathlib import Path
+from dataclasses import dataclass
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from prunexplain.config import EvaluateSettings, ReportSettings  # noqa: E402
-from prunexplain.report.html import Raw, Section, details, esc, figure, join, number, percent, png_uri, table, tag  # noqa: E402
-from prunexplain.runs import Run  # noqa: E402
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def cards(items: list[tuple[str, object]]) -> Raw:
-    """Headline numbers as a row of small boxes: the value big, what it is below."""
-    return tag("div", join(tag("div", tag("b", value) + tag("span", label), class_="card") for label, value in items),
-               class_="cards")
+from prunexplain.config import EvaluateSettings, ReportSettings
+from prunexplain.report.blocks import Card, Cell, Picture, Table, number, percent, picture_file, picture_plot, read_csv
+from prunexplain.report.page import Section
+from prunexplain.runs import DENSE, Run
 
 
 def settings_section(run: Run) -> Section:
-    path = run.path("config.toml")
-    if not path.exists():
+    """config.toml as it is: it describes what the run computed, not what a killed run meant to."""
+    if not run.config.exists():
         return Section("settings", "Settings", missing="no config.toml yet: run `prunexplain run` (or any stage)")
-    body = tag("p", "The resolved settings of every stage; the file is itself a valid --config.", class_="note")
-    return Section("settings", "Settings", body + details("config.toml", tag("pre", path.read_text())))
+    return Section("settings", "Settings", {"name": run.config.name, "text": run.config.read_text()})
+
+
+# --- training --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Training:
+    cards: list[Card]
+    curves: Picture | None
 
 
 def training_section(run: Run, settings: ReportSettings) -> Section:
-    history, result = run.path("train", "history.csv"), run.path("train", "result.json")
-    if not result.exists():
+    if not run.train_result.exists():
         return Section("training", "Training", missing="no trained model yet: run `prunexplain train`")
-    figures = json.loads(result.read_text())
-    body = cards([
-        ("test top-1", percent(figures.get("test_top1"))), ("test top-5", percent(figures.get("test_top5"))),
-        ("valid (best epoch)", percent(figures.get("valid_accuracy"))),
-        ("train (best epoch)", percent(figures.get("train_accuracy"))),
-        ("epochs trained", figures.get("epochs_trained", "-")), ("best epoch", figures.get("best_epoch", "-")),
-        ("time", f"{number(figures.get('seconds'), 0)} s on {figures.get('device', '?')}"),
-    ])
-    if history.exists():
-        body += tag("figure", tag("img", src=_curves(read_csv(history), figures.get("best_epoch"), settings),
-                                  alt="training curves") + tag("figcaption", _CURVES))
-    return Section("training", "Training", body)
+    figures = json.loads(run.train_result.read_text())
+    cards = [
+        Card("test top-1", percent(figures.get("test_top1"))), Card("test top-5", percent(figures.get("test_top5"))),
+        Card("valid (best epoch)", percent(figures.get("valid_accuracy"))),
+        Card("train (best epoch)", percent(figures.get("train_accuracy"))),
+        Card("epochs trained", str(figures.get("epochs_trained", "-"))),
+        Card("best epoch", str(figures.get("best_epoch", "-"))),
+        Card("time", f"{number(figures.get('seconds'), 0)} s on {figures.get('device', '?')}"),
+    ]
+    curves = None
+    if run.train_history.exists():
+        curves = _curves(read_csv(run.train_history), figures.get("best_epoch"), settings)
+    return Section("training", "Training", Training(cards, curves))
 
 
 _CURVES = ("Loss (left) and top-1 accuracy (right) per epoch on the training and validation sets. The dotted "
@@ -66,10 +59,11 @@ _CURVES = ("Loss (left) and top-1 accuracy (right) per epoch on the training and
            "accuracy means overfitting; curves still rising at the end mean more epochs would help.")
 
 
-def _curves(rows: list[dict[str, str]], best: object, settings: ReportSettings) -> Raw:
-    """Loss and accuracy per epoch, train against valid, as an inline PNG."""
+def _curves(rows: list[dict[str, str]], best: object, settings: ReportSettings) -> Picture:
+    """Loss and accuracy per epoch, train against valid: drawn here, the train stage writes no plot."""
     epochs = [int(r["epoch"]) for r in rows]
-    figure_, axes = plt.subplots(1, 2, figsize=(10, 3.4), dpi=100)
+    figure = Figure(figsize=(10, 3.4), dpi=100)
+    axes = figure.subplots(1, 2)
     for axis, quantity in zip(axes, ("loss", "accuracy")):
         for split, style in (("train", "o-"), ("valid", "s-")):
             axis.plot(epochs, [float(r[f"{split}_{quantity}"]) for r in rows], style, markersize=3, label=split)
@@ -80,12 +74,11 @@ def _curves(rows: list[dict[str, str]], best: object, settings: ReportSettings) 
         axis.grid(alpha=0.3)
     axes[1].set_ylim(0, 1.02)
     axes[1].legend(fontsize=8)
-    figure_.tight_layout()
-    buffer = io.BytesIO()
-    figure_.savefig(buffer, format="png")
-    plt.close(figure_)
-    return png_uri(Image.open(buffer), settings.figure_width, palette=True)
+    figure.tight_layout()
+    return picture_plot(figure, _CURVES, "training curves", settings.figure_width)
 
+
+# --- pruning ---------------------------------------------------------------------------------------
 
 _PRUNE_COLUMNS = [  # results.csv column -> header, digits (None: a share shown in %)
     ("sparsity", "rate", 0), ("measured_rate_scope", "measured, pruned layers", 2),
@@ -95,102 +88,111 @@ _PRUNE_COLUMNS = [  # results.csv column -> header, digits (None: a share shown 
 ]
 
 
+@dataclass(frozen=True)
+class Pruning:
+    plot: Picture | None
+    tables: dict[str, Table]  # by pruning method
+
+
 def pruning_section(run: Run, settings: ReportSettings) -> Section:
-    tables = sorted(run.path("prune").glob("*/results.csv"))
+    tables = run.prune_tables()
     if not tables:
         return Section("pruning", "Accuracy against compression rate",
                        missing="no pruned models yet: run `prunexplain prune`")
-    body = Raw("")
-    plot = run.path("prune", "accuracy.png")
-    if plot.exists():
-        body += figure(plot, "Test top-1 accuracy after fine-tuning (solid) and right after pruning (dashed) "
-                             "against compression rate, log scale. Where the solid line falls, fine-tuning no "
-                             "longer recovers what pruning removed.", settings.figure_width)
-    for path in tables:
-        rows = [[_cell(row.get(key), digits) for key, _, digits in _PRUNE_COLUMNS] for row in read_csv(path)]
-        if rows:
-            rows[0][0] += " (dense)"
-        body += tag("h3", path.parent.name) + table([header for _, header, _ in _PRUNE_COLUMNS], rows)
-    note = ("Rate = all / non-zero weights in the pruned layers. Measured rates are counted from the "
-            "saved tensors; the whole-model rate is lower because layers outside the pruning scope stay dense.")
-    return Section("pruning", "Accuracy against compression rate", body + tag("p", note, class_="note"))
+    plot = None
+    if run.accuracy_plot.exists():
+        plot = picture_file(run.accuracy_plot, "Test top-1 accuracy after fine-tuning (solid) and right after "
+                                               "pruning (dashed) against compression rate, log scale. Where the "
+                                               "solid line falls, fine-tuning no longer recovers what pruning "
+                                               "removed.", settings.figure_width)
+    return Section("pruning", "Accuracy against compression rate",
+                   Pruning(plot, {method: _prune_table(read_csv(path)) for method, path in tables.items()}))
+
+
+def _prune_table(rows: list[dict[str, str]]) -> Table:
+    """One method's results, its first row (rate 1) named as the dense model."""
+    cells = [[_cell(row.get(key), digits) for key, _, digits in _PRUNE_COLUMNS] for row in rows]
+    if cells:
+        cells[0][0] += " (dense)"
+    return Table.of([header for _, header, _ in _PRUNE_COLUMNS], cells)
 
 
 def _cell(value: str | None, digits: int | None) -> str:
     return percent(value) if digits is None else number(value, digits)
 
 
-_READING = ("How to read: localisation (energy pointing game, pointing game hit, top-10 IoU with the object mask) "
-            "and insertion AUC: higher is better; deletion AUC: lower is better; agreement with the dense model "
-            "(Spearman, top-10 IoU, SSIM): 1 = the dense model's map; entropy 1 = a flat map, Gini 0 = flat. "
-            "Sanity: Spearman similarity of the maps after randomising the model's weights; low is good. Hover "
-            "a cell for its 95 % interval.")
+# --- explanation metrics ---------------------------------------------------------------------------
+
+_SANITY = "sanity_spearman_all_layers"
+
+
+@dataclass(frozen=True)
+class Sanity:
+    """The randomisation check: whether it ran, and the models whose maps survived it."""
+
+    ran: bool
+    failed: list[str]
+    threshold: float
+
+
+@dataclass(frozen=True)
+class Metrics:
+    plot: Picture | None
+    sanity: Sanity
+    tables: dict[str, Table]  # by pruning method
 
 
 def metrics_section(run: Run, settings: ReportSettings) -> Section:
-    path = run.path("evaluate", "metrics.csv")
-    if not path.exists():
+    if not run.metrics.exists():
         return Section("metrics", "Explanation metrics against compression rate",
                        missing="no explanation metrics yet: run `prunexplain evaluate`")
     threshold = _sanity_threshold(run)
-    body = Raw("")
-    if run.path("evaluate", "metrics.png").exists():
-        body += figure(run.path("evaluate", "metrics.png"),
-                       "Each metric (mean, shaded 95 % interval) and test accuracy against compression rate, one "
-                       "line per pruning method, starting at the dense model (rate 1). Look for the rate where "
-                       "the agreement with the dense model and the localisation start to fall.", settings.figure_width)
-    rows = read_csv(path)
-    failed = sorted({_model(r) for r in rows if r["metric"] == "sanity_spearman_all_layers"
-                     and float(r["mean"]) > threshold})
-    body += tag("p", _sanity_line(rows, failed, threshold))
-    for method, table_ in _by_method(rows, threshold).items():
-        body += tag("h3", method) + table_
-    return Section("metrics", "Explanation metrics against compression rate", body + tag("p", _READING, class_="note"))
+    plot = None
+    if run.metrics_plot.exists():
+        plot = picture_file(run.metrics_plot, "Each metric (mean, shaded 95 % interval) and test accuracy against "
+                                              "compression rate, one line per pruning method, starting at the "
+                                              "dense model (rate 1). Look for the rate where the agreement with "
+                                              "the dense model and the localisation start to fall.",
+                            settings.figure_width)
+    rows = read_csv(run.metrics)
+    failed = sorted({_model(r) for r in rows if r["metric"] == _SANITY and float(r["mean"]) > threshold})
+    sanity = Sanity(any(r["metric"] == _SANITY for r in rows), failed, threshold)
+    return Section("metrics", "Explanation metrics against compression rate",
+                   Metrics(plot, sanity, _by_method(rows, threshold)))
 
 
 def _sanity_threshold(run: Run) -> float:
     """The run's evaluate.sanity_threshold (config.toml), or the default where the file lacks it."""
-    path = run.path("config.toml")
-    saved = tomllib.loads(path.read_text()).get("evaluate", {}) if path.exists() else {}
+    saved = tomllib.loads(run.config.read_text()).get("evaluate", {}) if run.config.exists() else {}
     return float(saved.get("sanity_threshold", EvaluateSettings().sanity_threshold))
 
 
 def _model(row: dict[str, str]) -> str:
-    return "dense" if row["method"] == "dense" else f"{row['method']} x{float(row['rate']):g}"
+    return DENSE if row["method"] == DENSE else f"{row['method']} x{float(row['rate']):g}"
 
 
-def _sanity_line(rows: list[dict[str, str]], failed: list[str], threshold: float) -> Raw:
-    if not any(r["metric"] == "sanity_spearman_all_layers" for r in rows):
-        return esc("The randomisation sanity check was not run (evaluate.sanity = false).")
-    if not failed:
-        return esc(f"Sanity check passed by every model: maps change when the weights are randomised "
-                   f"(Spearman similarity at most {threshold:g}).")
-    return tag("strong", f"Sanity check failed by {', '.join(failed)}: their maps stay similar (Spearman above "
-                         f"{threshold:g}) after every layer is randomised, so they do not explain the model.",
-               class_="pred")
-
-
-def _by_method(rows: list[dict[str, str]], threshold: float) -> dict[str, Raw]:
+def _by_method(rows: list[dict[str, str]], threshold: float) -> dict[str, Table]:
     """Per pruning method a table: one row per metric, one column per rate (the dense model first)."""
     cells: dict[str, dict[str, dict[float, dict]]] = defaultdict(lambda: defaultdict(dict))
     for row in rows:
         cells[row["method"]][row["metric"]][float(row["rate"])] = row
-    dense = cells.pop("dense", {})
+    dense = cells.pop(DENSE, {})
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     tables = {}
-    for method, by_metric in (cells or {"dense": {}}).items():
+    for method, by_metric in (cells or {DENSE: {}}).items():
         rates = sorted({1.0} | {rate for values in by_metric.values() for rate in values})
         body = []
         for metric in metrics:
             values = {**dense.get(metric, {}), **by_metric.get(metric, {})}
-            body.append([metric.replace("_", " "), *(_metric_cell(metric, values.get(rate), threshold) for rate in rates)])
-        tables[method] = table(["metric", *(("dense" if rate == 1 else f"x{rate:g}") for rate in rates)], body)
+            cells = [_metric_cell(metric, values.get(rate), threshold) for rate in rates]
+            body.append([metric.replace("_", " "), *cells])
+        tables[method] = Table.of(["metric", *((DENSE if rate == 1 else f"x{rate:g}") for rate in rates)], body)
     return tables
 
 
-def _metric_cell(metric: str, row: dict | None, threshold: float) -> Raw:
+def _metric_cell(metric: str, row: dict | None, threshold: float) -> Cell:
     if row is None:
-        return tag("td", "-")
-    failed = metric == "sanity_spearman_all_layers" and float(row["mean"]) > threshold
+        return Cell("-")
+    failed = metric == _SANITY and float(row["mean"]) > threshold
     title = f"95 % interval {number(row['ci_low'])} to {number(row['ci_high'])}, {row['n']} images"
-    return tag("td", number(row["mean"]), title=title, class_="bad" if failed else None)
+    return Cell(number(row["mean"]), title=title, bad=failed)

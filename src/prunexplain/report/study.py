@@ -1,68 +1,116 @@
 """The people-side sections of the report: the study's stimuli and the analysis of the answers.
 
-Reads `study/manifest.json` (what `prunexplain study build` wrote) and, per experiment key,
-`analysis/<key>/summary.json` with its PNGs (what `prunexplain analyze` writes), and
-`analysis/source.json`, which says whether the answers came from people or a simulated crowd.
+Reads the study's manifest (what `prunexplain study build` wrote) and, per experiment, the analysis
+summary with its PNGs (what `prunexplain analyze` writes), and the analysis' source record, which
+says whether the answers came from people or a simulated crowd. What each experiment asks and how
+its stimuli and answers are laid out comes from the experiment spec (`prunexplain.experiments`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
 from itertools import chain, zip_longest
-from pathlib import Path
 
 from prunexplain.config import ReportSettings
-from prunexplain.report.html import Raw, Section, figure, interval, join, number, percent, prose, pvalue, table, tag
-from prunexplain.report.sections import cards
+from prunexplain.experiments import COMPARE, EXPERIMENTS, KINDS, NONE, RECOGNISE, Experiment, Kind
+from prunexplain.report.blocks import Card, Picture, Table, interval, number, percent, picture_file, pvalue
+from prunexplain.report.page import Section
 from prunexplain.runs import Run
 
-_ORDER = ["exp1", "exp1_heatmap", "exp2"]
-_VARIANTS = {"occlusion": "occlusion maps (only the most important pixels visible)", "heatmap": "jet heatmaps"}
+log = logging.getLogger(__name__)
+
+_RENDERINGS = {"occlusion": "occlusion maps (only the most important pixels visible)", "heatmap": "jet heatmaps"}
+
+
+def _spec(key: str, kind: str | None) -> Experiment | None:
+    """The spec of an experiment a manifest or summary names; one the spec lacks (an older or newer
+    build) is known by the kind it recorded, else skipped."""
+    if key in EXPERIMENTS:
+        return EXPERIMENTS[key]
+    if kind in KINDS:
+        return Experiment(key, KINDS[kind], "")
+    log.warning("report: experiment %r is neither in the spec nor of a known kind; left out", key)
+    return None
+
+
+def _in_spec_order(keys) -> list[str]:
+    order = list(EXPERIMENTS)
+    return sorted(keys, key=lambda k: (order.index(k) if k in order else len(order), k))
 
 
 def _manifest(run: Run) -> dict:
-    path = run.path("study", "manifest.json")
+    path = run.study.manifest
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+# --- stimuli ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stimulus:
+    file: str
+    picture: Picture | None  # None: the manifest names a file that is gone
+
+
+@dataclass(frozen=True)
+class StimulusSet:
+    """One experiment's stimuli: what it asks, how the maps are shown, and the first few stimuli."""
+
+    key: str
+    question: str
+    shown_as: str
+    count: int
+    folder: str
+    stimuli: list[Stimulus]
+
+
+@dataclass(frozen=True)
+class Stimuli:
+    classes: list[str]
+    models: list[str]  # 'study name (run model key)'
+    experiments: list[StimulusSet]
 
 
 def stimuli_section(run: Run, settings: ReportSettings) -> Section:
     manifest = _manifest(run)
     if not manifest:
         return Section("stimuli", "Study stimuli", missing="no study stimuli yet: run `prunexplain study build`")
-    models = ", ".join(f"{name} ({info.get('key', '?')})" for name, info in manifest.get("models", {}).items())
-    body = tag("p", f"Classes: {', '.join(manifest.get('classes', []))}. Models: {models}. The first stimuli of "
-                    "each experiment, one per pair or model in turn; file names follow the study's scheme.",
-               class_="note")
-    stimuli = manifest.get("stimuli", [])
-    for key, experiment in manifest.get("experiments", {}).items():
-        chosen = _spread([s for s in stimuli if s.get("experiment") == key], settings.stimuli)
-        body += tag("h3", f"{key}: {experiment.get('question', '')}")
-        shown_as = _VARIANTS.get(experiment.get("variant"), experiment.get("variant", ""))
-        body += tag("p", f"Explanations shown as {shown_as}; {sum(s.get('experiment') == key for s in stimuli)} "
-                         f"stimuli in study/{experiment.get('folder', key)}/.", class_="note")
-        body += tag("div", join(_stimulus(run, s, settings) for s in chosen), class_="figs stimuli")
-    return Section("stimuli", "Study stimuli", body)
+    models = [f"{name} ({info.get('key', '?')})" for name, info in manifest.get("models", {}).items()]
+    described = manifest.get("experiments", {})
+    sets = []
+    for key in _in_spec_order(described):
+        experiment = _spec(key, described[key].get("kind"))
+        if experiment is not None:
+            sets.append(_stimulus_set(run, experiment, manifest.get("stimuli", []), settings))
+    return Section("stimuli", "Study stimuli", Stimuli(list(manifest.get("classes", [])), models, sets))
 
 
-def _spread(stimuli: list[dict], count: int) -> list[dict]:
-    """Take stimuli round-robin over pairs (exp1) or models (exp2), so each of them shows up early."""
+def _stimulus_set(run: Run, experiment: Experiment, stimuli: list[dict], settings: ReportSettings) -> StimulusSet:
+    mine = [s for s in stimuli if s.get("experiment") == experiment.key]
+    chosen = _spread(mine, experiment.kind, settings.stimuli)
+    folder = run.study.stimuli(experiment.key).relative_to(run.root).as_posix()
+    return StimulusSet(experiment.key, experiment.kind.question,
+                       _RENDERINGS.get(experiment.rendering, experiment.rendering), len(mine), folder,
+                       [_stimulus(run, s, experiment.kind, settings) for s in chosen])
+
+
+def _spread(stimuli: list[dict], kind: Kind, count: int) -> list[dict]:
+    """Take stimuli round-robin over what they show (pairs, or single models), so each shows up early."""
     groups: dict[tuple, list[dict]] = {}
     for stimulus in stimuli:
-        groups.setdefault((stimulus.get("left"), stimulus.get("right"), stimulus.get("model")), []).append(stimulus)
+        groups.setdefault(tuple(stimulus.get(field) for field in kind.shows), []).append(stimulus)
     interleaved = [s for s in chain.from_iterable(zip_longest(*groups.values())) if s is not None]
     return interleaved[:count]
 
 
-def _stimulus(run: Run, stimulus: dict, settings: ReportSettings) -> Raw:
-    if "model" in stimulus:
-        caption = f"image {stimulus.get('image')}, {stimulus.get('label')}: model {stimulus['model']}"
-    else:
-        caption = (f"image {stimulus.get('image')}, {stimulus.get('label')}: left {stimulus.get('left')}, "
-                   f"right {stimulus.get('right')}")
-    path = run.path("study", stimulus.get("file", ""))
-    if not path.is_file():
-        return tag("p", f"{stimulus.get('file')}: file missing", class_="missing")
-    return figure(path, caption, settings.figure_width // 2)
+def _stimulus(run: Run, stimulus: dict, kind: Kind, settings: ReportSettings) -> Stimulus:
+    shown = ", ".join(f"{field} {stimulus.get(field)}" for field in kind.shows)
+    caption = f"image {stimulus.get('image')}, {stimulus.get('label')}: {shown}"
+    file = str(stimulus.get("file", ""))
+    path = run.study.stimulus(file)
+    return Stimulus(file, picture_file(path, caption, settings.figure_width // 2) if file and path.is_file() else None)
 
 
 # --- analysis --------------------------------------------------------------------------------------
@@ -72,81 +120,109 @@ _SOURCES = {
                                "people. The numbers test the analysis, not the explanations."),
     "real": ("real", "Real participants: these answers were given by people."),
 }
+_UNKNOWN = ("unknown", "Source of these answers unknown (not recorded in analysis/source.json).")
 
-_CAPTIONS = {  # (experiment kind, file) -> what to look at
-    ("exp1", "preferences.png"): "Left: how each pair's answers split between a, 'equally reasonable' and b. Right: "
-                                 "the share preferring a among decided answers with intervals; 0.5 (dashed) = no "
-                                 "preference.",
-    ("exp1", "classes.png"): "Per class and pair: the share 'equally reasonable' and the share preferring a; a class "
-                             "far from the others drives the result.",
-    ("exp1", "workers.png"): "One dot per worker: median seconds per answer against the share 'equally reasonable'. "
-                             "Fast workers at the extremes are likely answering carelessly.",
-    ("exp2", "accuracy.png"): "Share of answers naming the true class (blue) and 'none' (grey) per model, with "
-                              "intervals: lower accuracy means the occlusion map keeps less of the object.",
-    ("exp2", "classes.png"): "Accuracy per class and model: which objects stop being recognisable first.",
-    ("exp2", "workers.png"): "One dot per worker: median seconds per answer against accuracy. Fast, inaccurate "
-                             "workers are likely answering carelessly.",
+_CAPTIONS = {  # (kind, file) -> what to look at
+    (COMPARE.name, "preferences.png"): "Left: how each pair's answers split between a, 'equally reasonable' and b. "
+                                       "Right: the share preferring a among decided answers with intervals; 0.5 "
+                                       "(dashed) = no preference.",
+    (COMPARE.name, "classes.png"): "Per class and pair: the share 'equally reasonable' and the share preferring a; "
+                                   "a class far from the others drives the result.",
+    (COMPARE.name, "workers.png"): "One dot per worker: median seconds per answer against the share 'equally "
+                                   "reasonable'. Fast workers at the extremes are likely answering carelessly.",
+    (RECOGNISE.name, "accuracy.png"): "Share of answers naming the true class (blue) and 'none' (grey) per model, "
+                                      "with intervals: lower accuracy means the occlusion map keeps less of the "
+                                      "object.",
+    (RECOGNISE.name, "classes.png"): "Accuracy per class and model: which objects stop being recognisable first.",
+    (RECOGNISE.name, "workers.png"): "One dot per worker: median seconds per answer against accuracy. Fast, "
+                                     "inaccurate workers are likely answering carelessly.",
 }
 
 
+@dataclass(frozen=True)
+class Source:
+    """Who gave the answers: the banner's colour (simulated, real, unknown) and its text."""
+
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Analysed:
+    """One experiment's analysed answers."""
+
+    key: str
+    question: str
+    source: Source
+    cards: list[Card]
+    table: Table
+    figures: list[Picture]
+
+
 def analysis_section(run: Run, settings: ReportSettings) -> Section:
-    summaries = {p.parent.name: p for p in run.path("analysis").glob("*/summary.json")}
+    summaries = run.analysis_summaries()
     if not summaries:
         return Section("analysis", "Human study results", missing=(
             "no analysed answers yet: `prunexplain run` analyses the answers in study/answers/ or study/study.db, "
             "or a simulated crowd's"))
-    source_path = run.path("analysis", "source.json")
-    sources = json.loads(source_path.read_text()) if source_path.exists() else {}
-    questions = {key: e.get("question") for key, e in _manifest(run).get("experiments", {}).items()}
-    body = Raw("")
-    for key in sorted(summaries, key=lambda k: (_ORDER.index(k) if k in _ORDER else len(_ORDER), k)):
+    sources = json.loads(run.analysis_source.read_text()) if run.analysis_source.exists() else {}
+    analysed = []
+    for key in _in_spec_order(summaries):
         summary = json.loads(summaries[key].read_text())
-        body += tag("h3", f"{key}: {questions.get(key) or summary.get('experiment', '')}")
-        body += _source(sources.get(key)) + _headline(summary)
-        body += _exp1_table(summary) if summary.get("experiment") == "exp1" else _exp2_table(summary)
-        folder, kind = summaries[key].parent, summary.get("experiment", "")
-        body += tag("div", join(_analysis_figure(folder / name, kind, settings)
-                                for name in summary.get("figures", []) if (folder / name).is_file()), class_="figs")
-    return Section("analysis", "Human study results", body)
+        experiment = _spec(key, summary.get("experiment"))
+        if experiment is not None:
+            analysed.append(_analysed(run, experiment, summary, sources.get(key), settings))
+    return Section("analysis", "Human study results", analysed)
 
 
-def _source(entry: dict | None) -> Raw:
-    kind, text = _SOURCES.get((entry or {}).get("source"), ("unknown", "Source of these answers unknown "
-                                                                       "(not recorded in analysis/source.json)."))
+def _analysed(run: Run, experiment: Experiment, summary: dict, source: dict | None,
+              settings: ReportSettings) -> Analysed:
+    kind = KINDS.get(summary.get("experiment"), experiment.kind)  # what the analysis computed decides
+    table = _pairs_table(summary) if kind.compares else _models_table(summary)
+    figures = [_figure(run, experiment.key, name, kind, settings) for name in summary.get("figures", [])
+               if run.analysis_file(experiment.key, name).is_file()]
+    return Analysed(experiment.key, kind.question, _source(source), _headline(summary, kind), table, figures)
+
+
+def _source(entry: dict | None) -> Source:
+    kind, text = _SOURCES.get((entry or {}).get("source"), _UNKNOWN)
     files = (entry or {}).get("files", [])
-    return tag("div", prose(text + (f" Files: {', '.join(map(str, files))}." if files else "")), class_=f"banner {kind}")
+    return Source(kind, text + (f" Files: {', '.join(map(str, files))}." if files else ""))
 
 
-def _headline(summary: dict) -> Raw:
-    none = "'equally reasonable'" if summary.get("experiment") == "exp1" else "'none'"
+def _headline(summary: dict, kind: Kind) -> list[Card]:
+    none = next(option.label for option in kind.fixed_options if option.value == NONE).lower()
     alpha = number(summary.get("krippendorff_alpha"))
     ci = summary.get("krippendorff_alpha_ci") or [None, None]
-    return cards([
-        ("answers", summary.get("answers", "-")), ("items", summary.get("items", "-")),
-        ("workers", summary.get("workers", "-")),
-        (f"share {none}", f"{percent(summary.get('none_share'))} ({interval(summary.get('none_ci'))})"),
-        ("Krippendorff's alpha", alpha if "-" in (number(ci[0]), number(ci[1])) else
-         f"{alpha} ({number(ci[0])} to {number(ci[1])})"),
-    ])
+    return [
+        Card("answers", str(summary.get("answers", "-"))), Card("items", str(summary.get("items", "-"))),
+        Card("workers", str(summary.get("workers", "-"))),
+        Card(f"share '{none}'", f"{percent(summary.get('none_share'))} ({interval(summary.get('none_ci'))})"),
+        Card("Krippendorff's alpha", alpha if "-" in (number(ci[0]), number(ci[1])) else
+             f"{alpha} ({number(ci[0])} to {number(ci[1])})"),
+    ]
 
 
-def _exp1_table(summary: dict) -> Raw:
+def _pairs_table(summary: dict) -> Table:
+    """A comparing experiment: one row per pair of models."""
     rows = [[f"{p['a']} vs {p['b']}", p.get("n", "-"), percent(p.get("none_share")), p.get("a_preferred", "-"),
              p.get("b_preferred", "-"), f"{percent(p.get('a_share'))} ({interval(p.get('a_share_ci'))})",
              pvalue(p.get("p")), pvalue(p.get("p_holm"))] for p in summary.get("pairs", [])]
     headers = ["pair a vs b", "answers", "equally reasonable", "a preferred", "b preferred",
                "a share of decided (CI)", "p (chi-square)", "p (Holm)"]
-    return table(headers, rows)
+    return Table.of(headers, rows)
 
 
-def _exp2_table(summary: dict) -> Raw:
+def _models_table(summary: dict) -> Table:
+    """A recognising experiment: one row per model."""
     rows = [[name, m.get("n", "-"), f"{percent(m.get('accuracy'))} ({interval(m.get('accuracy_ci'))})",
              percent(m.get("none_share"))] for name, m in summary.get("models", {}).items()]
-    return table(["model", "answers", "accuracy (CI)", "'none'"], rows)
+    return Table.of(["model", "answers", "accuracy (CI)", f"'{NONE}'"], rows)
 
 
-def _analysis_figure(path: Path, kind: str, settings: ReportSettings) -> Raw:
-    caption = _CAPTIONS.get((kind, path.name))
-    if caption is None and path.name.startswith("confusion_"):
-        caption = f"{path.stem.removeprefix('confusion_')}: true class (rows) against the answer (columns)."
-    return figure(path, caption or path.name, settings.figure_width)
+def _figure(run: Run, key: str, name: str, kind: Kind, settings: ReportSettings) -> Picture:
+    caption = _CAPTIONS.get((kind.name, name))
+    if caption is None and name.startswith("confusion_"):
+        model = name.removesuffix(".png").removeprefix("confusion_")
+        caption = f"{model}: true class (rows) against the answer (columns)."
+    return picture_file(run.analysis_file(key, name), caption or name, settings.figure_width)

@@ -1,7 +1,8 @@
 """`study build`: from a run's models to everything a crowd study needs, traceable to its sources.
 
-Writes into `study/`: `selection.csv`, one folder of PNGs per experiment (`exp1`, `exp1_heatmap`,
-`exp2`), `<experiment>_input.csv` for MTurk, `layouts/<experiment>.html`, and `manifest.json`:
+Writes into `study/` (the files `runs.StudyFolder` names): `selection.csv`, one folder of PNGs per
+experiment of `study.experiments` (keys of the experiment spec), its MTurk input CSV and HIT layout,
+and `manifest.json`:
 every stimulus with its SHA-256, the SHA-256 of each model's checkpoint, the seed, the complete
 settings and the software versions, so `rebuild_study` can make the same files again and prove it.
 """
@@ -18,15 +19,14 @@ import numpy as np
 
 from prunexplain.config import Settings, UserError, read_json
 from prunexplain.data import class_names, dataset_root
-from prunexplain.data.loaders import image_dataset, load_splits
-from prunexplain.explain.stage import maps_and_predictions, run_models, stacked
+from prunexplain.data.loaders import image_dataset, load_splits, stacked
+from prunexplain.experiments import EXPERIMENTS, study_model_name
+from prunexplain.explain import maps_and_predictions
 from prunexplain.models import file_digest, load_checkpoint, select_device
-from prunexplain.runs import Run, write_json
-from prunexplain.study.mturk import EXP1_QUESTION, EXP2_QUESTION, write_input, write_layout
-from prunexplain.study.select import select, study_name
-from prunexplain.study.stimuli import (
-    EXPERIMENTS, Stimulus, draw_maps, draw_sides, exp1_stimuli, exp2_stimuli, study_pairs,
-)
+from prunexplain.runs import ModelKey, Run, StudyFolder, write_json
+from prunexplain.study.mturk import write_input, write_layout
+from prunexplain.study.select import select, study_key
+from prunexplain.study.stimuli import Stimulus, draw_maps, draw_sides, exp1_stimuli, exp2_stimuli, study_pairs
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +41,24 @@ class StudyResult:
 
     def summary(self) -> str:
         counts = ", ".join(f"{key} {count}" for key, count in self.stimuli.items())
-        return f"{self.images} images; stimuli: {counts}; manifest {self.folder / 'manifest.json'}"
+        return f"{self.images} images; stimuli: {counts}; manifest {StudyFolder(self.folder).manifest}"
 
 
-def study_models(settings: Settings, run: Run) -> dict[str, tuple[str, Path]]:
-    """Study name (nonpruned, 2pruned, ...) -> (the run's model key, its checkpoint)."""
-    available = run_models(run)
-    models: dict[str, tuple[str, Path]] = {}
-    for key in settings.study.models:
+def study_models(settings: Settings, run: Run) -> dict[str, tuple[ModelKey, Path]]:
+    """Study name (nonpruned, 2pruned, ...) -> (the run's model, its checkpoint)."""
+    available = run.models()
+    models: dict[str, tuple[ModelKey, Path]] = {}
+    for text in settings.study.models:
+        key = study_key(text)
         if key not in available:
+            listing = ", ".join(map(str, available)) or "no models"
             raise UserError(
-                f"study.models: {key!r} is not in this run (it has: {', '.join(available) or 'no models'}); "
-                "train and prune first, or name other models"
+                f"study.models: {text!r} is not in this run (it has: {listing}); train and prune first, or name "
+                "other models"
             )
-        name = study_name(key)
+        name = study_model_name(key)
         if name in models:
-            raise UserError(f"study.models: {models[name][0]!r} and {key!r} would both be shown as {name!r}")
+            raise UserError(f"study.models: {str(models[name][0])!r} and {text!r} would both be shown as {name!r}")
         models[name] = (key, available[key])
     return models
 
@@ -80,15 +82,15 @@ def _maps(settings: Settings, models, checkpoints, images, device) -> dict[str, 
     return maps
 
 
-def _experiments(settings: Settings, classes: list[str]) -> dict[str, dict]:
+def _experiments(settings: Settings, classes: list[str], folder: StudyFolder) -> dict[str, dict]:
+    """The manifest's description of each experiment: what the server and the analysis read back."""
     described = {}
     for key in settings.study.experiments:
-        kind, variant = EXPERIMENTS[key]
-        options = ["alg1", "alg2", "none"] if kind == "exp1" else [*classes, "none"]
+        kind, rendering = EXPERIMENTS[key].kind, EXPERIMENTS[key].rendering
         described[key] = {
-            "kind": kind, "variant": variant, "folder": key, "input": f"{key}_input.csv",
-            "layout": f"layouts/{key}.html", "options": options,
-            "question": EXP1_QUESTION if kind == "exp1" else EXP2_QUESTION,
+            "kind": kind.name, "variant": rendering, "folder": folder.relative(folder.stimuli(key)),
+            "input": folder.relative(folder.input_csv(key)), "layout": folder.relative(folder.layout(key)),
+            "options": kind.options(classes), "question": kind.question,
         }
     return described
 
@@ -97,85 +99,89 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _remove_stale(out: Path, experiments: list[str], stimuli: list[Stimulus]) -> None:
+def _remove_stale(folder: StudyFolder, experiments: list[str], stimuli: list[Stimulus]) -> None:
     """Files of an earlier build that this one did not make would be served and published: remove them."""
-    keep = {out / s.file for s in stimuli}
+    keep = {folder.stimulus(s.file) for s in stimuli}
     for key in EXPERIMENTS:
-        for path in (out / key).glob("*.png"):
+        for path in folder.stimuli(key).glob("*.png"):
             if path not in keep:
                 path.unlink()
         if key not in experiments:
-            (out / f"{key}_input.csv").unlink(missing_ok=True)
-            (out / "layouts" / f"{key}.html").unlink(missing_ok=True)
+            folder.input_csv(key).unlink(missing_ok=True)
+            folder.layout(key).unlink(missing_ok=True)
 
 
 def build_study(settings: Settings, run: Run, out: Path | None = None) -> StudyResult:
     """Select the images, render both experiments, write the MTurk files and the manifest."""
-    out = Path(out or run.path("study"))
+    folder = StudyFolder(out) if out is not None else run.study
     study = settings.study
     chosen = study_models(settings, run)
     pairs = _pairs(settings, list(chosen))
-    device = select_device(settings.train.device)
+    device = select_device(settings.runtime.device)
     loaded = {name: load_checkpoint(path, device) for name, (_, path) in chosen.items()}
     models = {name: model for name, (model, _) in loaded.items()}
     checkpoints = {name: checkpoint for name, (_, checkpoint) in loaded.items()}
     first = next(iter(checkpoints.values()))["meta"]["data"]
     data = settings.data.model_copy(update={"normalize": first["normalize"], "image_size": first["image_size"]})
-    root = dataset_root(settings.data, run.root, progress=False)
+    root = dataset_root(settings.data, run, progress=False)
     test = load_splits(root, settings.data.split_seed, class_names(settings.data)).test
-    dataset = image_dataset(test, data, root, "test", settings.train.progress)
+    dataset = image_dataset(test, data, root, "test", settings.runtime)
     selection = select(models, test, dataset, data, study.per_class, study.seed, study.batch_size, device,
-                       settings.train.progress)
-    selection.write(out / "selection.csv")
+                       settings.runtime.progress)
+    selection.write(folder.selection)
     images = stacked(selection.images, data.image_size)
     maps = _maps(settings, models, checkpoints, images, device)
     classes = list(test.classes)
     labels = [classes[label] for label in selection.images.labels]
-    stimuli = _render(settings, images.permute(0, 2, 3, 1).numpy(), maps, labels, pairs, classes, out)
-    _remove_stale(out, study.experiments, stimuli)
-    _write_manifest(out, settings, run, chosen, classes, stimuli)
+    stimuli = _render(settings, images.permute(0, 2, 3, 1).numpy(), maps, labels, pairs, classes, folder)
+    _remove_stale(folder, study.experiments, stimuli)
+    _write_manifest(folder, settings, run, chosen, classes, stimuli)
     counts = {key: sum(s.experiment == key for s in stimuli) for key in study.experiments}
-    log.info("study: %d images, %s in %s", len(labels), counts, out)
-    return StudyResult(out, len(labels), counts)
+    log.info("study: %d images, %s in %s", len(labels), counts, folder.root)
+    return StudyResult(folder.root, len(labels), counts)
 
 
 def _render(settings: Settings, pictures: np.ndarray, maps: dict[str, np.ndarray], labels: list[str],
-            pairs: list[tuple[str, str]], classes: list[str], out: Path) -> list[Stimulus]:
-    """Every experiment's stimuli, input CSV and layout; the sides of experiment 1 drawn once for both variants."""
-    study, progress = settings.study, settings.train.progress
+            pairs: list[tuple[str, str]], classes: list[str], folder: StudyFolder) -> list[Stimulus]:
+    """Every experiment's stimuli, input CSV and layout; the sides of the pairs drawn once for every
+    experiment that compares (the same model on the same side of an image in both renderings)."""
+    study, progress = settings.study, settings.runtime.progress
     sides = draw_sides(len(labels), len(pairs), study.seed)
     drawn: dict[str, dict[str, np.ndarray]] = {}
     stimuli: list[Stimulus] = []
     for key in study.experiments:
-        kind, variant = EXPERIMENTS[key]
-        if variant not in drawn:
-            drawn[variant] = {n: draw_maps(variant, pictures, maps[n], study.occlusion, study.heatmap_alpha)
-                              for n in maps}
-        made = (exp1_stimuli(key, pictures, drawn[variant], labels, pairs, sides, out, progress)
-                if kind == "exp1" else exp2_stimuli(key, drawn[variant], labels, out, progress))
-        write_input(out / f"{key}_input.csv", [s.file for s in made], study.url_prefix, study.seed)
-        write_layout(out / "layouts" / f"{key}.html", kind, variant, classes)
+        experiment = EXPERIMENTS[key]
+        rendering = experiment.rendering
+        if rendering not in drawn:
+            drawn[rendering] = {n: draw_maps(rendering, pictures, maps[n], study.occlusion, study.heatmap_alpha)
+                                for n in maps}
+        made = (exp1_stimuli(experiment, pictures, drawn[rendering], labels, pairs, sides, folder, progress)
+                if experiment.kind.compares else exp2_stimuli(experiment, drawn[rendering], labels, folder, progress))
+        write_input(folder.input_csv(key), [s.file for s in made], study.url_prefix, study.seed)
+        write_layout(folder.layout(key), experiment, classes)
         stimuli += made
     return stimuli
 
 
-def _write_manifest(out: Path, settings: Settings, run: Run, chosen, classes, stimuli: list[Stimulus]) -> Path:
-    experiments = _experiments(settings, classes)
-    files = ["selection.csv", *(e["input"] for e in experiments.values()), *(e["layout"] for e in experiments.values())]
+def _write_manifest(folder: StudyFolder, settings: Settings, run: Run, chosen, classes,
+                    stimuli: list[Stimulus]) -> Path:
+    experiments = _experiments(settings, classes, folder)
+    files = [folder.relative(folder.selection), *(e["input"] for e in experiments.values()),
+             *(e["layout"] for e in experiments.values())]
     manifest = {
         "software": {name: _version(name) for name in _SOFTWARE},
         "settings": settings.model_dump(mode="json"),
         "seed": settings.study.seed,
         "classes": classes,
         "models": {
-            name: {"key": key, "checkpoint": path.relative_to(run.root).as_posix(), "sha256": file_digest(path)}
+            name: {"key": str(key), "checkpoint": path.relative_to(run.root).as_posix(), "sha256": file_digest(path)}
             for name, (key, path) in chosen.items()
         },
         "experiments": experiments,
-        "files": {name: _sha256(out / name) for name in files},
-        "stimuli": [{**s.record(), "sha256": _sha256(out / s.file)} for s in stimuli],
+        "files": {name: _sha256(folder.stimulus(name)) for name in files},
+        "stimuli": [{**s.record(), "sha256": _sha256(folder.stimulus(s.file))} for s in stimuli],
     }
-    return write_json(out / "manifest.json", manifest)
+    return write_json(folder.manifest, manifest)
 
 
 def _version(package: str) -> str | None:
@@ -216,11 +222,21 @@ def rebuild_study(manifest_path: Path, run: Run, out: Path) -> RebuildResult:
     manifest = read_manifest(manifest_path)
     settings = Settings.model_validate(manifest["settings"])
     for name, model in manifest["models"].items():
-        path = run.path(model["checkpoint"])
+        path = run.checkpoint(_manifest_key(manifest_path, name, model))
         if not path.is_file() or file_digest(path) != model["sha256"]:
-            raise UserError(f"{manifest_path}: model {name} ({path}) is missing or not the checkpoint it was built from")
+            raise UserError(
+                f"{manifest_path}: model {name} ({path}) is missing or not the checkpoint it was built from")
     build_study(settings, run, out)
+    folder = StudyFolder(out)
     expected = {**manifest["files"], **{s["file"]: s["sha256"] for s in manifest["stimuli"]}}
     different = [name for name, digest in expected.items()
-                 if not (Path(out) / name).is_file() or _sha256(Path(out) / name) != digest]
-    return RebuildResult(Path(out), len(expected), different)
+                 if not folder.stimulus(name).is_file() or _sha256(folder.stimulus(name)) != digest]
+    return RebuildResult(folder.root, len(expected), different)
+
+
+def _manifest_key(manifest_path: Path, name: str, model: dict) -> ModelKey:
+    """The run's model a manifest's study model was made from (its `key`)."""
+    try:
+        return ModelKey.parse(model.get("key", ""))
+    except UserError as error:
+        raise UserError(f"{manifest_path}: models.{name}.key: {error}") from None

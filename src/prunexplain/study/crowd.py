@@ -1,11 +1,17 @@
 """Who answered a run's study: real answers where the run has them, else a simulated crowd.
 
 Real answers are MTurk batch-results CSVs put into `study/answers/` as `<experiment>*.csv` (e.g.
-`exp1_batch1.csv`, `exp1_heatmap.csv`) and the self-hosted study's database `study/study.db`
-(exported to `study/export/`). An experiment without real answers is answered by a simulated crowd
-(`crowd.simulate`) under `study/simulated/<experiment>/`, with the study's published effects as its
-truth where the model names match. `study/crowd.json` lists, per experiment, its kind, the source
-(real or simulated) and the files: the analysis stage reads only that.
+`exp1_batch1.csv`, `exp1_heatmap.csv`; `experiments.answer_files_of` says which file is whose) and
+the self-hosted study's database `study/study.db` (exported to `study/export/`). An experiment
+without real answers is answered by a simulated crowd (`crowd.simulate`) under
+`study/simulated/<experiment>/`, with the study's published effects as its truth where the model
+names match. `study/crowd.json` lists, per experiment, its kind, the source (real or simulated), the
+files and, for a simulated crowd, the reason: the analysis stage reads only that.
+
+Never a silent fallback: a database that exists but cannot be read whole (empty, corrupt, foreign,
+a directory or a dangling link, copied without its -wal while a server ran: see
+`study.server.store`) stops the stage with one line naming it. Only a readable database nobody has
+answered in (or none at all) lets a simulated crowd stand in.
 """
 
 from __future__ import annotations
@@ -13,17 +19,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunexplain.config import ModelTruth, PairTruth, Settings, SimulateSettings, UserError
-from prunexplain.runs import Run, write_json
+from prunexplain.config import ModelTruth, PairTruth, Settings, SimulateSettings
+from prunexplain.experiments import answer_files_of, kind
+from prunexplain.runs import Run, StudyFolder, write_json
 from prunexplain.study.build import read_manifest
 from prunexplain.study.simulate import simulate
 
 log = logging.getLogger(__name__)
-
-CROWD_FILE = "crowd.json"
 
 
 @dataclass
@@ -35,34 +41,50 @@ class CrowdResult:
 
 
 def answers_fingerprint(run: Run) -> str:
-    """Names, sizes and times of the real answer files: new answers make the stage run again."""
-    files = sorted(run.path("study", "answers").glob("*.csv")) + sorted(run.path("study").glob("study.db*"))
-    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.is_file()]
-    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+    """What decides the crowd stage besides its settings: new answers make it run again.
+
+    Answer CSVs and the database with its -wal count by name, kind, size and time; anything named
+    study.db* counts even when it is no file (a directory or a dangling link must not pass for "no
+    database" and keep an earlier simulated crowd). The -shm counts by its presence only: it is
+    SQLite's index of the -wal, holds no answers, and every reader may rewrite it.
+    """
+    study = run.study
+    entries = sorted(study.answers.glob("*.csv")) + sorted(study.root.glob(f"{study.database.name}*"))
+    stamps = [_stamp(path) for path in entries]
+    return hashlib.sha256(json.dumps(stamps).encode()).hexdigest()[:16]
 
 
-def _exported(run: Run) -> dict[str, Path]:
-    """The self-hosted study's answers as MTurk CSVs, per experiment key (none without a database)."""
-    if not run.path("study", "study.db").is_file():
-        return {}
-    from prunexplain.study.server.export import export_study
+def _stamp(path: Path) -> list:
+    if path.name.endswith("-shm"):
+        return [path.name]
+    try:
+        info = path.stat()
+    except OSError:  # a dangling link
+        info = path.lstat()
+    return [path.name, stat.S_IFMT(info.st_mode), info.st_size, info.st_mtime_ns]
+
+
+def _exported(study: StudyFolder) -> tuple[dict[str, Path], str]:
+    """The self-hosted study's answers as MTurk CSVs per experiment key, and what the database said
+    when it had none. Every other problem with the database is a UserError that stops the stage."""
+    from prunexplain.study.server.export import NoAnswers, export_study
 
     try:
-        return {key: path for key, path in export_study(run.path("study")).files.items() if key != "checks"}
-    except UserError as error:  # a database nobody has answered in yet
-        log.info("crowd: %s", error)
-        return {}
+        files = export_study(study.root).files
+    except NoAnswers as nothing:
+        return {}, str(nothing)
+    return {key: path for key, path in files.items() if key != "checks"}, ""
 
 
 def _simulated(settings: Settings, manifest: dict, key: str, out: Path) -> Path:
     """A simulated crowd answering one experiment, named after the study's models and classes."""
-    kind = manifest["experiments"][key]["kind"]
+    spec = kind(manifest["experiments"][key]["kind"])
     stimuli = [s for s in manifest["stimuli"] if s["experiment"] == key]
     names = list(manifest["models"])
     study = {(t.a, t.b): t for t in SimulateSettings().pairs} | {t.name: t for t in SimulateSettings().models}
-    pairs = sorted({tuple(sorted((s["left"], s["right"]), key=names.index)) for s in stimuli if kind == "exp1"})
+    pairs = sorted({tuple(sorted((s["left"], s["right"]), key=names.index)) for s in stimuli if spec.compares})
     simulated = SimulateSettings(
-        experiment=kind, classes=manifest["classes"], images=len({s["image"] for s in stimuli}),
+        experiment=spec.name, classes=manifest["classes"], images=len({s["image"] for s in stimuli}),
         pairs=[study.get(pair, PairTruth(a=pair[0], b=pair[1])) for pair in pairs] or SimulateSettings().pairs,
         models=[study.get(name, ModelTruth(name=name)) for name in names],
         workers=max(settings.crowd.workers, settings.crowd.answers_per_item),
@@ -72,22 +94,31 @@ def _simulated(settings: Settings, manifest: dict, key: str, out: Path) -> Path:
     return simulate(simulated, out, power=False).results
 
 
+def _why_simulated(study: StudyFolder, key: str, said: str) -> str:
+    """Why experiment `key` has no real answers, in words for crowd.json and the report."""
+    database = said or f"{study.database}: no answers to {key}"
+    return f"no answer files {key}*.csv in {study.answers}; {database}"
+
+
 def crowd_stage(settings: Settings, run: Run) -> CrowdResult:
     """Choose each experiment's answers (real first) and write `study/crowd.json`."""
-    manifest = read_manifest(run.path("study", "manifest.json"))
-    exported = _exported(run)
+    study = run.study
+    manifest = read_manifest(study.manifest)
+    exported, said = _exported(study)
+    names = sorted(path.name for path in study.answers.glob("*.csv"))
     sources = {}
     for key, experiment in manifest["experiments"].items():
-        real = sorted(run.path("study", "answers").glob(f"{key}*.csv"))
-        if key == "exp1":  # exp1_heatmap*.csv files belong to the heatmap experiment
-            real = [p for p in real if not p.name.startswith("exp1_heatmap")]
+        real = [study.answers / name for name in answer_files_of(key, names)]
         real += [exported[key]] if key in exported else []
+        entry = {"kind": kind(experiment["kind"]).name}
         if real:
-            sources[key] = {"kind": experiment["kind"], "source": "real", "files": [str(p) for p in real]}
+            sources[key] = {**entry, "source": "real", "files": [str(p) for p in real]}
         elif settings.crowd.simulate:
-            path = _simulated(settings, manifest, key, run.path("study", "simulated", key))
-            sources[key] = {"kind": experiment["kind"], "source": "simulated", "files": [str(path)]}
+            reason = _why_simulated(study, key, said)
+            log.info("crowd: %s: a simulated crowd answers (%s)", key, reason)
+            path = _simulated(settings, manifest, key, study.simulated(key))
+            sources[key] = {**entry, "source": "simulated", "files": [str(path)], "reason": reason}
         else:
             log.info("crowd: no answers to %s yet and crowd.simulate is off", key)
-    write_json(run.path("study", CROWD_FILE), sources)
+    write_json(study.crowd, sources)
     return CrowdResult(sources)

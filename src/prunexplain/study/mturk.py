@@ -1,16 +1,16 @@
 """Mechanical Turk packaging: input CSVs, HIT layouts, and publishing the stimuli to S3.
 
 A HIT shows one stimulus (`${image_url}`, filled from the input CSV's `image_url` column). The
-layouts use Amazon's crowd HTML elements: a `crowd-classifier` named `algorithms` (experiment 1)
-or `classes` (experiment 2) whose categories are the answer options themselves, so its answer
-column `Answer.<name>.label` names an option that `prunexplain analyze` reads like the study's
-true/false columns.
+layouts (templates/layout.html, with one instructions template per kind of task) use Amazon's crowd
+HTML elements: a `crowd-classifier` named after the kind's answer group (`algorithms`, `classes`)
+whose categories are the answer options themselves, so its answer column `Answer.<group>.label`
+names an option that `prunexplain analyze` reads like the study's true/false columns. What is
+asked and which options there are comes from the experiment spec (`prunexplain.experiments`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import logging
 import mimetypes
@@ -18,40 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from prunexplain.config import UserError
+from prunexplain.experiments import NONE, SHOWN_AS, Experiment
 from prunexplain.runs import write_csv, write_text
 
 log = logging.getLogger(__name__)
 
 CROWD_ELEMENTS = "https://assets.crowd.aws/crowd-html-elements.js"
 
-EXP1_QUESTION = "Which algorithm is more reasonable?"
-EXP2_QUESTION = "What is on the picture?"
-
-_EXP1_INSTRUCTIONS = """
-<p>Two algorithms looked at the same photo and both named the same class (the title says which).
-Beside the original photo in the middle, each algorithm's picture shows which parts of the photo
-it relied on for that decision: <b>{shown}</b>.</p>
-<p>Judge which algorithm relied on parts that make more sense for recognising the class.</p>
-<ul>
-  <li><b>alg1</b>: Algorithm 1, the picture on the left, is more reasonable.</li>
-  <li><b>alg2</b>: Algorithm 2, the picture on the right, is more reasonable.</li>
-  <li><b>none</b>: both are equally reasonable (or equally unreasonable).</li>
-</ul>
-"""
-
-_SHOWN = {
-    "occlusion": "only the parts it used most are visible, everything else is black",
-    "heatmap": "red marks the parts it used most, blue the parts it hardly used",
-}
-
-_EXP2_INSTRUCTIONS = """
-<p>Only a small part of a photo is visible; the rest is black. The visible part is what a computer
-program looked at most when it recognised the photo.</p>
-<p>Choose the class you think the photo shows. If you cannot tell, choose <b>none</b>.</p>
-<p>Classes: {classes}.</p>
-"""
+# Autoescaped: class labels and texts go into HTML attributes and elements.
+_TEMPLATES = Environment(loader=PackageLoader("prunexplain.study", "templates"), autoescape=True,
+                         undefined=StrictUndefined, keep_trailing_newline=True)
 
 
 def input_rows(files: list[str], url_prefix: str, seed: int) -> list[dict]:
@@ -65,30 +44,18 @@ def write_input(path: Path, files: list[str], url_prefix: str, seed: int) -> Pat
     return write_csv(path, input_rows(files, url_prefix, seed))
 
 
-def layout(kind: str, variant: str, classes: list[str]) -> str:
+def layout(experiment: Experiment, classes: list[str]) -> str:
     """The HIT layout of an experiment as HTML (MTurk fills `${image_url}`)."""
-    if kind == "exp1":
-        name, question, options = "algorithms", EXP1_QUESTION, ["alg1", "alg2", "none"]
-        instructions = _EXP1_INSTRUCTIONS.format(shown=_SHOWN[variant])
-    else:
-        name, question, options = "classes", EXP2_QUESTION, [*classes, "none"]
-        instructions = _EXP2_INSTRUCTIONS.format(classes=html.escape(", ".join(classes)))
-    categories = html.escape(json.dumps(options).replace('"', "'"))
-    return f"""<script src="{CROWD_ELEMENTS}"></script>
-<crowd-form answer-format="flatten-objects">
-  <crowd-classifier name="{name}" categories="{categories}" header="{html.escape(question)}">
-    <classification-target>
-      <img src="${{image_url}}" alt="stimulus" style="max-width: 100%; max-height: 70vh">
-    </classification-target>
-    <full-instructions header="Instructions">{instructions}</full-instructions>
-    <short-instructions>{instructions}</short-instructions>
-  </crowd-classifier>
-</crowd-form>
-"""
+    kind = experiment.kind
+    categories = json.dumps(kind.options(classes)).replace('"', "'")
+    return _TEMPLATES.get_template("layout.html").render(
+        crowd_elements=CROWD_ELEMENTS, kind=kind, categories=categories, instructions=f"{kind.template}.html",
+        shown=SHOWN_AS[experiment.rendering], classes=classes, none_value=NONE,
+    )
 
 
-def write_layout(path: Path, kind: str, variant: str, classes: list[str]) -> Path:
-    return write_text(path, layout(kind, variant, classes))
+def write_layout(path: Path, experiment: Experiment, classes: list[str]) -> Path:
+    return write_text(path, layout(experiment, classes))
 
 
 @dataclass
@@ -133,7 +100,8 @@ def publish(study_dir: Path, bucket: str, prefix: str = "", endpoint_url: str | 
         raise UserError(f"study publish: s3://{bucket}: {error.response['Error'].get('Message', error)}") from None
     except BotoCoreError as error:
         raise UserError(f"study publish: {error}") from None
-    base = (endpoint_url.rstrip("/") + f"/{bucket}/" if endpoint_url else f"https://{bucket}.s3.amazonaws.com/") + prefix
+    host = endpoint_url.rstrip("/") + f"/{bucket}/" if endpoint_url else f"https://{bucket}.s3.amazonaws.com/"
+    base = host + prefix
     log.info("published %d files to s3://%s/%s (%d unchanged)", uploaded, bucket, prefix, len(files) - uploaded)
     return PublishResult(uploaded, len(files) - uploaded, base)
 

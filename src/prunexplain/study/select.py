@@ -8,7 +8,6 @@ position in the test split, its file and its label (plain text, not pickled tens
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,20 +18,24 @@ from tqdm import tqdm
 
 from prunexplain.config import DataSettings, UserError
 from prunexplain.data.loaders import ImageSet, prepare
-from prunexplain.runs import write_csv
+from prunexplain.experiments import study_model_name
+from prunexplain.runs import ModelKey, write_csv
 
 log = logging.getLogger(__name__)
 
 
-def study_name(key: str) -> str:
-    """A run's model key as the study's file names spell it: 'dense' -> 'nonpruned',
-    '<method>/cr_<rate>' -> '<rate>pruned' (e.g. 'local_magnitude_unstructured/cr_2' -> '2pruned')."""
-    if key == "dense":
-        return "nonpruned"
-    match = re.fullmatch(r"[^/]+/cr_(\d+(?:\.\d+)?)", key)
-    if match is None:
-        raise UserError(f"study.models: {key!r} is neither 'dense' nor '<method>/cr_<rate>'")
-    return f"{match.group(1)}pruned"
+def study_key(text: str) -> ModelKey:
+    """A model of `study.models` ('dense', '<method>/cr_<rate>'); anything else is a UserError naming the key."""
+    try:
+        return ModelKey.parse(text)
+    except UserError as error:
+        raise UserError(f"study.models: {error}") from None
+
+
+def study_name(text: str) -> str:
+    """A model of `study.models` as the study's file names spell it: 'local_magnitude_unstructured/cr_2'
+    -> '2pruned', 'dense' -> 'nonpruned' (experiments.study_model_name)."""
+    return study_model_name(study_key(text))
 
 
 @dataclass(frozen=True)

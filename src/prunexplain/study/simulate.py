@@ -33,15 +33,10 @@ import pandas as pd
 from scipy import stats
 
 from prunexplain.config import PairTruth, SimulateSettings, UserError, load_section
-from prunexplain.runs import atomic_open, write_json
+from prunexplain.experiments import KINDS, NONE, Kind
+from prunexplain.runs import SimulationFolder, atomic_open, write_json
 
 log = logging.getLogger(__name__)
-
-EXP1_OPTIONS = ("alg1", "alg2", "none")
-_TITLES = {
-    "exp1": "Given two Pictures, decide which Algorithm is more Reasonable",
-    "exp2": "Given Parts of an Image, choose what you see on the Image",
-}
 
 
 @dataclass
@@ -64,7 +59,7 @@ class SimulationResult:
 
     def markdown(self) -> str:
         lines = [f"Simulated {self.truth['answers']} answers ({self.experiment}) in {self.results}."]
-        if self.experiment == "exp1":
+        if KINDS[self.experiment].compares:
             rows = [[f"{p['a']} vs {p['b']}", f"{p['preference']:.3f}", f"{p['none_share']:.3f}",
                      f"{p['expected_a_share']:.3f}", f"{p['expected_none_share']:.3f}"] for p in self.truth["pairs"]]
             lines.append(_table(["pair a vs b", "preference (attentive)", "none (attentive)",
@@ -94,24 +89,29 @@ def simulate(settings: SimulateSettings, out_dir: Path, power: bool = True) -> S
     _check(settings)
     rng = np.random.default_rng(settings.seed)
     frame = simulate_answers(settings, rng)
-    out_dir = Path(out_dir)
-    results = out_dir / f"{settings.experiment}_results.csv"
+    folder = SimulationFolder(out_dir)
+    results = folder.results(settings.experiment)
     with atomic_open(results) as handle:
         frame.to_csv(handle, index=False)
     truth = expected_truth(settings) | {"answers": len(frame), "settings": settings.model_dump(mode="json")}
-    written = [results, write_json(out_dir / "truth.json", truth)]
-    table = power_analysis(settings) if power and settings.experiment == "exp1" else []
+    written = [results, write_json(folder.truth, truth)]
+    table = power_analysis(settings) if power and _kind(settings).compares else []
     if table:
-        written.append(write_json(out_dir / "power.json", table))
+        written.append(write_json(folder.power, table))
     log.info("simulated %d answers into %s", len(frame), results)
     return SimulationResult(settings.experiment, results, truth, table, written)
 
 
+def _kind(settings: SimulateSettings) -> Kind:
+    """The kind of task simulated (SimulateSettings checked that the spec has it)."""
+    return KINDS[settings.experiment]
+
+
 def _check(settings: SimulateSettings) -> None:
-    if settings.experiment == "exp1" and not settings.pairs:
-        raise UserError("simulate.pairs: give at least one pair for experiment 1")
-    if settings.experiment == "exp2" and not settings.models:
-        raise UserError("simulate.models: give at least one model for experiment 2")
+    if _kind(settings).compares and not settings.pairs:
+        raise UserError(f"simulate.pairs: give at least one pair for {settings.experiment}")
+    if not _kind(settings).compares and not settings.models:
+        raise UserError(f"simulate.models: give at least one model for {settings.experiment}")
     models = [*(m.name for m in settings.models), *(name for p in settings.pairs for name in (p.a, p.b))]
     for name in [*settings.classes, *models]:
         if not name or "_" in name or "/" in name:
@@ -137,10 +137,11 @@ def simulate_answers(settings: SimulateSettings, rng: np.random.Generator, crowd
     """One simulated study as MTurk batch results (all values strings, as MTurk writes them)."""
     _check(settings)
     crowd = crowd or draw_crowd(settings, rng)
-    if settings.experiment == "exp1":
-        parts = [_exp1_pair(pair, settings, crowd, rng) for pair in settings.pairs]
+    kind = _kind(settings)
+    if kind.compares:
+        parts = [_exp1_pair(kind, pair, settings, crowd, rng) for pair in settings.pairs]
     else:
-        parts = [_exp2_model(model, settings, crowd, rng) for model in settings.models]
+        parts = [_exp2_model(kind, model, settings, crowd, rng) for model in settings.models]
     items = pd.concat(parts, ignore_index=True)
     return _mturk_rows(items, settings, crowd, rng)
 
@@ -164,7 +165,8 @@ def item_shares(mean: float, size, rho: float, rng: np.random.Generator) -> np.n
     return rng.beta(mean * concentration, (1 - mean) * concentration, size)
 
 
-def _exp1_pair(pair: PairTruth, settings: SimulateSettings, crowd: Crowd, rng: np.random.Generator) -> pd.DataFrame:
+def _exp1_pair(kind: Kind, pair: PairTruth, settings: SimulateSettings, crowd: Crowd,
+               rng: np.random.Generator) -> pd.DataFrame:
     n, k = settings.images, settings.answers_per_item
     a_left = rng.random(n) < 0.5
     workers = _assign_workers(n, settings, rng)
@@ -172,7 +174,7 @@ def _exp1_pair(pair: PairTruth, settings: SimulateSettings, crowd: Crowd, rng: n
     none_share = item_shares(pair.none_share, n, settings.item_correlation, rng)[:, None]
     draws = rng.random((4, n, k))
     prefers_a = draws[2] < preference
-    a_side = np.where(prefers_a == a_left[:, None], 0, 1)  # 0: alg1 (left), 1: alg2 (right)
+    a_side = np.where(prefers_a == a_left[:, None], 0, 1)  # 0: the left model's option, 1: the right one's
     favoured = np.where(crowd.favours_left[workers], 0, 1)
     attentive = np.where(draws[0] < none_share, 2, np.where(draws[1] < crowd.side_bias[workers], favoured, a_side))
     random_answer = np.minimum((draws[3] * 3).astype(int), 2)
@@ -180,11 +182,12 @@ def _exp1_pair(pair: PairTruth, settings: SimulateSettings, crowd: Crowd, rng: n
     left = np.where(a_left, pair.a, pair.b)
     right = np.where(a_left, pair.b, pair.a)
     labels = _labels(settings)
-    urls = [f"{i}_{l}_{c}_{r}.png" for i, (l, c, r) in enumerate(zip(left, labels, right))]
-    return _long(urls, workers, np.array(EXP1_OPTIONS)[answer])
+    urls = [kind.stimulus_name(i, label, pair) for i, (label, *pair) in enumerate(zip(labels, left, right))]
+    options = np.array([*(kind.picking(side) for side in kind.shows), NONE])  # as indexed above
+    return _long(urls, workers, options[answer])
 
 
-def _exp2_model(model, settings: SimulateSettings, crowd: Crowd, rng: np.random.Generator) -> pd.DataFrame:
+def _exp2_model(kind: Kind, model, settings: SimulateSettings, crowd: Crowd, rng: np.random.Generator) -> pd.DataFrame:
     n, k, classes = settings.images, settings.answers_per_item, np.array(settings.classes)
     labels = _labels(settings)
     truth = np.arange(n) % len(classes)
@@ -192,7 +195,7 @@ def _exp2_model(model, settings: SimulateSettings, crowd: Crowd, rng: np.random.
     draws = rng.random((3, n, k))
     # a wrong class: shift the true index by 1..C-1, uniformly
     wrong = (truth[:, None] + 1 + (draws[1] * (len(classes) - 1)).astype(int)) % len(classes)
-    options = np.append(classes, "none")
+    options = np.array(kind.options(list(classes)))  # the classes, then none (index len(classes))
     correct = item_shares(model.correct, n, settings.item_correlation, rng)[:, None]
     # 'none' takes the same part of each item's not-correct answers as overall: mean kept, sum <= 1
     none_share = model.none_share * (1 - correct) / (1 - model.correct) if model.correct < 1 else np.zeros_like(correct)
@@ -200,7 +203,7 @@ def _exp2_model(model, settings: SimulateSettings, crowd: Crowd, rng: np.random.
                          np.where(draws[0] < correct + none_share, len(classes), wrong))
     random_answer = np.minimum((draws[2] * len(options)).astype(int), len(options) - 1)
     answer = np.where(crowd.spammer[workers], random_answer, attentive)
-    urls = [f"{i}_{c}_{model.name}.png" for i, c in enumerate(labels)]
+    urls = [kind.stimulus_name(i, c, (model.name,)) for i, c in enumerate(labels)]
     return _long(urls, workers, options[answer])
 
 
@@ -216,10 +219,11 @@ def _mturk_rows(items: pd.DataFrame, settings: SimulateSettings, crowd: Crowd, r
     spam = crowd.spammer[items["worker"].to_numpy()]
     median = np.where(spam, settings.spammer_work_time, settings.work_time)
     seconds = np.maximum(1, np.round(median * np.exp(rng.normal(0, 0.5, len(items))))).astype(int)
+    kind = _kind(settings)
     rows = {
         "HITId": [f"SIMHIT{h:07d}" for h in hit],
         "HITTypeId": "SIMTYPE" + settings.experiment.upper(),
-        "Title": _TITLES[settings.experiment],
+        "Title": kind.title,
         "Reward": "$0.01",
         "MaxAssignments": str(k),
         "AssignmentId": [f"SIMASG{i:08d}" for i in range(len(items))],
@@ -228,12 +232,9 @@ def _mturk_rows(items: pd.DataFrame, settings: SimulateSettings, crowd: Crowd, r
         "WorkTimeInSeconds": seconds.astype(str),
         "Input.image_url": items["url"].to_numpy(),
     }
-    if settings.experiment == "exp1":
-        options, prefix = EXP1_OPTIONS, "Answer.algorithms."
-    else:
-        options, prefix = (*settings.classes, "none"), "Answer.classes."
-    for option in options:
-        rows[prefix + option] = np.where(items["answer"].to_numpy() == option, "true", "false")
+    classes = settings.classes if kind.asks_class else []
+    for option, column in zip(kind.options(classes), kind.columns(classes)):
+        rows[column] = np.where(items["answer"].to_numpy() == option, "true", "false")
     return pd.DataFrame(rows).assign(Approve="", Reject="")
 
 
@@ -252,19 +253,19 @@ def exp1_probabilities(pair: PairTruth, spam: float, side_bias: float) -> np.nda
 def expected_truth(settings: SimulateSettings) -> dict:
     """What the crowd reports in expectation: the truth the analysis estimates."""
     spam = round(settings.spammer_share * settings.workers) / settings.workers
-    if settings.experiment == "exp1":
+    if _kind(settings).compares:
         pairs = []
         for pair in settings.pairs:
             a, b, none = exp1_probabilities(pair, spam, settings.side_bias)
             pairs.append(pair.model_dump() | {"expected_a_share": a / (a + b), "expected_none_share": none})
-        return {"experiment": "exp1", "spam": spam, "pairs": pairs}
+        return {"experiment": settings.experiment, "spam": spam, "pairs": pairs}
     options = len(settings.classes) + 1
     models = [
         m.model_dump() | {"expected_accuracy": (1 - spam) * m.correct + spam / options,
                           "expected_none_share": (1 - spam) * m.none_share + spam / options}
         for m in settings.models
     ]
-    return {"experiment": "exp2", "spam": spam, "models": models}
+    return {"experiment": settings.experiment, "spam": spam, "models": models}
 
 
 # --- power --------------------------------------------------------------------------------------

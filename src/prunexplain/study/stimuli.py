@@ -1,25 +1,22 @@
 """The pictures people judge: experiment 1 panels and experiment 2 occlusion maps.
 
 Randomness is drawn first and recorded (which model goes left), then rendering is deterministic:
-the same maps, sides and settings give byte-identical PNGs. File names follow the study's scheme
-(DESIGN.md), which `prunexplain analyze` parses back:
-experiment 1 `{i}_{left}_{classlabel}_{right}.png`, experiment 2 `{i}_{classlabel}_{model}.png`.
+the same maps, sides and settings give byte-identical PNGs. File names follow the study's scheme,
+which the experiment spec (`prunexplain.experiments`) both writes and parses back for the analysis.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from prunexplain.experiments import Experiment
 from prunexplain.explain.render import Exp1Panels, exp2_image, heatmap, occlude, top_pixels
-
-# Experiment key -> (kind the analysis reads it as, how each model's map is drawn).
-EXPERIMENTS = {"exp1": ("exp1", "occlusion"), "exp1_heatmap": ("exp1", "heatmap"), "exp2": ("exp2", "occlusion")}
+from prunexplain.runs import StudyFolder
 
 
 @dataclass(frozen=True)
@@ -63,27 +60,36 @@ def draw_maps(variant: str, images: np.ndarray, maps: np.ndarray, occlusion: flo
     return np.stack([heatmap(image, cam, alpha) for image, cam in zip(images, maps)])
 
 
-def exp1_stimuli(key: str, images: np.ndarray, drawn: dict[str, np.ndarray], labels: list[str],
-                 pairs: list[tuple[str, str]], sides: np.ndarray, out: Path, progress: bool) -> list[Stimulus]:
+def _stimulus(experiment: Experiment, folder: StudyFolder, image: int, label: str, models: tuple[str, ...]) -> Stimulus:
+    """The stimulus of `models` on one image, named as the spec says, in the experiment's folder."""
+    name = experiment.kind.stimulus_name(image, label, models)
+    file = folder.relative(folder.stimuli(experiment.key) / name)
+    return Stimulus(experiment.key, file, image, label, **dict(zip(experiment.kind.shows, models)))
+
+
+def exp1_stimuli(experiment: Experiment, images: np.ndarray, drawn: dict[str, np.ndarray], labels: list[str],
+                 pairs: list[tuple[str, str]], sides: np.ndarray, folder: StudyFolder,
+                 progress: bool) -> list[Stimulus]:
     """Three panels per image and pair: the two models' maps around the original image."""
     stimuli = []
     jobs = [(p, i) for p in range(len(pairs)) for i in range(len(images))]
     with Exp1Panels() as panel:
-        for p, i in tqdm(jobs, desc=key, unit="stimulus", disable=not progress):
+        for p, i in tqdm(jobs, desc=experiment.key, unit="stimulus", disable=not progress):
             a, b = pairs[p]
             left, right = (a, b) if sides[p, i] else (b, a)
-            stimulus = Stimulus(key, f"{key}/{i}_{left}_{labels[i]}_{right}.png", i, labels[i], left=left, right=right)
-            panel(drawn[left][i], images[i], drawn[right][i], labels[i], out / stimulus.file)
+            stimulus = _stimulus(experiment, folder, i, labels[i], (left, right))
+            panel(drawn[left][i], images[i], drawn[right][i], labels[i], folder.stimulus(stimulus.file))
             stimuli.append(stimulus)
     return stimuli
 
 
-def exp2_stimuli(key: str, drawn: dict[str, np.ndarray], labels: list[str], out: Path, progress: bool) -> list[Stimulus]:
+def exp2_stimuli(experiment: Experiment, drawn: dict[str, np.ndarray], labels: list[str], folder: StudyFolder,
+                 progress: bool) -> list[Stimulus]:
     """One occluded image per image and model."""
     stimuli = []
     jobs = [(name, i) for name in drawn for i in range(len(labels))]
-    for name, i in tqdm(jobs, desc=key, unit="stimulus", disable=not progress):
-        stimulus = Stimulus(key, f"{key}/{i}_{labels[i]}_{name}.png", i, labels[i], model=name)
-        exp2_image(drawn[name][i], out / stimulus.file)
+    for name, i in tqdm(jobs, desc=experiment.key, unit="stimulus", disable=not progress):
+        stimulus = _stimulus(experiment, folder, i, labels[i], (name,))
+        exp2_image(drawn[name][i], folder.stimulus(stimulus.file))
         stimuli.append(stimulus)
     return stimuli

@@ -64,10 +64,10 @@ def join(client: TestClient, worker: str = "", source: str = "mturk") -> httpx.R
 
 
 @contextlib.contextmanager
-def live_server(run_dir: Path, *options: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`prunexplain study serve` in its own process on a free port of 127.0.0.1, with the test token;
-    yields (base URL, process)."""
-    with server_process(run_dir, *options, env={"PRUNEXPLAIN_ADMIN_TOKEN": TOKEN}) as running:
+def live_server(run_dir: Path, *options: str, env: dict | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`prunexplain study serve` in its own process on a free port of 127.0.0.1, with the test token
+    (and `env`); yields (base URL, process)."""
+    with server_process(run_dir, *options, env={"PRUNEXPLAIN_ADMIN_TOKEN": TOKEN, **(env or {})}) as running:
         yield running
 
 

@@ -6,6 +6,7 @@ import sqlite3
 from collections import Counter
 
 from prunexplain.config import ServeSettings
+from prunexplain.experiments import COMPARE, RECOGNISE
 from prunexplain.study.server.assign import plan_tasks
 from prunexplain.study.server.catalog import load_study
 from prunexplain.study.server.store import Store
@@ -63,9 +64,10 @@ def test_experiment2_first_and_each_image_once(study_dir):
         for n in range(6):
             _start(store, study, settings, f"w{n}")
             tasks = _tasks(store, f"w{n}")
-            kinds = [study.experiments[row[1]].kind for row in tasks]
-            assert kinds == sorted(kinds, key=lambda kind: kind != "exp2")  # exp2 block, then exp1
-            images = [study.stimuli[row[2]].image for row in tasks if row[1] == "exp2"]
+            kinds = [study.experiments[row[1]].spec for row in tasks]
+            assert kinds == sorted(kinds, key=lambda kind: kind is not RECOGNISE)  # exp2 block, then exp1
+            assert set(kinds) == {RECOGNISE, COMPARE}
+            images = [study.stimuli[row[2]].image for row in tasks if study.experiments[row[1]].spec is RECOGNISE]
             assert len(images) == len(set(images)) > 0
 
 
@@ -82,7 +84,7 @@ def test_attention_checks_are_extra_marked_and_on_unseen_pictures(study_dir):
             assert not {row[2] for row in checks} & {row[2] for row in real}
             for position, experiment, stimulus, expected in checks:
                 assert expected in study.experiments[experiment].options
-                assert study.experiments[experiment].kind == study.experiments[tasks[position - 1][1]].kind
+                assert study.experiments[experiment].spec is study.experiments[tasks[position - 1][1]].spec
         assert sum(_loads(store).values()) == 25  # checks do not count towards k
 
 

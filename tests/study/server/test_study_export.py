@@ -1,17 +1,22 @@
 """`study export`: MTurk batch-results CSVs that `prunexplain analyze` reads unchanged, end to end."""
 
+import contextlib
 import csv
 import sqlite3
 import uuid
 
+import httpx
 import pytest
-from serverkit import browser, join
+from serverkit import browser, join, live_server
 from typer.testing import CliRunner
 
 from prunexplain.analysis.stage import analyze
 from prunexplain.cli import app
-from prunexplain.config import AnalysisSettings, UserError
+from prunexplain.config import AnalysisSettings, ServeSettings, UserError
+from prunexplain.study.server.app import create_app
 from prunexplain.study.server.export import export_study
+from prunexplain.study.server.store import Store
+from tests.study.databases import BROKEN, copy_study, count_answers, serving, snapshot
 
 HEAD = ["HITId", "AssignmentId", "WorkerId", "AssignmentStatus", "AcceptTime", "SubmitTime", "WorkTimeInSeconds",
         "Input.image_url"]
@@ -130,3 +135,91 @@ def test_export_of_one_experiment(make_client, study_dir):
         export_study(study_dir, experiment="exp9")
     result = export_study(study_dir, experiment="exp2")
     assert set(result.files) == {"exp2"} and result.rows["exp2"] == 4
+
+
+def _spy_on_sqlite(monkeypatch) -> list[str]:
+    """Every database the code under test opens, as it names it."""
+    opened, connect = [], sqlite3.connect
+
+    def spy(database, *args, **kwargs):
+        opened.append(str(database))
+        return connect(database, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", spy)
+    return opened
+
+
+@pytest.mark.parametrize("copied", [("study.db",), ("study.db", "study.db-wal"),
+                                    ("study.db", "study.db-wal", "study.db-shm")])
+def test_export_of_a_copy_writes_nothing_into_it(study_dir, tmp_path, monkeypatch, copied):
+    """As root, chmod stops no write: the copy must come out byte for byte as it went in, with no new file
+    (the -shm aside, SQLite's index of the WAL, which a reader may rewrite), and SQLite opened read-only."""
+    with serving(study_dir) as client:
+        if len(copied) > 1:  # a copy made while the server runs: the answers are in the -wal only
+            copy = copy_study(study_dir, tmp_path / "copy" / "study", copied)
+            assert count_answers(copy / "study.db", with_wal=False) == 0
+        wanted = {key: n for key, n in _counts(client).items() if n}
+    if len(copied) == 1:  # a copy made after the server stopped
+        copy = copy_study(study_dir, tmp_path / "copy" / "study", copied)
+    before = snapshot(copy)
+    opened = _spy_on_sqlite(monkeypatch)
+    result = export_study(copy, tmp_path / "out")
+    assert {key: result.rows[key] for key in wanted} == wanted and "checks" not in result.files
+    after = snapshot(copy)
+    assert set(after) == set(before)
+    assert {k: v for k, v in after.items() if not k.endswith("-shm")} == {
+        k: v for k, v in before.items() if not k.endswith("-shm")}
+    assert opened and all(name.startswith("file:") and "mode=ro" in name for name in opened)
+    monkeypatch.undo()
+    out = tmp_path / "cli"
+    result = runner.invoke(app, ["study", "export", "--run", str(copy.parent), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{key}_results.csv" for key in wanted)
+    assert set(snapshot(copy)) == set(before)
+
+
+def _counts(client) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(client.app.state.store.path)) as db:
+        return dict(db.execute("SELECT experiment, COUNT(*) FROM answers GROUP BY experiment").fetchall())
+
+
+@pytest.mark.parametrize("damage", list(BROKEN))
+def test_export_of_a_broken_database_is_one_line(run_dir, damage):
+    database = run_dir / "study" / "study.db"
+    BROKEN[damage](database)
+    result = runner.invoke(app, ["study", "export", "--run", str(run_dir)])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {database}: ") and result.output.count("\n") == 1
+    assert not (run_dir / "study" / "export").exists()
+
+
+def test_export_of_a_wal_without_its_database(run_dir):
+    (run_dir / "study" / "study.db-wal").write_bytes(b"")
+    with pytest.raises(UserError, match="a -wal file without its database study.db"):
+        export_study(run_dir / "study")
+
+
+def test_the_server_never_writes_into_a_foreign_database(study_dir, admin_env):
+    database = study_dir / "study.db"
+    BROKEN["foreign SQLite file"](database)
+    before = snapshot(study_dir)
+    with pytest.raises(UserError, match="not the study's"):
+        create_app(study_dir, ServeSettings())
+    with pytest.raises(UserError, match="not the study's"):
+        Store(database)
+    assert snapshot(study_dir) == before
+
+
+def test_a_stopped_server_leaves_a_database_whole_without_its_wal(run_dir, tmp_path):
+    """SIGTERM ends `prunexplain study serve` through its lifespan: the store records a clean shutdown and
+    moves the WAL into study.db, so a copy of study.db alone exports every answer."""
+    with live_server(run_dir, "--tasks", "3", "--attention-checks", "0") as (base, _):
+        with httpx.Client(base_url=base, timeout=10) as client:
+            client.post("/consent", data={"participant": "w0", "source": "mturk", "agree": "yes"})
+            while not (task := client.get("/api/task").json())["done"]:
+                body = {"submission_id": str(uuid.uuid4()), "position": task["position"], "answer": task["options"][0]}
+                assert client.post("/api/answers", json=body).json()["status"] == "stored"
+        assert (run_dir / "study" / "study.db-wal").exists()
+    assert not (run_dir / "study" / "study.db-wal").exists()  # (uvicorn re-raises SIGTERM after its shutdown)
+    copy = copy_study(run_dir / "study", tmp_path / "copy" / "study")
+    assert sum(export_study(copy, tmp_path / "out").rows.values()) == 3

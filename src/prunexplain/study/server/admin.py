@@ -2,7 +2,7 @@
 
 The token is sent as `Authorization: Bearer <token>` (scripts) or, after the login form, in an
 HttpOnly, SameSite=Strict cookie (browsers); a participant's session cookie never opens these
-pages. Participant ids are shown through autoescaped templates only.
+pages. Participant ids are shown through autoescaped templates only (templates/admin_*.html).
 """
 
 from __future__ import annotations
@@ -18,38 +18,6 @@ from prunexplain.study.server.catalog import Study
 from prunexplain.study.server.security import ADMIN_COOKIE, completion_code, same_token
 
 router = APIRouter()
-
-_LOGIN = """{% extends "base" %}{% block body %}
-<h1>Study admin</h1>{% if failed %}<p id="message">Wrong token.</p>{% endif %}
-<form method="post" action="/admin/login"><label>Admin token <input type="password" name="token"
- autocomplete="off" required></label> <button type="submit">Log in</button></form>
-{% endblock %}"""
-
-_OVERVIEW = """{% extends "base" %}{% block body %}
-<h1>Study progress</h1>
-<p>{{ p.participants.started }} participants, {{ p.participants.completed }} completed;
-attention checks passed: {{ p.checks.passed }} of {{ p.checks.answered }}
-{% if p.checks.pass_rate is not none %}({{ "%.0f" | format(100 * p.checks.pass_rate) }} %){% endif %}.
-<a href="/admin/stimuli">Stimuli</a></p>
-<table id="experiments"><tr><th>experiment</th><th>stimuli</th><th>answers</th><th>of</th><th>complete stimuli</th></tr>
-{% for e in p.experiments %}<tr><td>{{ e.key }}</td><td>{{ e.stimuli }}</td><td>{{ e.answers }}</td>
-<td>{{ e.target }}</td><td>{{ e.complete }}</td></tr>{% endfor %}</table>
-<h2>Participants</h2>
-<table id="participants"><tr><th>id</th><th>source</th><th>started (UTC)</th><th>answered</th><th>checks passed</th>
-<th>completed</th><th>code</th></tr>
-{% for r in p.participant_rows %}<tr><td>{{ r.id }}</td><td>{{ r.source }}</td><td>{{ r.started }}</td>
-<td>{{ r.answered }} / {{ r.tasks }}</td><td>{{ r.checks_passed }} / {{ r.checks }}</td>
-<td>{{ "yes" if r.completed else "no" }}</td><td>{{ r.code }}</td></tr>{% endfor %}</table>
-{% endblock %}"""
-
-_STIMULI = """{% extends "base" %}{% block body %}
-<h1>Stimuli</h1><p><a href="/admin">Back</a>. Answers needed per stimulus: {{ k }}.</p>
-<table id="stimuli"><tr><th>experiment</th><th>file</th><th>answers</th><th>reserved</th></tr>
-{% for s in rows %}<tr><td>{{ s.experiment }}</td><td>{{ s.file }}</td><td>{{ s.answers }}</td>
-<td>{{ s.reserved }}</td></tr>{% endfor %}</table>
-{% endblock %}"""
-
-TEMPLATES = {"admin_login": _LOGIN, "admin_overview": _OVERVIEW, "admin_stimuli": _STIMULI}
 
 
 def is_admin(request: Request) -> bool:
@@ -85,7 +53,7 @@ def progress(request: Request) -> dict:
     secret = store.secret
     rows = [
         {**row, "completed": row["completed_at"] is not None,
-         "started": dt.datetime.fromtimestamp(row["created_at"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+         "started": dt.datetime.fromtimestamp(row["created_at"], dt.UTC).strftime("%Y-%m-%d %H:%M"),
          "code": completion_code(settings.completion_code, secret, row["id"]) if row["completed_at"] else ""}
         for row in people
     ]
@@ -100,15 +68,15 @@ def progress(request: Request) -> dict:
 @router.get("/admin", response_class=HTMLResponse)
 def overview(request: Request):
     if not is_admin(request):
-        return _page(request, "admin_login", 401, failed=False)
-    return _page(request, "admin_overview", p=progress(request))
+        return _page(request, "admin_login.html", 401, failed=False)
+    return _page(request, "admin_overview.html", p=progress(request))
 
 
 @router.post("/admin/login")
 async def login(request: Request):
     token = dict(parse_qsl((await request.body()).decode(errors="replace"))).get("token", "")
     if not same_token(token, request.app.state.admin_token):
-        return _page(request, "admin_login", 401, failed=True)
+        return _page(request, "admin_login.html", 401, failed=True)
     response = RedirectResponse("/admin", 303)
     response.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite="strict", path="/")
     return response
@@ -117,9 +85,9 @@ async def login(request: Request):
 @router.get("/admin/stimuli", response_class=HTMLResponse)
 def stimuli_page(request: Request):
     if not is_admin(request):
-        return _page(request, "admin_login", 401, failed=False)
+        return _page(request, "admin_login.html", 401, failed=False)
     settings: ServeSettings = request.app.state.settings
-    return _page(request, "admin_stimuli", rows=progress(request)["stimuli"], k=settings.answers_per_stimulus)
+    return _page(request, "admin_stimuli.html", rows=progress(request)["stimuli"], k=settings.answers_per_stimulus)
 
 
 @router.get("/admin/api/progress")

@@ -21,12 +21,13 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from pydantic import BaseModel, Field, ValidationError
 
 from prunexplain.config import ServeSettings
+from prunexplain.runs import StudyFolder
 from prunexplain.study.server import admin
 from prunexplain.study.server.assign import plan_tasks
 from prunexplain.study.server.catalog import Study, inside, load_study, stimulus_key
-from prunexplain.study.server.pages import SCRIPT, STYLE, environment, option_label, option_views
+from prunexplain.study.server.pages import SCRIPT, STYLE, environment, instruction_sections
 from prunexplain.study.server.security import HEADERS, SESSION_COOKIE, admin_token, completion_code
-from prunexplain.study.server.store import Refused, Store
+from prunexplain.study.server.store import Refused, Store, check_existing
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +51,17 @@ class AnswerIn(BaseModel):
 
 
 def create_app(study_dir: Path, settings: ServeSettings) -> FastAPI:
-    """The app over one study folder. The manifest and the admin token are checked here, before
-    serving, so a bad study fails with one line; the database is opened in the lifespan and closed."""
+    """The app over one study folder. The manifest, the database there (if any) and the admin token
+    are checked here, before serving, so a bad study fails with one line; the database is opened in
+    the lifespan and closed on shutdown, which records a clean shutdown and checkpoints its WAL."""
     study = load_study(Path(study_dir), settings.experiments)
+    database = StudyFolder(study.folder).database
+    check_existing(database)
     token, token_source = admin_token(study.folder)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        with Store(study.folder / "study.db") as store:
+        with Store(database) as store:
             app.state.store = store
             app.state.keys = {stimulus_key(store.secret, s.id): s for s in study.stimuli.values()}
             app.state.key_of = {s.id: key for key, s in app.state.keys.items()}
@@ -66,7 +70,7 @@ def create_app(study_dir: Path, settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="prunexplain study", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.study, app.state.settings = study, settings
     app.state.admin_token, app.state.admin_token_source = token, token_source
-    app.state.templates = environment(admin.TEMPLATES)
+    app.state.templates = environment()
 
     app.add_middleware(_SecurityHeaders)
     _participant_routes(app)
@@ -99,14 +103,14 @@ class _SecurityHeaders:
 
 def render(request: Request, template: str, status: int = 200, **values) -> HTMLResponse:
     values.setdefault("title", "Picture study")
-    if template == "message":
+    if template == "message.html":
         values = {"code": None, "back": None, **values}
     html = request.app.state.templates.get_template(template).render(**values)
     return HTMLResponse(html, status_code=status)
 
 
 def _message(request: Request, status: int, message: str, back: str | None = None) -> HTMLResponse:
-    return render(request, "message", status, heading="Sorry", message=message, back=back)
+    return render(request, "message.html", status, heading="Sorry", message=message, back=back)
 
 
 def _session(request: Request) -> str | None:
@@ -131,7 +135,7 @@ def _participant_routes(app: FastAPI) -> None:
             return _message(request, 422, "This participant id cannot be used.")
         settings: ServeSettings = request.app.state.settings
         total = settings.tasks_per_participant + settings.attention_checks
-        return render(request, "consent", participant=participant, source=source, tasks=total)
+        return render(request, "consent.html", participant=participant, source=source, tasks=total)
 
     @app.post("/consent")
     async def consent(request: Request):
@@ -149,8 +153,8 @@ def _participant_routes(app: FastAPI) -> None:
         if participant is None:
             return RedirectResponse("/", 303)
         study: Study = request.app.state.study
-        kinds = {study.experiments[key].kind for key in request.app.state.store.experiments_of(participant)}
-        return render(request, "instructions", kinds=kinds)
+        keys = request.app.state.store.experiments_of(participant)
+        return render(request, "instructions.html", sections=instruction_sections(study.experiments[k] for k in keys))
 
     @app.get("/task", response_class=HTMLResponse)
     def task_page(request: Request):
@@ -161,11 +165,11 @@ def _participant_routes(app: FastAPI) -> None:
         if task is None:
             return RedirectResponse("/done", 303)
         experiment = request.app.state.study.experiments[task.experiment]
-        check = option_label(experiment, task.check_answer) if task.check_answer else None
+        check = experiment.label(task.check_answer) if task.check_answer else None
         return render(
-            request, "task", number=task.position + 1, total=task.total, question=experiment.question, check=check,
-            key=_key_of(request, task.stimulus), submission_id=uuid.uuid4(), position=task.position,
-            options=option_views(experiment),
+            request, "task.html", number=task.position + 1, total=task.total, question=experiment.question,
+            check=check, key=_key_of(request, task.stimulus), submission_id=uuid.uuid4(), position=task.position,
+            options=experiment.choices,
         )
 
     @app.post("/task")
@@ -191,7 +195,7 @@ def _participant_routes(app: FastAPI) -> None:
             return RedirectResponse("/", 303)
         if not request.app.state.store.is_done(participant):
             return RedirectResponse("/task", 303)
-        return render(request, "message", heading="Thank you!", message="You have answered every picture.",
+        return render(request, "message.html", heading="Thank you!", message="You have answered every picture.",
                       code=_done_code(request, participant))
 
     @app.get("/stimuli/{key}")
@@ -230,7 +234,7 @@ def _start(request: Request, participant: str, source: str) -> Response:
         participant, source, lambda loads: plan_tasks(study, settings, loads, rng), settings.reservation_minutes * 60
     )
     if token is None:
-        return render(request, "message", heading="Thank you for your interest",
+        return render(request, "message.html", heading="Thank you for your interest",
                       message="Every picture of this study has enough answers; there is nothing left to do.")
     response = RedirectResponse("/instructions", 303)
     response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax", path="/")
@@ -264,7 +268,7 @@ def _api_routes(app: FastAPI) -> None:
         return {
             "done": False, "position": task.position, "total": task.total, "experiment": task.experiment,
             "question": experiment.question, "image": f"/stimuli/{_key_of(request, task.stimulus)}",
-            "check": task.check_answer, "options": [view.value for view in option_views(experiment)],
+            "check": task.check_answer, "options": [option.value for option in experiment.choices],
         }
 
     @app.post("/api/answers")

@@ -28,9 +28,10 @@ def plan_tasks(study: Study, settings: ServeSettings, loads: dict[str, int], rng
 
     Stimuli that already have `answers_per_stimulus` answers or reservations are never given out.
     Ties are broken at random, so participants arriving together spread over different stimuli.
-    In experiment 2 a participant sees each image once: a second occlusion map of the same image
-    would show more of it and no longer test one model's map alone. Experiment 2 tasks come first
-    because experiment 1's panels name the class.
+    Where a kind asks for the class (experiment 2), a participant sees each image once: a second
+    occlusion map of the same image would show more of it and no longer test one model's map alone.
+    Those tasks come first, because stimuli of kinds that name the class (experiment 1's panels)
+    would give it away.
     """
     full = settings.answers_per_stimulus
     candidates = [s for key in settings.experiments for s in study.of(key) if loads.get(s.id, 0) < full]
@@ -41,33 +42,38 @@ def plan_tasks(study: Study, settings: ServeSettings, loads: dict[str, int], rng
     for stimulus in candidates:
         if len(chosen) == settings.tasks_per_participant:
             break
-        if study.experiments[stimulus.experiment].kind == "exp2":
+        if _asks_class(study, stimulus.experiment):
             if stimulus.image in images:
                 continue
             images.add(stimulus.image)
         chosen.append(stimulus)
     rng.shuffle(chosen)
-    chosen.sort(key=lambda s: study.experiments[s.experiment].kind != "exp2")
+    chosen.sort(key=lambda s: study.experiments[s.experiment].spec.names_class)
     tasks = [Planned(s.experiment, s.id) for s in chosen]
     return _with_checks(study, settings, tasks, rng)
+
+
+def _asks_class(study: Study, experiment: str) -> bool:
+    return study.experiments[experiment].spec.asks_class
 
 
 def _with_checks(study: Study, settings: ServeSettings, tasks: list[Planned], rng: random.Random) -> list[Planned]:
     """Insert instructed-response items: a picture the participant has no task on, and the option
     they are told to choose whatever the picture shows. A check takes the experiment of the task
     before it, so it keeps the experiment order; never first, so the first task is a real one.
-    An experiment 2 check avoids the participant's experiment 2 images (it would show more of them)."""
+    A check that asks for the class avoids the images the participant is asked about (it would show
+    more of them)."""
     if not tasks:
         return tasks
     used = {task.stimulus for task in tasks}
-    seen = {study.stimuli[t.stimulus].image for t in tasks if study.experiments[t.experiment].kind == "exp2"}
+    seen = {study.stimuli[t.stimulus].image for t in tasks if _asks_class(study, t.experiment)}
     placed, attempts = 0, 0
     while placed < settings.attention_checks and attempts < 10 * settings.attention_checks:
         attempts += 1  # a place whose experiment has no unseen picture left is drawn again
         position = rng.randint(1, len(tasks))
         experiment = tasks[position - 1].experiment
-        exp2 = study.experiments[experiment].kind == "exp2"
-        pool = [s for s in study.of(experiment) if s.id not in used and not (exp2 and s.image in seen)]
+        asks = _asks_class(study, experiment)
+        pool = [s for s in study.of(experiment) if s.id not in used and not (asks and s.image in seen)]
         if pool:
             picture = rng.choice(pool)
             used.add(picture.id)

@@ -1,7 +1,9 @@
 """The study folder written by `study build`, read once: experiments, their options and stimuli.
 
-Every stimulus file named in manifest.json must resolve to a file inside the study folder, so a
-manifest (or a symbolic link) can never make the server hand out anything else, e.g. study.db.
+What each experiment asks and which answers it takes come from the experiment spec
+(`prunexplain.experiments`), by the kind manifest.json records for it. Every stimulus file named in
+manifest.json must resolve to a file inside the study folder, so a manifest (or a symbolic link)
+can never make the server hand out anything else, e.g. study.db.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from prunexplain.config import UserError
+from prunexplain.experiments import EXPERIMENTS, KINDS, RENDERINGS, Kind, Option
+from prunexplain.runs import StudyFolder
 
-NONE = "none"
-EXP1_OPTIONS = ("alg1", "alg2", NONE)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
@@ -48,13 +50,19 @@ class _Manifest(_Loose):
 
 @dataclass(frozen=True)
 class Experiment:
-    """One experiment key (exp1, exp1_heatmap, exp2): what is asked and which answers are allowed."""
+    """One experiment key of the manifest: what is asked and which answers are allowed."""
 
     key: str
-    kind: str  # exp1 | exp2
-    options: tuple[str, ...]
+    kind: str  # the kind's name, as manifest.json records it
+    options: tuple[str, ...]  # answer values, in the answer files' order
     question: str
     variant: str
+    spec: Kind  # the kind of task in the experiment spec
+    choices: tuple[Option, ...]  # the options as the pages show them: screen order, labels, keys
+
+    def label(self, value: str) -> str:
+        """The words people see for an answer value."""
+        return next(option.label for option in self.choices if option.value == value)
 
 
 @dataclass(frozen=True)
@@ -84,14 +92,11 @@ class Study:
         return [s for s in self.stimuli.values() if s.experiment == experiment]
 
 
-_QUESTIONS = {"exp1": "Which algorithm is more reasonable?", "exp2": "What is on the picture?"}
-
-
 def load_study(folder: Path, experiments: list[str] | None = None) -> Study:
     """Read `folder/manifest.json`, keeping the named experiments (None: all); every problem is one
     UserError line."""
     folder = Path(folder).resolve()
-    manifest_path = folder / "manifest.json"
+    manifest_path = StudyFolder(folder).manifest
     if not manifest_path.is_file():
         raise UserError(f"{manifest_path}: no such file; run `prunexplain study build` first")
     try:
@@ -123,13 +128,15 @@ def load_study(folder: Path, experiments: list[str] | None = None) -> Study:
 
 def _experiment(source: Path, key: str, spec: _ExperimentSpec, classes: list[str]) -> Experiment:
     """The experiment with its options checked: the export's answer columns are made from them."""
-    if spec.kind not in _QUESTIONS:
-        raise UserError(f"{source}: experiments.{key}.kind: expected exp1 or exp2, got {spec.kind!r}")
-    expected = list(EXP1_OPTIONS) if spec.kind == "exp1" else [*classes, NONE]
+    if spec.kind not in KINDS:
+        raise UserError(f"{source}: experiments.{key}.kind: expected {' or '.join(KINDS)}, got {spec.kind!r}")
+    kind = KINDS[spec.kind]
+    expected = kind.options(classes)
     if spec.options is not None and spec.options != expected:
         raise UserError(f"{source}: experiments.{key}.options: expected {expected}, got {spec.options}")
-    question = spec.question or _QUESTIONS[spec.kind]
-    return Experiment(key, spec.kind, tuple(expected), question, spec.variant or "occlusion")
+    variant = spec.variant or (EXPERIMENTS[key].rendering if key in EXPERIMENTS else RENDERINGS[0])
+    return Experiment(key, kind.name, tuple(expected), spec.question or kind.question, variant, kind,
+                      tuple(kind.choices(classes)))
 
 
 def inside(folder: Path, relative: str) -> Path | None:

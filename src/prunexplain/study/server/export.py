@@ -7,25 +7,32 @@ Input.image_url (the stimulus file name) and one true/false column per option:
 an assignment is one answer. Status is `Approved` when the participant finished and passed every
 attention check, else `Submitted`; both count in the analysis, which drops only rejected ones.
 Attention checks never enter these files; they go to `attention_checks.csv`.
+
+The database is read only (`store.read_only`): the export works on a read-only copy of a study
+folder and never writes into it, except the export itself where asked. A database nobody has
+answered in yet is `NoAnswers`; any other problem with it is a plain UserError.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunexplain.config import UserError
-from prunexplain.runs import write_csv
+from prunexplain.errors import UserError
+from prunexplain.experiments import KINDS
+from prunexplain.runs import StudyFolder, write_csv
 from prunexplain.study.server.catalog import Experiment, load_study
-from prunexplain.study.server.store import Store
+from prunexplain.study.server.store import read_answers
 
 log = logging.getLogger(__name__)
 
-CHECKS_FILE = "attention_checks.csv"
-_PREFIX = {"exp1": "Answer.algorithms.", "exp2": "Answer.classes."}
+
+class NoAnswers(UserError):
+    """No database, or a readable one without answers: the only case the crowd stage may simulate."""
 
 
 @dataclass
@@ -46,9 +53,9 @@ def _time(seconds: float) -> str:
     return time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(seconds))
 
 
-def export_row(experiment: Experiment, answer: dict, image_url: str) -> dict:
-    """One answer in MTurk's batch-results layout."""
-    prefix = _PREFIX[experiment.kind]
+def export_row(experiment: Experiment, classes: list[str], answer: dict, image_url: str) -> dict:
+    """One answer in MTurk's batch-results layout; the answer columns are its kind's."""
+    kind = KINDS[experiment.kind]
     row = {
         "HITId": _id("hit", answer["stimulus"]),
         "AssignmentId": _id("assignment", answer["submission"]),
@@ -59,20 +66,17 @@ def export_row(experiment: Experiment, answer: dict, image_url: str) -> dict:
         "WorkTimeInSeconds": max(0, round(answer["answered_at"] - answer["shown_at"])),
         "Input.image_url": image_url,
     }
-    row.update({prefix + option: str(option == answer["answer"]).lower() for option in experiment.options})
+    chosen = (str(option == answer["answer"]).lower() for option in kind.options(classes))
+    row.update(zip(kind.columns(classes), chosen))
     return row
 
 
 def export_study(study_dir: Path, out: Path | None = None, experiment: str | None = None) -> ExportResult:
     """Write `<key>_results.csv` per experiment with answers (into `out`, a folder, default
     `study/export/`), or one experiment into `out` when it names a .csv file."""
-    study_dir = Path(study_dir)
-    database = study_dir / "study.db"
-    if not database.is_file():
-        raise UserError(f"{database}: no such file; nobody has answered yet (start `prunexplain study serve`)")
-    study = load_study(study_dir, [experiment] if experiment else None)
-    with Store(database) as store:
-        answers = store.answer_rows()
+    folder = StudyFolder(study_dir)
+    answers = _answers(folder.database)
+    study = load_study(folder.root, [experiment] if experiment else None)
     by_key: dict[str, list[dict]] = {}
     checks = []
     for answer in answers:
@@ -81,31 +85,42 @@ def export_study(study_dir: Path, out: Path | None = None, experiment: str | Non
         elif answer["experiment"] in study.experiments:
             stimulus = study.stimuli.get(answer["stimulus"])
             name = stimulus.name if stimulus else Path(answer["stimulus"]).name
-            by_key.setdefault(answer["experiment"], []).append(export_row(study.experiments[answer["experiment"]],
-                                                                          answer, name))
+            row = export_row(study.experiments[answer["experiment"]], study.classes, answer, name)
+            by_key.setdefault(answer["experiment"], []).append(row)
     if not by_key:
-        raise UserError(f"{database}: no answers{f' to {experiment}' if experiment else ''} yet")
-    paths = _paths(study_dir, out, sorted(by_key))
+        raise NoAnswers(f"{folder.database}: no answers{f' to {experiment}' if experiment else ''} yet")
+    paths = _paths(folder, out, sorted(by_key))
     result = ExportResult({}, {})
     for key, path in paths.items():
         result.files[key], result.rows[key] = write_csv(path, by_key[key]), len(by_key[key])
     if checks:
-        folder = next(iter(paths.values())).parent
-        result.files["checks"] = write_csv(folder / CHECKS_FILE, [_check_row(c) for c in checks])
+        beside = next(iter(paths.values())).parent / folder.attention_checks.name
+        result.files["checks"] = write_csv(beside, [_check_row(c) for c in checks])
         result.rows["checks"] = len(checks)
     log.info("exported %s", ", ".join(f"{key} ({n})" for key, n in result.rows.items()))
     return result
 
 
-def _paths(study_dir: Path, out: Path | None, keys: list[str]) -> dict[str, Path]:
+def _answers(database: Path) -> list[dict]:
+    """The database's answers; no database at all is NoAnswers, unless its -wal is there without it."""
+    wal = database.with_name(database.name + "-wal")
+    if not os.path.lexists(database) and not os.path.lexists(wal):
+        raise NoAnswers(f"{database}: no such file; nobody has answered yet (start `prunexplain study serve`)")
+    if not os.path.lexists(database):
+        raise UserError(f"{wal}: a -wal file without its database {database.name}; copy both")
+    return read_answers(database)
+
+
+def _paths(folder: StudyFolder, out: Path | None, keys: list[str]) -> dict[str, Path]:
     if out is not None and out.suffix.lower() == ".csv":
         if len(keys) > 1:
             raise UserError(
                 f"--out {out}: answers of several experiments ({', '.join(keys)}); give --experiment or a folder"
             )
         return {keys[0]: out}
-    folder = out if out is not None else study_dir / "export"
-    return {key: folder / f"{key}_results.csv" for key in keys}
+    if out is None:
+        return {key: folder.exported(key) for key in keys}
+    return {key: out / folder.exported(key).name for key in keys}
 
 
 def _check_row(answer: dict) -> dict:

@@ -9,10 +9,11 @@ import os
 import secrets
 from pathlib import Path
 
+from prunexplain.runs import StudyFolder
+
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "PRUNEXPLAIN_ADMIN_TOKEN"
-TOKEN_FILE = "admin_token"
 SESSION_COOKIE = "prx_session"
 ADMIN_COOKIE = "prx_admin"
 
@@ -34,7 +35,7 @@ def admin_token(study_dir: Path) -> tuple[str, str]:
     from_env = os.environ.get(TOKEN_ENV, "").strip()
     if from_env:
         return from_env, f"${TOKEN_ENV}"
-    path = Path(study_dir) / TOKEN_FILE
+    path = StudyFolder(study_dir).admin_token
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -14,22 +14,46 @@ participant twice, impossible whatever the code above does.
 
 One connection behind a lock: writes are serialised anyway by SQLite, and a Python lock costs less
 than SQLite's busy-wait when the server's threads contend.
+
+Copies: while the server runs (and after it is killed) recent answers sit in `study.db-wal`, so
+`study.db` alone is not the study. The store records its state in `meta`: `serving` from the moment
+it opens (checkpointed into study.db at once) and `closed` when it closes, after which it moves the
+whole WAL into study.db (`wal_checkpoint(TRUNCATE)`). Hence the rule `read_only` applies: a database
+in WAL mode (header bytes 18/19 = 2) without its -wal file is whole only when it says `closed`; one
+that says `serving` (or nothing: older or foreign) may have been copied while a server ran or after
+one was killed, and is refused rather than read as a study with fewer answers. The rule errs on the
+safe side once: another SQLite program that opened the database after a crash merged and removed
+the -wal, so the file is whole but still says `serving`; starting and stopping the server once (it
+only warns) marks it closed. `read_only` opens a database without writing to it or beside it, so
+the export and the crowd stage work on a read-only copy of the study folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import secrets
+import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from prunexplain.errors import UserError
+from prunexplain.runs import fault_point
 from prunexplain.study.server.assign import Planned
+
+log = logging.getLogger(__name__)
+
+# meta 'state': what study.db alone says about its -wal (see the module's docstring)
+SERVING, CLOSED = "serving", "closed"
+_TABLES = ("meta", "participants", "tasks", "answers")
+_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -109,10 +133,13 @@ class Store:
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_existing(self.path)
         if not self.path.exists():  # it holds the study's secret: private, as its -wal and -shm files
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._clock = clock
         self._lock = threading.Lock()
+        self._closed = False
+        self._stored = 0  # answers this process stored: the fault-injection point `answer:<n>` counts them
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -121,6 +148,9 @@ class Store:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (secrets.token_hex(32),))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('state', ?)", (SERVING,))
+        with self._lock:  # study.db itself must say 'serving' before any answer goes into the WAL
+            self._checkpoint()
 
     def __enter__(self) -> Store:
         return self
@@ -129,8 +159,25 @@ class Store:
         self.close()
 
     def close(self) -> None:
+        """Record a clean shutdown and move the WAL into study.db, so the file alone is the whole study."""
         with self._lock:
-            self._db.close()
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('state', ?)", (CLOSED,))
+                self._checkpoint()
+            finally:
+                self._db.close()
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into study.db and empty it (the caller holds the lock). A reader holding an
+        old snapshot can stop it short: study.db then still says 'serving' at close, which errs on
+        the safe side; at open it would keep an old 'closed', hence the warning."""
+        busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.warning("%s: another connection kept the WAL from being checkpointed; copy the database "
+                        "together with its -wal file", self.path)
 
     @contextlib.contextmanager
     def _transaction(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
@@ -268,6 +315,8 @@ class Store:
             done = self._first_open(db, participant) is None
             if done:
                 db.execute("UPDATE participants SET completed_at = ? WHERE id = ?", (now, participant))
+        self._stored += 1
+        fault_point(f"answer:{self._stored}")  # committed, not yet acknowledged
         return Ack("stored", position, done)
 
     def experiments_of(self, participant: str) -> list[str]:
@@ -306,13 +355,141 @@ class Store:
 
     def answer_rows(self) -> list[dict]:
         """Every answer with what the export needs about its participant."""
-        rows = self._read(
-            """SELECT a.participant, a.position, a.experiment, a.stimulus, a.answer, t.check_answer, a.passed,
-                      a.shown_at, a.answered_at, a.submission, p.completed_at IS NOT NULL,
-                      (SELECT COUNT(*) FROM answers c WHERE c.participant = a.participant AND c.passed = 0)
-               FROM answers a JOIN participants p ON p.id = a.participant
-               JOIN tasks t ON t.participant = a.participant AND t.position = a.position ORDER BY a.id"""
-        )
-        keys = ("participant", "position", "experiment", "stimulus", "answer", "check_answer", "passed", "shown_at",
-                "answered_at", "submission", "completed", "checks_failed")
-        return [dict(zip(keys, row)) for row in rows]
+        with self._lock:
+            return _answer_rows(self._db)
+
+
+def _answer_rows(db: sqlite3.Connection) -> list[dict]:
+    rows = db.execute(
+        """SELECT a.participant, a.position, a.experiment, a.stimulus, a.answer, t.check_answer, a.passed,
+                  a.shown_at, a.answered_at, a.submission, p.completed_at IS NOT NULL,
+                  (SELECT COUNT(*) FROM answers c WHERE c.participant = a.participant AND c.passed = 0)
+           FROM answers a JOIN participants p ON p.id = a.participant
+           JOIN tasks t ON t.participant = a.participant AND t.position = a.position ORDER BY a.id"""
+    ).fetchall()
+    keys = ("participant", "position", "experiment", "stimulus", "answer", "check_answer", "passed", "shown_at",
+            "answered_at", "submission", "completed", "checks_failed")
+    return [dict(zip(keys, row)) for row in rows]
+
+
+# --- reading a database (or a copy of one) without writing ----------------------------------------
+
+
+def check_existing(path: Path) -> None:
+    """Before a server adds to `path`: anything there must be a whole study database (or an empty
+    file), so it never writes its schema into a foreign file or carries on from a WAL-less copy."""
+    path = Path(path)
+    if os.path.lexists(path) and not (path.is_file() and path.stat().st_size == 0):
+        with read_only(path, whole=False):
+            pass
+
+
+def read_answers(path: Path) -> list[dict]:
+    """Every answer of the study database at `path` (as `Store.answer_rows`), read only."""
+    with read_only(path) as db:
+        return _answer_rows(db)
+
+
+@contextlib.contextmanager
+def read_only(path: Path, whole: bool = True) -> Iterator[sqlite3.Connection]:
+    """The study database at `path`, opened without writing to it or creating files beside it; a
+    file that is not a whole study database is a UserError naming it: missing, not a file (a
+    directory, a dangling link), empty, not SQLite, corrupt, without the study's tables, or in WAL
+    mode without its -wal while not closed by the server (the rule in the module's docstring; with
+    `whole` False only a warning, for a server that carries on from such a file deliberately)."""
+    path = Path(path)
+    real = _regular_file(path)
+    wal_mode = 2 in _header(real, path)[18:20]  # the file format's write/read versions: 2 is WAL
+    wal = _beside(real, "-wal")
+    if os.path.lexists(wal) and not wal.is_file():
+        raise UserError(f"{wal}: not a file; a database's -wal must be a plain file")
+    try:
+        with _connect(real) as db:
+            _check_tables(db, path)
+            if wal_mode and not wal.exists() and not _closed(db):
+                if whole:
+                    raise UserError(_UNCLOSED.format(path=path, wal=wal.name))
+                log.warning("%s: no %s beside it and no server closed it; if it is a copy made while a server ran, "
+                            "it lacks the answers given since the last checkpoint", path, wal.name)
+            _check_integrity(db, path)
+            yield db
+    except sqlite3.DatabaseError as error:
+        raise UserError(f"{path}: not a readable SQLite database ({error})") from None
+
+
+def _beside(path: Path, suffix: str) -> Path:
+    """SQLite's companion file of a database: -wal or -shm."""
+    return path.with_name(path.name + suffix)
+
+
+def _regular_file(path: Path) -> Path:
+    """The file `path` names (links followed, as SQLite follows them), or a UserError saying what it is."""
+    if not os.path.lexists(path):
+        raise UserError(f"{path}: no such file")
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"{path}: a link to {os.readlink(path)}, which does not exist")
+    if not path.is_file():
+        raise UserError(f"{path}: not a file (a directory?); it should be the study's SQLite database")
+    return path.resolve()
+
+
+def _header(real: Path, path: Path) -> bytes:
+    try:
+        with open(real, "rb") as handle:
+            header = handle.read(100)
+    except OSError as error:
+        raise UserError(f"{path}: cannot read ({error.strerror})") from None
+    if not header:
+        raise UserError(f"{path}: empty file; it should be the study's SQLite database")
+    if len(header) < 100 or not header.startswith(_MAGIC):
+        raise UserError(f"{path}: not an SQLite database")
+    return header
+
+
+@contextlib.contextmanager
+def _connect(real: Path) -> Iterator[sqlite3.Connection]:
+    """Open read-only, measured on a read-only folder (SQLite 3.40):
+    - no -wal: `immutable=1`, the only way that needs no -shm (`mode=ro` alone creates one, or fails);
+    - -wal and -shm: `mode=ro` in place, which also sees a running server's latest answers (SQLite may
+      rewrite the -shm, its index of the -wal, which holds no data);
+    - -wal without -shm (a copy): a private temporary copy of both, since in place `mode=ro` would
+      create the -shm (or fail in a read-only folder) and `immutable=1` ignores the -wal, answers and all.
+    No server holds a database without its -shm, so that copy cannot catch one mid-write."""
+    wal, shm = _beside(real, "-wal"), _beside(real, "-shm")
+    with contextlib.ExitStack() as stack:
+        if not wal.exists():
+            uri = f"{real.as_uri()}?mode=ro&immutable=1"
+        elif shm.exists():
+            uri = f"{real.as_uri()}?mode=ro"
+        else:
+            copy = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="prunexplain-db-"))) / real.name
+            shutil.copyfile(real, copy)
+            shutil.copyfile(wal, _beside(copy, "-wal"))
+            uri = f"{copy.as_uri()}?mode=ro"
+        db = stack.enter_context(contextlib.closing(sqlite3.connect(uri, uri=True)))
+        yield db
+
+
+def _check_tables(db: sqlite3.Connection, path: Path) -> None:
+    found = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    missing = [table for table in _TABLES if table not in found]
+    if missing:
+        raise UserError(f"{path}: an SQLite database, but not the study's (no table {', '.join(missing)})")
+
+
+_UNCLOSED = (
+    "{path}: no {wal} beside it and no server closed it (copied while one ran, or after one was killed), so answers "
+    "may be missing; copy {wal} with it, or if nothing is missing start and stop `prunexplain study serve` once"
+)
+
+
+def _closed(db: sqlite3.Connection) -> bool:
+    """study.db says a server closed it last (after moving its whole WAL into it)."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
+    return row is not None and row[0] == CLOSED
+
+
+def _check_integrity(db: sqlite3.Connection, path: Path) -> None:
+    result = db.execute("PRAGMA quick_check").fetchone()[0]
+    if result != "ok":
+        raise UserError(f"{path}: corrupt SQLite database ({result})")
