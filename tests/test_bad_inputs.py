@@ -16,7 +16,10 @@ from typer.testing import CliRunner
 from prunexplain import runs
 from prunexplain.cli import app
 from prunexplain.config import UserError
-from prunexplain.runs import write_json, write_text
+from prunexplain.explain.stage import explain_stage, explained_images
+from prunexplain.models import build_model, save_checkpoint
+from prunexplain.runs import Run, write_json, write_text
+from tests.conftest import tiny_settings
 
 runner = CliRunner()
 
@@ -104,3 +107,20 @@ def test_analyze_into_a_file_is_one_line_before_any_work(tmp_path):
     line = _one_error_line(runner.invoke(app, ["analyze", "exp2", str(answers), "--out", str(nested)]))
     assert f"{nested}: {out} is a file" in line
     assert out.read_text() == "keep me"
+
+
+def test_a_checkpoint_made_for_other_classes_is_refused(tmp_path, tiny_dataset):
+    settings = tiny_settings(tmp_path, tiny_dataset, "explain.images=2")
+    run = Run(settings.run_dir)
+    five = [f"{i}-class" for i in range(5)]
+    save_checkpoint(run.dense_checkpoint, build_model(5, settings.model), settings.model, 5,
+                    meta={"classes": five, "data": {"image_size": 32, "normalize": False}})
+    with pytest.raises(UserError, match=r"model.pt: made for 5 classes .*the run's data has 10"):
+        explain_stage(settings, run)
+    assert not run.explained_images.exists()
+
+
+def test_more_explained_images_than_the_test_split_holds_is_one_line(tmp_path, tiny_dataset):
+    settings = tiny_settings(tmp_path, tiny_dataset, "explain.images=5000")
+    with pytest.raises(UserError, match=r"explain.images=5000: the test split has only \d+ images"):
+        explained_images(settings, Run(settings.run_dir))

@@ -72,6 +72,9 @@ def test_a_stage_command_refuses_settings_the_run_was_not_computed_with(finished
     assert len(result.output.strip().splitlines()) == 1
     result = runner.invoke(app, ["prune", "--run", str(run.root), "--set", "train.seed=3"])
     assert result.exit_code == 2 and "train.seed = 3" in result.output
+    other = root / "other-data"  # another dataset: refused, never generated and fine-tuned on
+    result = runner.invoke(app, ["prune", "--run", str(run.root), "--set", f'data.root="{other}"'])
+    assert result.exit_code == 2 and "data.root = " in result.output and not other.exists()
     # with the run's own settings, the stage command goes through the markers: nothing to do
     result = runner.invoke(app, ["explain", "--run", str(run.root)])
     assert result.exit_code == 0 and "done already" in result.output
