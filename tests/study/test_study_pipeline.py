@@ -28,6 +28,7 @@ def test_study_crowd_analysis_and_report_follow_the_models(study_run):
     assert summary["answers"] == 300 and [m for m in summary["models"]] == ["nonpruned", "2pruned", "32pruned"]
     html = run.report.read_text()
     assert "simulated" in html.lower() and "exp1_heatmap" in html
+    assert "Why: no answer files exp2*.csv" in html  # the report says why the crowd is simulated
     # people's answers dropped into study/answers/ replace the simulated crowd of that experiment only
     real = run.study.answers / "exp2_batch1.csv"
     real.parent.mkdir()

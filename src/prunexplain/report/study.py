@@ -186,8 +186,9 @@ def _analysed(run: Run, experiment: Experiment, summary: dict, source: dict | No
 
 def _source(entry: dict | None) -> Source:
     kind, text = _SOURCES.get((entry or {}).get("source"), _UNKNOWN)
-    files = (entry or {}).get("files", [])
-    return Source(kind, text + (f" Files: {', '.join(map(str, files))}." if files else ""))
+    files, reason = (entry or {}).get("files", []), (entry or {}).get("reason")
+    why = f" Why: {reason}." if reason else ""  # the crowd stage says why no real answers were used
+    return Source(kind, text + why + (f" Files: {', '.join(map(str, files))}." if files else ""))
 
 
 def _headline(summary: dict, kind: Kind) -> list[Card]:
