@@ -2,7 +2,9 @@
 
 200 simulated participants (asyncio + httpx, one connection pool each, all started together) consent
 and answer 20 tasks each through the JSON API, one in ten answers sent twice as a client retrying
-would. Every answer is acknowledged only after its transaction committed (synchronous=FULL), so
+would. Each comes from its own address, as through a reverse proxy (X-Forwarded-For, which uvicorn
+trusts from 127.0.0.1), so the server's per-address limits apply to each as to a real participant.
+Every answer is acknowledged only after its transaction committed (synchronous=FULL), so
 afterwards the database must hold exactly the acknowledged submissions: none lost, none twice.
 Prints answers per second over the whole run and the latency of answer requests (p50, p99),
 beside two floors measured in the same run: the server's CPU time per answer, and the time of one
@@ -105,8 +107,14 @@ class Load:
     completed: int = 0  # participants who got their completion code
 
 
-async def _participant(base: str, worker: str, tasks: int, load: Load, rng: random.Random, retry_share: float):
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+def address(n: int) -> str:
+    """The n-th simulated participant's own IPv4 address (10.0.0.0/8)."""
+    return f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}"
+
+
+async def _participant(base: str, worker: str, tasks: int, load: Load, rng: random.Random, retry_share: float,
+                       forwarded_for: str):
+    async with httpx.AsyncClient(base_url=base, timeout=60, headers={"X-Forwarded-For": forwarded_for}) as client:
         consent = await client.post("/consent", data={"participant": worker, "source": "mturk", "agree": "yes"})
         if consent.status_code != 303:
             raise RuntimeError(f"consent of {worker}: {consent.status_code} {consent.text[:200]}")
@@ -131,8 +139,8 @@ async def _participant(base: str, worker: str, tasks: int, load: Load, rng: rand
 async def _all(base: str, participants: int, tasks: int, retry_share: float, seed: int) -> Load:
     load = Load()
     start = time.perf_counter()
-    await asyncio.gather(*(_participant(base, f"sim{n:04d}", tasks, load, random.Random(seed + n), retry_share)
-                           for n in range(participants)))
+    await asyncio.gather(*(_participant(base, f"sim{n:04d}", tasks, load, random.Random(seed + n), retry_share,
+                                        address(n)) for n in range(participants)))
     load.seconds = time.perf_counter() - start
     return load
 
@@ -186,7 +194,8 @@ def main() -> None:
         run_dir = Path(tmp) / "bench"
         make_study(run_dir / "study", images=160)  # 960 stimuli x 5 answers > 200 x 20
         options = ["--tasks", str(TASKS), "--attention-checks", "0", "--answers-per-stimulus", "5"]
-        with server_process(run_dir, *options, env={"PRUNEXPLAIN_ADMIN_TOKEN": "bench"}) as (base, process):
+        env = {"PRUNEXPLAIN_ADMIN_TOKEN": "bench-admin-token-0123456789"}
+        with server_process(run_dir, *options, env=env) as (base, process):
             cpu = _cpu_seconds(process.pid)
             load = simulate(base, PARTICIPANTS, TASKS)
             cpu = _cpu_seconds(process.pid) - cpu

@@ -486,6 +486,12 @@ def study_serve(
     attention_checks: Annotated[int | None, typer.Option(help="Attention checks per participant (2).")] = None,
     completion_code: Annotated[str | None, typer.Option(help="One code for all (default: per participant).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of task orders and attention checks.")] = None,
+    consents_per_minute: Annotated[
+        float | None, typer.Option(help="Consents per client address and minute (10); raise it for labs behind one.")
+    ] = None,
+    sessions_per_client: Annotated[
+        int | None, typer.Option(help="Unfinished participants per client address (10).")
+    ] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
 ) -> None:
     """Run the study yourself: a web server for participants and an admin page.
@@ -500,6 +506,7 @@ def study_serve(
         settings = load_serve_settings(
             config, host=host, port=port, experiments=experiments, answers_per_stimulus=answers_per_stimulus,
             tasks_per_participant=tasks, attention_checks=attention_checks, completion_code=completion_code, seed=seed,
+            consents_per_minute=consents_per_minute, sessions_per_client=sessions_per_client,
         )
         serve(_study_dir(run_dir), settings, access_log)
 

@@ -544,6 +544,17 @@ class ServeSettings(_Section):
     completion_code: str | None = Field(
         None, min_length=1, max_length=64, description="one code for all; None: one per participant, from a secret"
     )
+    start_minutes: float = Field(
+        10.0, gt=0, description="a participant who has not opened a task yet holds their stimuli only this long"
+    )
+    consents_per_minute: float = Field(
+        10.0, gt=0, description="consents (and resume attempts) per client address: this many at once, then per minute"
+    )
+    sessions_per_client: int = Field(
+        10, ge=1, description="unfinished participants holding places that one client address may have"
+    )
+    admin_logins_per_minute: float = Field(5.0, gt=0, description="admin login attempts per client address")
+    max_request_bytes: int = Field(16_384, ge=1024, description="request bodies over this are refused (413)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     seed: int = Field(0, description="seed of the task order and of the attention-check draws")

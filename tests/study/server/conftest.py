@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 import pytest
@@ -32,13 +33,13 @@ def admin_env(monkeypatch):
 
 @pytest.fixture
 def make_client(study_dir, admin_env):
-    """`make_client(**settings)` -> a TestClient whose lifespan (the store) is open; `browser(client)`
-    gives another participant's browser (its own cookies) on the same app."""
+    """`make_client(clock=time.time, **settings)` -> a TestClient whose lifespan (the store) is open;
+    `browser(client)` gives another participant's browser (its own cookies) on the same app."""
     stack = contextlib.ExitStack()
 
-    def make(**settings) -> TestClient:
+    def make(clock=time.time, **settings) -> TestClient:
         values = {"tasks_per_participant": 4, "attention_checks": 0, "answers_per_stimulus": 2, **settings}
-        return stack.enter_context(TestClient(create_app(study_dir, ServeSettings(**values))))
+        return stack.enter_context(TestClient(create_app(study_dir, ServeSettings(**values), clock=clock)))
 
     with stack:
         yield make

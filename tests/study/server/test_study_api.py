@@ -218,6 +218,9 @@ def test_a_manifest_pointing_outside_the_folder_is_refused(tmp_path, admin_env):
 def test_a_full_study_turns_new_participants_away(make_client, study_dir):
     client = make_client(experiments=["exp1"], tasks_per_participant=12, answers_per_stimulus=1)
     join(client, "first")
+    busy = join(browser(client), "early")  # every place only reserved: come back later, not "finished"
+    assert busy.status_code == 503 and "try again in about 10 minutes" in busy.text and busy.headers["retry-after"]
+    answer_all(client)
     late = browser(client)
     response = join(late, "late")
     assert response.status_code == 200 and "enough answers" in response.text and "set-cookie" not in response.headers

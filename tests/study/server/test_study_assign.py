@@ -5,16 +5,19 @@ import random
 import sqlite3
 from collections import Counter
 
+import pytest
+
 from prunexplain.config import ServeSettings
 from prunexplain.experiments import COMPARE, RECOGNISE
 from prunexplain.study.server.assign import plan_tasks
 from prunexplain.study.server.catalog import load_study
-from prunexplain.study.server.store import Store
+from prunexplain.study.server.store import Holds, Refused, Store
 
 
-def _start(store, study, settings, participant, hold=3600.0):
+def _start(store, study, settings, participant, hold=3600.0, unstarted=None):
     rng = random.Random(f"{settings.seed}:{participant}")
-    return store.start(participant, "mturk", lambda loads: plan_tasks(study, settings, loads, rng), hold)
+    holds = Holds(hold, hold if unstarted is None else unstarted)
+    return store.start(participant, "mturk", lambda loads: plan_tasks(study, settings, loads, rng), holds)
 
 
 def _query(store, sql, params=()):
@@ -53,7 +56,8 @@ def test_balanced_until_every_stimulus_has_k_participants(study_dir):
             assert max(counts) - min(counts) <= 1, counts
             assert len({row[2] for row in _tasks(store, f"w{n}")}) == 4
         assert set(_loads(store).values()) == {3} and len(_loads(store)) == 12
-        assert _start(store, study, settings, "late") is None  # nothing left to give
+        with pytest.raises(Refused):  # nothing left to give while the reservations hold
+            _start(store, study, settings, "late")
         assert store.participant_progress()[-1]["id"] == "w8"
 
 
@@ -96,8 +100,54 @@ def test_abandoned_reservations_expire_but_answers_stay(study_dir):
         _start(store, study, settings, "a", hold=60)
         first = store.current("a")
         store.record("a", "00000000-0000-0000-0000-000000000001", first.position, "alg1", lambda k: ("alg1",))
-        assert _start(store, study, settings, "b", hold=60) is None  # all 12 held by a
+        with pytest.raises(Refused, match="reserved by people taking part") as refused:
+            _start(store, study, settings, "b", hold=60)  # all 12 held by a: busy, not finished
+        assert refused.value.status == 503
         now[0] += 61
         assert _start(store, study, settings, "c", hold=60) is not None
         given = {row[2] for row in _tasks(store, "c")}
         assert len(given) == 11 and first.stimulus not in given  # a's answer still counts
+
+
+def test_places_of_participants_who_never_open_a_task_return_quickly(study_dir):
+    """A flood of consents that never look at a task holds its places for `start_minutes`, not an hour."""
+    study = load_study(study_dir, ["exp1"])
+    settings = ServeSettings(experiments=["exp1"], answers_per_stimulus=1, tasks_per_participant=6, attention_checks=0)
+    now = [1000.0]
+    with Store(study_dir / "study.db", clock=lambda: now[0]) as store:
+        _start(store, study, settings, "flood", hold=3600, unstarted=300)
+        _start(store, study, settings, "honest", hold=3600, unstarted=300)
+        store.current("honest")  # opened a task: holds for the hour
+        with pytest.raises(Refused):
+            _start(store, study, settings, "late", hold=3600, unstarted=300)
+        now[0] += 301
+        _start(store, study, settings, "late-2", hold=3600, unstarted=300)
+        assert {row[2] for row in _tasks(store, "late-2")} == {row[2] for row in _tasks(store, "flood")}
+        assert not store.holds_places("flood", Holds(3600, 300)) and store.holds_places("honest", Holds(3600, 300))
+
+
+def test_two_attention_checks_never_show_the_same_image(study_dir):
+    study = load_study(study_dir, ["exp1", "exp1_heatmap", "exp2"])
+    settings = ServeSettings(experiments=["exp1", "exp1_heatmap", "exp2"], tasks_per_participant=2,
+                             attention_checks=3)
+    for seed in range(200):
+        tasks = plan_tasks(study, settings, {}, random.Random(seed))
+        images = [study.stimuli[t.stimulus].image for t in tasks if t.check_answer]
+        assert len(images) == len(set(images)), (seed, images)
+
+
+def test_a_database_of_the_previous_version_gets_the_new_columns(study_dir):
+    """Participants of an older study.db who had opened a task count as started, so their places hold."""
+    study = load_study(study_dir, ["exp1"])
+    settings = ServeSettings(experiments=["exp1"], tasks_per_participant=2, attention_checks=0)
+    with Store(study_dir / "study.db") as store:
+        _start(store, study, settings, "old")
+        store.current("old")
+    with contextlib.closing(sqlite3.connect(study_dir / "study.db")) as db:
+        db.execute("ALTER TABLE participants DROP COLUMN binding")
+        db.execute("ALTER TABLE participants DROP COLUMN started_at")
+        db.commit()
+    with Store(study_dir / "study.db") as store:
+        assert store.holds_places("old", Holds(3600, 0))
+        columns = [row[1] for row in _query(store, "PRAGMA table_info(participants)")]
+        assert columns[-2:] == ["binding", "started_at"]

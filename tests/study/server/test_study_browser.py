@@ -70,3 +70,65 @@ def _answer_tasks(page) -> tuple[list[tuple[int, str]], list[str]]:
         with page.expect_navigation():
             page.keyboard.press("Enter")
     return given, used
+
+
+# The platforms' study links: a worker's assignment (MTurk) or session (Prolific) binds their session,
+# and the same id with another assignment or session is someone else.
+PLATFORM_LINKS = [
+    ("/?workerId=M1&assignmentId=A1&hitId=H1", "/?workerId=M1&assignmentId=A2&hitId=H1"),
+    ("/?PROLIFIC_PID=P1&STUDY_ID=S1&SESSION_ID=X1", "/?PROLIFIC_PID=P1&STUDY_ID=S1&SESSION_ID=X2"),
+]
+
+
+def test_an_honest_participant_resumes_in_the_same_or_another_browser(tmp_path):
+    run_dir = tmp_path / "run"
+    build_study(run_dir / "study", images=4)
+    options = ("--tasks", "4", "--attention-checks", "0", "--consents-per-minute", "60")
+    with live_server(run_dir, *options) as (base, _), browser_page() as page:
+        _consent(page, f"{base}/?workerId=R1")
+        page.wait_for_url("**/instructions")
+        code = page.inner_text("#resume-code")
+        page.click("#start")
+        _answer_first_option(page)
+        page.goto(f"{base}/?workerId=R1")  # the same browser: straight back to the next task
+        page.wait_for_url("**/task")
+        assert _position(page) == 1 and page.inner_text("#resume-code") == code
+
+        other = page.context.browser.new_context().new_page()
+        _consent(other, f"{base}/?workerId=R1")
+        assert "already taking part in another browser" in other.inner_text("#message")
+        for typed, wanted in (("ABCDE-FGHIJ", "**/consent"), (code.lower(), "**/task")):
+            other.fill("#resume", typed)
+            other.click("#resume-button")
+            other.wait_for_url(wanted)
+        assert _position(other) == 1
+
+        for link, someone_else in PLATFORM_LINKS:
+            first = page.context.browser.new_context().new_page()
+            _consent(first, base + link)
+            first.click("#start")
+            _answer_first_option(first)
+            again = page.context.browser.new_context().new_page()  # the same worker, another browser
+            _consent(again, base + link)
+            again.wait_for_url("**/task")
+            assert _position(again) == 1
+            stranger = page.context.browser.new_context().new_page()
+            _consent(stranger, base + someone_else)
+            assert "already taking part" in stranger.inner_text("#message") and stranger.url.endswith("/consent")
+
+
+def _consent(page, url: str) -> None:
+    page.goto(url)
+    page.check("#agree")
+    with page.expect_navigation():
+        page.click("#consent-button")
+
+
+def _answer_first_option(page) -> None:
+    page.click("label.option >> nth=0")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+
+
+def _position(page) -> int:
+    return int(page.get_attribute("input[name=position]", "value"))

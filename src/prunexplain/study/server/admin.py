@@ -8,6 +8,7 @@ pages. Participant ids are shown through autoescaped templates only (templates/a
 from __future__ import annotations
 
 import datetime as dt
+import math
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
@@ -15,6 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from prunexplain.config import ServeSettings
 from prunexplain.study.server.catalog import Study
+from prunexplain.study.server.limits import client_key
 from prunexplain.study.server.security import ADMIN_COOKIE, completion_code, same_token
 
 router = APIRouter()
@@ -37,7 +39,7 @@ def progress(request: Request) -> dict:
     study: Study = request.app.state.study
     settings: ServeSettings = request.app.state.settings
     store = request.app.state.store
-    per_stimulus = store.stimulus_progress(settings.reservation_minutes * 60)
+    per_stimulus = store.stimulus_progress(request.app.state.holds)
     k = settings.answers_per_stimulus
     stimuli = [
         {"experiment": s.experiment, "file": s.id, "answers": per_stimulus.get(s.id, (0, 0))[0],
@@ -68,15 +70,21 @@ def progress(request: Request) -> dict:
 @router.get("/admin", response_class=HTMLResponse)
 def overview(request: Request):
     if not is_admin(request):
-        return _page(request, "admin_login.html", 401, failed=False)
+        return _page(request, "admin_login.html", 401, failed=False, wait=None)
     return _page(request, "admin_overview.html", p=progress(request))
 
 
 @router.post("/admin/login")
 async def login(request: Request):
+    """The login form, rate-limited per client address so the token cannot be guessed by trying."""
+    wait = request.app.state.admin_logins.take(client_key(request))
+    if wait:
+        response = _page(request, "admin_login.html", 429, failed=False, wait=math.ceil(wait))
+        response.headers["Retry-After"] = str(math.ceil(wait))
+        return response
     token = dict(parse_qsl((await request.body()).decode(errors="replace"))).get("token", "")
     if not same_token(token, request.app.state.admin_token):
-        return _page(request, "admin_login.html", 401, failed=True)
+        return _page(request, "admin_login.html", 401, failed=True, wait=None)
     response = RedirectResponse("/admin", 303)
     response.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite="strict", path="/")
     return response
@@ -85,7 +93,7 @@ async def login(request: Request):
 @router.get("/admin/stimuli", response_class=HTMLResponse)
 def stimuli_page(request: Request):
     if not is_admin(request):
-        return _page(request, "admin_login.html", 401, failed=False)
+        return _page(request, "admin_login.html", 401, failed=False, wait=None)
     settings: ServeSettings = request.app.state.settings
     return _page(request, "admin_stimuli.html", rows=progress(request)["stimuli"], k=settings.answers_per_stimulus)
 

@@ -62,21 +62,25 @@ def _with_checks(study: Study, settings: ServeSettings, tasks: list[Planned], rn
     they are told to choose whatever the picture shows. A check takes the experiment of the task
     before it, so it keeps the experiment order; never first, so the first task is a real one.
     A check that asks for the class avoids the images the participant is asked about (it would show
-    more of them)."""
+    more of them). No two checks show the same image: a participant who notices a repeat would
+    learn that the check pictures are not real tasks."""
     if not tasks:
         return tasks
     used = {task.stimulus for task in tasks}
     seen = {study.stimuli[t.stimulus].image for t in tasks if _asks_class(study, t.experiment)}
+    checked: set[int] = set()  # images of the checks placed so far
     placed, attempts = 0, 0
     while placed < settings.attention_checks and attempts < 10 * settings.attention_checks:
         attempts += 1  # a place whose experiment has no unseen picture left is drawn again
         position = rng.randint(1, len(tasks))
         experiment = tasks[position - 1].experiment
         asks = _asks_class(study, experiment)
-        pool = [s for s in study.of(experiment) if s.id not in used and not (asks and s.image in seen)]
+        pool = [s for s in study.of(experiment)
+                if s.id not in used and s.image not in checked and not (asks and s.image in seen)]
         if pool:
             picture = rng.choice(pool)
             used.add(picture.id)
+            checked.add(picture.image)
             answer = rng.choice(study.experiments[experiment].options)
             tasks.insert(position, Planned(experiment, picture.id, answer))
             placed += 1

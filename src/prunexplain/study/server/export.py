@@ -30,6 +30,8 @@ from prunexplain.study.server.store import read_answers
 
 log = logging.getLogger(__name__)
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
 
 class NoAnswers(UserError):
     """No database, or a readable one without answers: the only case the crowd stage may simulate."""
@@ -53,13 +55,19 @@ def _time(seconds: float) -> str:
     return time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(seconds))
 
 
+def spreadsheet_safe(text: str) -> str:
+    """`text` with a leading `'` when a spreadsheet would run it as a formula (=, +, -, @, tab, CR):
+    a participant id such as `=HYPERLINK(...)` must stay text in Excel or LibreOffice."""
+    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
+
+
 def export_row(experiment: Experiment, classes: list[str], answer: dict, image_url: str) -> dict:
     """One answer in MTurk's batch-results layout; the answer columns are its kind's."""
     kind = KINDS[experiment.kind]
     row = {
         "HITId": _id("hit", answer["stimulus"]),
         "AssignmentId": _id("assignment", answer["submission"]),
-        "WorkerId": answer["participant"],
+        "WorkerId": spreadsheet_safe(answer["participant"]),
         "AssignmentStatus": "Approved" if answer["completed"] and not answer["checks_failed"] else "Submitted",
         "AcceptTime": _time(answer["shown_at"]),
         "SubmitTime": _time(answer["answered_at"]),
@@ -125,7 +133,8 @@ def _paths(folder: StudyFolder, out: Path | None, keys: list[str]) -> dict[str, 
 
 def _check_row(answer: dict) -> dict:
     return {
-        "WorkerId": answer["participant"], "Experiment": answer["experiment"], "Position": answer["position"],
+        "WorkerId": spreadsheet_safe(answer["participant"]), "Experiment": answer["experiment"],
+        "Position": answer["position"],
         "Picture": Path(answer["stimulus"]).name, "Expected": answer["check_answer"], "Answer": answer["answer"],
         "Passed": str(bool(answer["passed"])).lower(), "SubmitTime": _time(answer["answered_at"]),
     }

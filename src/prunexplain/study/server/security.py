@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import logging
 import os
 import secrets
+import unicodedata
 from pathlib import Path
 
+from prunexplain.errors import UserError
 from prunexplain.runs import StudyFolder
 
 log = logging.getLogger(__name__)
@@ -16,6 +19,13 @@ log = logging.getLogger(__name__)
 TOKEN_ENV = "PRUNEXPLAIN_ADMIN_TOKEN"
 SESSION_COOKIE = "prx_session"
 ADMIN_COOKIE = "prx_admin"
+MIN_TOKEN_LENGTH = 16  # a guessable admin token would open every answer; generated ones have 43 characters
+MAX_ID_LENGTH = 128
+
+# Control characters (Cc), invisible format characters (Cf: bidi overrides, zero-width), surrogates
+# and line separators: an id with them prints differently from what it is in the admin page and the
+# export (U+202E turns `abc` into `cba` on screen).
+_HIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
 # No inline script or style is allowed, so an id or text that slipped through escaping still could
 # not run; the pages are never framed, never sniffed as another type, never sent with a referrer.
@@ -53,6 +63,13 @@ def admin_token(study_dir: Path) -> tuple[str, str]:
     return path.read_text().strip(), str(path)
 
 
+def check_token(token: str, source: str) -> None:
+    """A UserError when the admin token is too short to resist guessing."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise UserError(f"the admin token from {source} has {len(token)} characters; use at least "
+                        f"{MIN_TOKEN_LENGTH} (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+
+
 def same_token(given: str | None, token: str) -> bool:
     """Constant-time comparison, so response times do not leak how much of a guess was right."""
     return bool(given) and hmac.compare_digest(given.encode(), token.encode())
@@ -63,3 +80,27 @@ def completion_code(fixed: str | None, secret: bytes, participant: str) -> str:
     if fixed:
         return fixed
     return hmac.new(secret, f"completion:{participant}".encode(), hashlib.sha256).hexdigest()[:10].upper()
+
+
+def resume_code(secret: bytes, participant: str) -> str:
+    """The code a participant types to continue in another browser, e.g. `K3QJ7-PA2MX`: a keyed hash
+    of the id, so it is never stored, cannot be guessed from the id, and the pages can show it again."""
+    digest = hmac.new(secret, f"resume:{participant}".encode(), hashlib.sha256).digest()
+    code = base64.b32encode(digest).decode()[:10]
+    return f"{code[:5]}-{code[5:]}"
+
+
+def same_resume_code(given: str, secret: bytes, participant: str) -> bool:
+    """Compared in constant time; case, spaces and dashes do not matter."""
+    typed = "".join(given.split()).replace("-", "").upper()
+    return same_token(typed, resume_code(secret, participant).replace("-", ""))
+
+
+def id_problem(text: str) -> str | None:
+    """Why `text` cannot be a participant id (or platform session id), or None when it can."""
+    if len(text) > MAX_ID_LENGTH:
+        return f"it is longer than {MAX_ID_LENGTH} characters"
+    hidden = next((c for c in text if unicodedata.category(c) in _HIDDEN_CATEGORIES), None)
+    if hidden is not None:
+        return f"it contains an invisible or control character (U+{ord(hidden):04X})"
+    return None

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -62,7 +63,9 @@ CREATE TABLE IF NOT EXISTS participants (
     source TEXT NOT NULL,
     session TEXT NOT NULL UNIQUE,
     created_at REAL NOT NULL,
-    completed_at REAL
+    completed_at REAL,
+    binding TEXT,
+    started_at REAL
 );
 CREATE TABLE IF NOT EXISTS tasks (
     participant TEXT NOT NULL REFERENCES participants(id),
@@ -95,6 +98,18 @@ CREATE TABLE IF NOT EXISTS answers (
 """
 
 
+# Columns added after the first release, with how to fill them in older databases.
+_ADDED = {
+    "binding": ("TEXT", None),
+    "started_at": ("REAL", "(SELECT MIN(shown_at) FROM tasks t WHERE t.participant = participants.id)"),
+}
+
+# A task holds its stimulus while the participant is in the study: `reservation_minutes` from consent
+# once they have seen a task, only `start_minutes` for one who never opened a task (consents made to
+# lock the study, or people who left at the instructions). Parameters: (:held, :unstarted) cutoffs.
+_HOLDS = "((t.reserved_at > :held AND p.started_at IS NOT NULL) OR t.reserved_at > :unstarted)"
+
+
 class Refused(Exception):
     """A request the store turns down; `status` is the HTTP status the app answers with."""
 
@@ -108,6 +123,7 @@ class Task:
     participant: str
     position: int
     total: int
+    number: int  # 1-based place among the participant's tasks (positions may have gaps, see `release`)
     experiment: str
     stimulus: str
     check_answer: str | None
@@ -120,6 +136,26 @@ class Ack:
     status: str  # stored | duplicate
     position: int
     done: bool
+
+
+@dataclass(frozen=True)
+class Session:
+    """A participant's new session token; `resumed` when the participant was already in the study."""
+
+    token: str
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class Holds:
+    """Seconds a reservation holds after consent: for participants who have seen a task, and for
+    those who have not (yet)."""
+
+    started: float
+    unstarted: float
+
+    def cutoffs(self, now: float) -> dict[str, float]:
+        return {"held": now - self.started, "unstarted": now - self.unstarted}
 
 
 def _digest(token: str) -> str:
@@ -147,10 +183,12 @@ class Store:
         with self._transaction() as db:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
+            _add_columns(db)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (secrets.token_hex(32),))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('state', ?)", (SERVING,))
         with self._lock:  # study.db itself must say 'serving' before any answer goes into the WAL
             self._checkpoint()
+        _make_private(self.path)
 
     def __enter__(self) -> Store:
         return self
@@ -189,16 +227,16 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
                 self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # a failed COMMIT (a full disk) may leave it open
+                    self._db.execute("ROLLBACK")
+                raise
             finally:
                 if durable:
                     self._db.execute("PRAGMA synchronous=NORMAL")
 
-    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def _read(self, sql: str, params: tuple | dict = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
@@ -218,37 +256,87 @@ class Store:
         rows = self._read("SELECT id FROM participants WHERE session = ?", (_digest(token),))
         return rows[0][0] if rows else None
 
+    def known(self, participant: str) -> bool:
+        return bool(self._read("SELECT 1 FROM participants WHERE id = ?", (participant,)))
+
     def start(
-        self, participant: str, source: str, plan: Callable[[dict[str, int]], list[Planned]], hold_seconds: float
-    ) -> str | None:
-        """Begin (or resume) a participant's session; returns a new session token, None when no
-        stimulus is left to give out. Tasks are reserved in the same transaction that counts loads."""
+        self, participant: str, source: str, plan: Callable[[dict[str, int]], list[Planned]], holds: Holds,
+        binding: str | None = None, trusted: bool = False,
+    ) -> Session | None:
+        """Begin a participant's session, or resume it; None when no stimulus is left to give out.
+
+        Resuming a known id needs proof that it is the same person: `trusted` (the app saw their
+        session cookie or resume code) or the platform `binding` their first consent came with
+        (MTurk's assignment, Prolific's session); otherwise Refused(409), so knowing someone's id is
+        not enough to take over their session. Refused(503) when every free place is only held by
+        open reservations. Tasks are reserved in the same transaction that counts loads."""
         token, now = secrets.token_urlsafe(24), self._clock()
+        bound = _digest(binding) if binding else None
         with self._transaction() as db:
-            if db.execute("SELECT 1 FROM participants WHERE id = ?", (participant,)).fetchone():
+            row = db.execute("SELECT binding FROM participants WHERE id = ?", (participant,)).fetchone()
+            if row is not None:
+                if not (trusted or (row[0] is not None and row[0] == bound)):
+                    raise Refused(409, "this participant id is already taking part in another browser")
                 db.execute("UPDATE participants SET session = ? WHERE id = ?", (_digest(token), participant))
-                return token
-            tasks = plan(self._loads(db, now - hold_seconds))
+                return Session(token, resumed=True)
+            tasks = plan(self._loads(db, holds.cutoffs(now)))
             if not tasks:
+                if plan(self._loads(db, {"held": math.inf, "unstarted": math.inf})):
+                    raise Refused(503, "every free picture is reserved by people taking part right now")
                 return None
-            db.execute("INSERT INTO participants VALUES (?, ?, ?, ?, NULL)", (participant, source, _digest(token), now))
+            db.execute(
+                "INSERT INTO participants (id, source, session, created_at, binding) VALUES (?, ?, ?, ?, ?)",
+                (participant, source, _digest(token), now, bound),
+            )
             db.executemany(
                 "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, NULL)",
                 [(participant, i, t.experiment, t.stimulus, t.check_answer, now) for i, t in enumerate(tasks)],
             )
-        return token
+        return Session(token, resumed=False)
 
     @staticmethod
-    def _loads(db: sqlite3.Connection, cutoff: float) -> dict[str, int]:
-        """Per stimulus: answers given plus reservations younger than `cutoff` (checks not counted)."""
+    def _loads(db: sqlite3.Connection, cutoffs: dict[str, float]) -> dict[str, int]:
+        """Per stimulus: answers given plus reservations that still hold (checks not counted)."""
         rows = db.execute(
-            """SELECT t.stimulus, COUNT(*) FROM tasks t
+            f"""SELECT t.stimulus, COUNT(*) FROM tasks t JOIN participants p ON p.id = t.participant
                LEFT JOIN answers a ON a.participant = t.participant AND a.position = t.position
-               WHERE t.check_answer IS NULL AND (a.id IS NOT NULL OR t.reserved_at > ?)
+               WHERE t.check_answer IS NULL AND (a.id IS NOT NULL OR {_HOLDS})
                GROUP BY t.stimulus""",
-            (cutoff,),
+            cutoffs,
         )
         return dict(rows.fetchall())
+
+    def holds_places(self, participant: str, holds: Holds) -> bool:
+        """Whether the participant is unfinished and their reservations still hold."""
+        rows = self._read(
+            f"""SELECT 1 FROM participants p JOIN tasks t ON t.participant = p.id
+                WHERE p.id = :id AND p.completed_at IS NULL AND {_HOLDS} LIMIT 1""",
+            {"id": participant, **holds.cutoffs(self._clock())},
+        )
+        return bool(rows)
+
+    def release(self, served: set[str]) -> int:
+        """Give back the unanswered tasks whose stimulus is not served (an experiment left out at a
+        restart, a stimulus gone from the manifest), so nobody is stuck on a task the server cannot
+        show. A participant left with nothing to answer has finished if they answered anything (they
+        did all the study still asks of them) and is forgotten otherwise (they start afresh).
+        Returns the number of tasks released; answers are never touched."""
+        now = self._clock()
+        with self._transaction() as db:
+            open_tasks = db.execute(
+                """SELECT t.participant, t.position, t.stimulus FROM tasks t WHERE NOT EXISTS (
+                       SELECT 1 FROM answers a WHERE a.participant = t.participant AND a.position = t.position)"""
+            ).fetchall()
+            gone = [(participant, position) for participant, position, stimulus in open_tasks if stimulus not in served]
+            db.executemany("DELETE FROM tasks WHERE participant = ? AND position = ?", gone)
+            for participant in {participant for participant, _ in gone}:
+                if self._first_open(db, participant) is not None:
+                    continue
+                if db.execute("SELECT 1 FROM answers WHERE participant = ?", (participant,)).fetchone():
+                    db.execute("UPDATE participants SET completed_at = ? WHERE id = ?", (now, participant))
+                else:
+                    db.execute("DELETE FROM participants WHERE id = ?", (participant,))
+        return len(gone)
 
     # --- tasks and answers --------------------------------------------------------------------
 
@@ -260,12 +348,15 @@ class Store:
                 return None
             position, experiment, stimulus, check_answer, shown_at = row
             if shown_at is None:
-                db.execute(
-                    "UPDATE tasks SET shown_at = ? WHERE participant = ? AND position = ?",
-                    (self._clock(), participant, position),
-                )
-            total = db.execute("SELECT COUNT(*) FROM tasks WHERE participant = ?", (participant,)).fetchone()[0]
-        return Task(participant, position, total, experiment, stimulus, check_answer)
+                now = self._clock()
+                db.execute("UPDATE tasks SET shown_at = ? WHERE participant = ? AND position = ?",
+                           (now, participant, position))
+                db.execute("UPDATE participants SET started_at = ? WHERE id = ? AND started_at IS NULL",
+                           (now, participant))
+            total, number = db.execute(
+                "SELECT COUNT(*), SUM(position <= ?) FROM tasks WHERE participant = ?", (position, participant)
+            ).fetchone()
+        return Task(participant, position, total, number, experiment, stimulus, check_answer)
 
     @staticmethod
     def _first_open(db: sqlite3.Connection, participant: str) -> tuple | None:
@@ -329,14 +420,14 @@ class Store:
 
     # --- admin and export ---------------------------------------------------------------------
 
-    def stimulus_progress(self, hold_seconds: float) -> dict[str, tuple[int, int]]:
+    def stimulus_progress(self, holds: Holds) -> dict[str, tuple[int, int]]:
         """Per stimulus with any task: (answers, open reservations that still hold)."""
-        cutoff = self._clock() - hold_seconds
         rows = self._read(
-            """SELECT t.stimulus, COUNT(a.id), SUM(a.id IS NULL AND t.reserved_at > ?) FROM tasks t
+            f"""SELECT t.stimulus, COUNT(a.id), SUM(a.id IS NULL AND {_HOLDS}) FROM tasks t
+               JOIN participants p ON p.id = t.participant
                LEFT JOIN answers a ON a.participant = t.participant AND a.position = t.position
                WHERE t.check_answer IS NULL GROUP BY t.stimulus""",
-            (cutoff,),
+            holds.cutoffs(self._clock()),
         )
         return {stimulus: (answers, held or 0) for stimulus, answers, held in rows}
 
@@ -357,6 +448,25 @@ class Store:
         """Every answer with what the export needs about its participant."""
         with self._lock:
             return _answer_rows(self._db)
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Bring a database written by an older server up to the current participants table."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(participants)")}
+    for name, (kind, fill) in _ADDED.items():
+        if name not in present:
+            db.execute(f"ALTER TABLE participants ADD COLUMN {name} {kind}")
+            if fill:
+                db.execute(f"UPDATE participants SET {name} = {fill}")
+
+
+def _make_private(database: Path) -> None:
+    """study.db and its -wal and -shm hold the study's secret and every answer: owner only, also
+    when an older version or a copy left them readable by others."""
+    for path in (database, _beside(database, "-wal"), _beside(database, "-shm")):
+        if path.is_file() and path.stat().st_mode & 0o077:
+            log.warning("%s was readable by others; set its mode to 0600", path)
+            path.chmod(0o600)
 
 
 def _answer_rows(db: sqlite3.Connection) -> list[dict]:
