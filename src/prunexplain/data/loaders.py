@@ -10,6 +10,7 @@ The decoded-image cache decodes and resizes every image once into a memory-mappe
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import math
@@ -90,8 +91,6 @@ def image_rows(images: ImageSet) -> list[dict]:
 
 def read_image_rows(path: Path, classes: Sequence[str]) -> ImageSet:
     """The images a stage recorded with `image_rows`, so a later stage uses exactly those."""
-    import csv
-
     try:
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle))

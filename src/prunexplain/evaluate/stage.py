@@ -24,7 +24,7 @@ from prunexplain.evaluate.metrics import METRICS, MetricInputs, bootstrap_mean
 from prunexplain.evaluate.plot import plot_metrics
 from prunexplain.explain.cam import explain
 from prunexplain.models import load_checkpoint, select_device
-from prunexplain.runs import ModelKey, Run, write_csv
+from prunexplain.runs import DENSE, ModelKey, Run, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def evaluate_stage(settings: Settings, run: Run) -> EvaluateResult:
                               share=settings.explain.occlusion)
         for metric, values in _per_image(settings, run, key, path, inputs, x01, device).items():
             mean, low, high = bootstrap_mean(values, settings.evaluate.seed, settings.evaluate.resamples)
-            rows.append({"method": key.method or "dense", "rate": key.rate, "metric": metric, "mean": mean,
+            rows.append({"method": key.method or DENSE, "rate": key.rate, "metric": metric, "mean": mean,
                          "ci_low": low, "ci_high": high, "n": len(values)})
             if metric == "sanity_spearman_all_layers" and mean > settings.evaluate.sanity_threshold:
                 flagged.append(str(key))
