@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from prunexplain.config import Settings, UserError, load_settings, read_reference_run
+from prunexplain.config import REFERENCE_BASE, Settings, UserError, load_settings, read_reference_run
 from tests.conftest import REFERENCE
 
 
@@ -89,6 +89,40 @@ def test_reference_errors_name_file_run_and_key(tmp_path):
     broken.write_text("{")
     with pytest.raises(UserError, match="broken.json: not a valid JSON file"):
         read_reference_run(broken, "run8")
+
+
+def test_a_reference_run_implies_the_studys_model_and_data(tmp_path):
+    """The JSON names only training options; its run is the original's: full VGG-16 on the full-size
+    Imagenette at 224 px, unnormalised, augmented per image, the last improving epoch kept."""
+    path = _reference_file(tmp_path, {"batch_size": 64, "optimizer": "SGD", "pretrained": True})
+    settings = load_settings(None, [], (path, "run8"))
+    for section, values in REFERENCE_BASE.items():
+        assert getattr(settings, section).model_dump(mode="json", include=set(values)) == values
+    assert (settings.model.width, settings.data.root, settings.model.weights) == (1.0, Path("data/imagenette2"),
+                                                                                    "imagenet")
+    assert load_settings(None, []).model.width == 0.125  # without a reference run: the demo's defaults
+
+
+def test_reference_layers_base_then_file_then_json_then_overrides(tmp_path):
+    path = _reference_file(tmp_path, {"batch_size": 32, "optimizer": "Adam"})
+    config = tmp_path / "c.toml"
+    config.write_text('[data]\nroot = "elsewhere"\n[train]\nbatch_size = 8\npatience = 4\n')
+    settings = load_settings(config, ["train.patience=5"], (path, "run8"))
+    assert settings.data.root == Path("elsewhere") and settings.data.image_size == 224  # file over the base
+    assert settings.train.batch_size == 32 and settings.train.patience == 5  # the JSON over the file; --set last
+    assert settings.train.weight_decay == 0.0  # the original's Adam had no weight decay
+    assert REFERENCE_BASE["data"]["root"] == "data/imagenette2"  # the base itself is never changed
+
+
+def test_the_study_example_agrees_with_the_reference_base():
+    """examples/study.toml is the reproduced study: every key the reference base sets has its value there
+    (written in the file, or the default where the file leaves it out)."""
+    study = load_settings(Path(__file__).resolve().parents[1] / "examples" / "study.toml", [])
+    differ = {}
+    for section, values in REFERENCE_BASE.items():
+        found = getattr(study, section).model_dump(mode="json", include=set(values))
+        differ.update({f"{section}.{key}": (found[key], value) for key, value in values.items() if found[key] != value})
+    assert differ == {}, f"examples/study.toml (found, base): {differ}"
 
 
 @pytest.mark.skipif(not REFERENCE.exists(), reason="../shared/reference is absent")

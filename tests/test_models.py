@@ -3,7 +3,14 @@ import torch
 from torchvision import models as tv
 
 from prunexplain.config import ModelSettings, UserError
-from prunexplain.models import build_model, check_weights, load_checkpoint, save_checkpoint
+from prunexplain.models import (
+    build_model,
+    check_weights,
+    imagenet_weights_file,
+    import_pickled_module,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 FULL = ModelSettings(width=1, pool_size=7, batch_norm=False)
 
@@ -141,3 +148,93 @@ def test_check_weights_needs_no_file_read(tmp_path):
         check_weights(FULL.model_copy(update={"weights": str(tmp_path)}))
     with pytest.raises(UserError, match=r"model.weights='w.pth': ImageNet weights fit only the full VGG-16"):
         check_weights(ModelSettings(weights="w.pth"))
+
+
+def test_an_offline_imagenet_download_is_one_line_naming_the_url_the_cache_and_a_local_file(tmp_path, monkeypatch):
+    import urllib.error
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(UserError) as error:
+        imagenet_weights_file(FULL.model_copy(update={"weights": "imagenet"}))
+    message = str(error.value)
+    assert "\n" not in message and "https://download.pytorch.org/models/vgg16-397923af.pth" in message
+    assert f"put that file in {tmp_path / 'hub' / 'checkpoints'}" in message
+    assert 'set model.weights to a local copy (--set model.weights="path/to/vgg16-397923af.pth")' in message
+    cached = tmp_path / "hub" / "checkpoints" / "vgg16_bn-6c64b313.pth"
+    cached.write_bytes(b"a file once downloaded is not fetched again")
+    assert imagenet_weights_file(FULL.model_copy(update={"weights": "imagenet", "batch_norm": True})) == cached
+
+
+def _tiny_torchvision_vgg(num_classes: int = 10) -> torch.nn.Module:
+    """torchvision's VGG class with VGG-16's layout at 1/16 width, a 1x1 pool and a 256-wide head."""
+    layout = [4, 4, "M", 8, 8, "M", 16, 16, 16, "M", 32, 32, 32, "M", 32, 32, 32, "M"]
+    model = tv.VGG.__new__(tv.VGG)  # VGG's own __init__ would draw a 25088x4096 head only to drop it
+    torch.nn.Module.__init__(model)
+    model.features, model.avgpool = tv.vgg.make_layers(layout), torch.nn.AdaptiveAvgPool2d(1)
+    model.classifier = torch.nn.Sequential(
+        torch.nn.Linear(32, 256), torch.nn.ReLU(True), torch.nn.Dropout(), torch.nn.Linear(256, 256),
+        torch.nn.ReLU(True), torch.nn.Dropout(), torch.nn.Linear(256, num_classes),
+    )
+    return model.eval()
+
+
+def _zeros(tensors) -> int:
+    return sum(int((t == 0).sum()) for t in tensors)
+
+
+def test_a_pickled_pruned_module_of_the_original_imports_as_a_checkpoint(tmp_path):
+    """As the original's vgg_pruning.py saved models: torch.nn.utils.prune on every Conv2d (twice on
+    one, which stacks a PruningContainer), then torch.save of the whole module."""
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    module = _tiny_torchvision_vgg()
+    convs = {f"features.{i}": m for i, m in enumerate(module.features) if isinstance(m, torch.nn.Conv2d)}
+    for conv in convs.values():
+        prune.l1_unstructured(conv, "weight", amount=0.5)
+    prune.l1_unstructured(convs["features.0"], "weight", amount=0.5)
+    torch.save(module, tmp_path / "pruned.pt")
+    effective = [getattr(m, name) for m in module.modules() for name in ("weight", "bias") if hasattr(m, name)]
+
+    meta = import_pickled_module(tmp_path / "pruned.pt", tmp_path / "model.pt", trust_pickle=True)
+    loaded, checkpoint = load_checkpoint(tmp_path / "model.pt")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), module(x))
+    assert _zeros(loaded.parameters()) == _zeros(effective) > 0
+    assert sorted(checkpoint["masks"]) == sorted(f"{name}.weight" for name in convs) == meta["imported"]["pruned"]
+    assert torch.equal(checkpoint["masks"]["features.0.weight"], convs["features.0"].weight_mask.bool())
+    assert checkpoint["meta"]["classes"][0] == "0-fish" and checkpoint["meta"]["data"] == {"image_size": 224,
+                                                                                         "normalize": False}
+    assert checkpoint["meta"]["model"]["width"] == 0.0625 and checkpoint["meta"]["model"]["pool_size"] == 1
+
+
+class _Planted:
+    """An object whose unpickling makes a folder: stands for any code a pickle can run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (str(self.marker),)
+
+
+def test_a_pickle_is_opened_only_when_trusted_and_only_a_vgg16_imports(tmp_path):
+    marker = tmp_path / "code-ran"
+    torch.save(_Planted(marker), tmp_path / "planted.pt")
+    with pytest.raises(UserError, match="runs any code the file holds; give --trust-pickle"):
+        import_pickled_module(tmp_path / "planted.pt", tmp_path / "out.pt")
+    assert not marker.exists()
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "linear.pt")
+    with pytest.raises(UserError, match="a Linear, not torchvision's VGG"):
+        import_pickled_module(tmp_path / "linear.pt", tmp_path / "out.pt", trust_pickle=True)
+    torch.save(_tiny_torchvision_vgg(4), tmp_path / "four.pt")
+    with pytest.raises(UserError, match="--classes: 3 names for a model of 4 classes"):
+        import_pickled_module(tmp_path / "four.pt", tmp_path / "out.pt", True, ["a", "b", "c"])
+    assert not (tmp_path / "out.pt").exists()

@@ -43,7 +43,19 @@ def test_the_study_example_passes_once_its_dataset_is_there(tmp_path):
         (root / split).mkdir(parents=True)
     settings = load_settings(EXAMPLES / "study.toml", [f'run.root="{tmp_path / "runs"}"', f'data.root="{root}"'])
     preflight(settings)
-    _refused(load_settings(EXAMPLES / "study.toml", [f'run.root="{tmp_path / "runs"}"']), "data.root: no such folder")
+    _refused(load_settings(EXAMPLES / "study.toml", [f'run.root="{tmp_path / "runs"}"']),
+             "data.root: no Imagenette in data/imagenette2", "`prunexplain data imagenette --size full --dest data`")
+
+
+def test_a_missing_imagenette_folder_is_named_with_the_command_that_downloads_it(tmp_path):
+    root = tmp_path / "sets" / "imagenette2-160"
+    _refused(_settings(tmp_path, "data.dataset=imagenette", f'data.root="{root}"'),
+             f"data.root: no Imagenette in {root} (no such folder)",
+             f"`prunexplain data imagenette --size 160 --dest {root.parent}`")
+    own = tmp_path / "photos"  # a name of the user's own: say where the download will be
+    _refused(_settings(tmp_path, "data.dataset=imagenette", f'data.root="{own}"'),
+             "--size full --dest DIR`", "data.root to DIR/imagenette2")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from prunexplain.config import DataSettings, TrainSettings, UserError
+from prunexplain.config import DataSettings, RuntimeSettings, TrainSettings, UserError
 from prunexplain.data.loaders import image_dataset, load_splits
 from prunexplain.models import build_model, load_checkpoint
 from prunexplain.runs import Run
@@ -86,3 +86,63 @@ def test_frozen_parts_do_not_change_and_unknown_parts_are_named(tmp_path, tiny_d
     message = r"train.frozen_parts: the model has no part 'backbone' \(parts: features, avgpool, classifier\)"
     with pytest.raises(UserError, match=message):
         fit(model, train, valid, bad, DataSettings(), CPU)
+
+
+# Scripted epochs: the last improving epoch (3), the highest valid accuracy (4) and the highest train
+# accuracy (5) are three different epochs; patience 3 stops after epoch 6.
+VALID = [0.50, 0.60, 0.605, 0.70, 0.705, 0.65, 0.50]
+TRAIN = [0.30, 0.40, 0.50, 0.60, 0.70, 0.90, 0.80]
+
+
+def _scripted_fit(monkeypatch, restore: str, valid: list[float] = VALID):
+    """fit() of a one-layer model whose epochs only move its weights and report the scripted
+    accuracies; returns the result, the model, its weights before the fit and after each epoch."""
+    import prunexplain.train as train_module
+
+    states, epoch = [], iter(range(len(valid)))
+
+    def train_epoch(model, *args):
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(1.0)  # every epoch leaves different weights behind
+        return TRAIN[len(states)], 1.0
+
+    def scripted_evaluate(model, *args, **kwargs):
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"top1": valid[next(epoch)], "top5": 1.0, "loss": 1.0, "n": 10}
+
+    monkeypatch.setattr(train_module, "_train_epoch", train_epoch)
+    monkeypatch.setattr(train_module, "evaluate", scripted_evaluate)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = TrainSettings(epochs=20, patience=3, min_improvement=0.01, restore=restore)
+    result = fit(model, [], [], settings, DataSettings(), CPU, RuntimeSettings(progress=False))
+    return result, model, [start, *states]
+
+
+def test_last_improvement_restores_and_reports_as_the_original(monkeypatch):
+    """The original's rule (helpers.train_model): the reference starts at 0; an epoch improves when its
+    valid accuracy beats reference * 1.01, and then becomes the reference; 3 epochs without one stop.
+    Kept: the weights of the last improving epoch (3, valid 0.70; epoch 4's 0.705 is higher but no
+    1 % gain), its 0-based epoch and valid accuracy, and the best train accuracy of all epochs (0.90)."""
+    result, model, states = _scripted_fit(monkeypatch, "last_improvement")
+    assert (result.best_epoch, result.stopped_epoch, result.epochs_trained) == (3, 6, 7)
+    assert (result.valid_accuracy, result.train_accuracy) == (0.70, 0.90)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in states[1 + 3].items())
+
+
+def test_best_restores_the_highest_valid_accuracy_with_its_own_figures(monkeypatch):
+    """restore='best': the epoch of the highest valid accuracy (4), its train and valid accuracy; the
+    same early stopping."""
+    result, model, states = _scripted_fit(monkeypatch, "best")
+    assert (result.best_epoch, result.stopped_epoch) == (4, 6)
+    assert (result.valid_accuracy, result.train_accuracy) == (0.705, 0.70)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in states[1 + 4].items())
+
+
+def test_last_improvement_keeps_the_start_weights_when_no_epoch_beats_zero(monkeypatch):
+    """As the original, which starts from best_val_acc = 0: no epoch above 0 valid accuracy, no
+    improvement; the weights the fit started with are kept, reported as epoch -1."""
+    result, model, states = _scripted_fit(monkeypatch, "last_improvement", [0.0] * 7)
+    assert (result.best_epoch, result.stopped_epoch, result.valid_accuracy) == (-1, 2, 0.0)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in states[0].items())

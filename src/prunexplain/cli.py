@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from prunexplain.config import UserError
-from prunexplain.experiments import COMPARE, RECOGNISE
+from prunexplain.experiments import COMPARE, EXPERIMENTS, RECOGNISE
 from prunexplain.runs import Run
 
 app = typer.Typer(
@@ -148,10 +148,11 @@ def train(
 ) -> None:
     """Train the classifier of a run (VGG-16 by default); writes runs/<name>/train/.
 
-    Also reads the study's named-run JSON: `prunexplain train training_config.json run8`.
-    On an existing run it starts from the run's config.toml and skips a training already done with
-    the same settings. Under `torchrun --nproc_per_node N -m prunexplain train ...` it trains with DDP
-    (each process trains; only rank 0 writes).
+    Also reads the study's named-run JSON: `prunexplain train training_config.json run8` is the
+    original's run (its model and data beneath the JSON's keys: config.REFERENCE_BASE; --config and
+    --set change them). On an existing run it starts from the run's config.toml and skips a
+    training already done with the same settings. Under `torchrun --nproc_per_node N -m prunexplain
+    train ...` it trains with DDP (each process trains; only rank 0 writes).
     """
     import os
 
@@ -174,6 +175,33 @@ def train(
                 typer.echo(result.summary())
             return
         typer.echo(_stage("train", settings))
+
+
+@app.command("import-checkpoint")
+def import_checkpoint(
+    source: Annotated[Path, typer.Argument(metavar="SOURCE", help="A whole pickled VGG-16, as the original saved "
+                                           "its models.", exists=True, dir_okay=False)],
+    dest: Annotated[Path, typer.Argument(metavar="DEST", help="Where to write the prunexplain checkpoint.")],
+    trust_pickle: Annotated[bool, typer.Option(
+        "--trust-pickle", help="Load SOURCE although unpickling runs any code it holds; only for files you trust.")
+    ] = False,
+    classes: Annotated[list[str] | None, typer.Option(
+        "--classes", help="Class names in output order; repeatable. Default: Imagenette's for 10 classes.")] = None,
+    image_size: Annotated[int, typer.Option(help="Image side the model was trained on (the original's: 224).")] = 224,
+    normalize: Annotated[bool, typer.Option(help="Whether it saw ImageNet-normalised images (the original's: no).")
+                         ] = False,
+) -> None:
+    """Rewrite a model the original code saved with torch.save(model) as a prunexplain checkpoint.
+
+    A pruned model's torch.nn.utils.prune masks are folded into its weights and kept as its masks.
+    """
+    from prunexplain.models import import_pickled_module
+
+    with user_errors():
+        meta = import_pickled_module(source, dest, trust_pickle, classes, image_size, normalize)
+        model = meta["model"]
+        typer.echo(f"{dest}: {model['arch']} (width {model['width']:g}) of {meta['num_classes']} classes, "
+                   f"{len(meta['imported']['pruned'])} pruned tensors folded into plain weights")
 
 
 @app.command()
@@ -302,7 +330,7 @@ AnswerFiles = Annotated[
 ]
 AnalyzeOut = Annotated[
     Path | None,
-    typer.Option("--out", "-o", help="Folder for summary.json, workers.csv, PNGs. Default: analysis/<exp>."),
+    typer.Option("--out", "-o", help="Folder for summary.json, workers.csv, items.csv, PNGs. Default: analysis/<exp>."),
 ]
 MinWorkTime = Annotated[
     float | None,
@@ -320,9 +348,15 @@ Bootstrap = Annotated[
 ]
 AnalyzeSeed = Annotated[int | None, typer.Option(help="Seed of the bootstrap.")]
 Plots = Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")]
+Preprocessed = Annotated[
+    Path | None,
+    typer.Option("--preprocessed", dir_okay=False, help="Also write the kept answers as the study's preprocessed "
+                 "CSV (its notebook's columns) to this file."),
+]
 
 
-def _analyze(experiment: str, files, out, min_work_time, repeated_items, models, bootstrap, seed, plots) -> None:
+def _analyze(key: str, files, out, min_work_time, repeated_items, models, bootstrap, seed, plots,
+             preprocessed) -> None:
     from prunexplain.analysis.stage import analyze
     from prunexplain.config import AnalysisSettings, from_options
 
@@ -332,13 +366,16 @@ def _analyze(experiment: str, files, out, min_work_time, repeated_items, models,
             min_median_work_time=min_work_time, repeated_items=repeated_items, models=models or None,
             bootstrap=bootstrap, seed=seed, plots=plots,
         )
-        result = analyze(experiment, files, settings, out or Path("analysis") / experiment)
+        kind = EXPERIMENTS[key].kind.name  # the analysis depends on the kind; the folder is the experiment's
+        result = analyze(kind, files, settings, out or Path("analysis") / key, preprocessed)
         typer.echo(result.markdown)
-        typer.echo(f"Wrote {', '.join(path.name for path in result.written)} to {result.out_dir}")
+        outside = [path for path in result.written if path.parent != result.out_dir]
+        inside = [path.name for path in result.written if path.parent == result.out_dir]
+        typer.echo(f"Wrote {', '.join(inside)} to {result.out_dir}" + "".join(f"; {p}" for p in outside))
 
 
-def _analyze_command(experiment: str, doc: str) -> None:
-    """Register `analyze <experiment>`: both experiments take the same options."""
+def _analyze_command(key: str, doc: str) -> None:
+    """Register `analyze <key>` for an experiment of the spec: all take the same options."""
 
     def command(
         files: AnswerFiles,
@@ -349,23 +386,25 @@ def _analyze_command(experiment: str, doc: str) -> None:
         bootstrap: Bootstrap = None,
         seed: AnalyzeSeed = None,
         plots: Plots = True,
+        preprocessed: Preprocessed = None,
     ) -> None:
-        _analyze(experiment, files, out, min_work_time, repeated_items, models, bootstrap, seed, plots)
+        _analyze(key, files, out, min_work_time, repeated_items, models, bootstrap, seed, plots, preprocessed)
 
     command.__doc__ = doc
-    analyze_app.command(experiment)(command)
+    analyze_app.command(key)(command)
 
 
-_analyze_command(
-    COMPARE.name,
-    """Experiment 1, which explanation is more reasonable: 'equally reasonable' shares, preferences per
-    pair with chi-square, binomial and Holm-corrected tests, per-class tables, Krippendorff's alpha.""",
-)
-_analyze_command(
-    RECOGNISE.name,
-    """Experiment 2, what is on the picture: accuracy per model and class, 'none' shares, confusion
-    matrices, Krippendorff's alpha, Cochran's Q and McNemar tests on the same images.""",
-)
+_ANALYZE_DOCS = {  # one paragraph each: the help wraps it
+    COMPARE.name: "Experiment 1 ({rendering}), which explanation is more reasonable: 'equally reasonable' shares, "
+    "preferences per pair with chi-square, binomial and Holm-corrected tests, per-class tables (shares of all "
+    "answers, a - b, P(class | equally)), how often each model was shown, Krippendorff's alpha; items.csv counts "
+    "the answers per stimulus.",
+    RECOGNISE.name: "Experiment 2 ({rendering}), what is on the picture: accuracy per model and class (and pooled "
+    "over models), 'none' shares, confusion matrices (per model and pooled), Krippendorff's alpha, Cochran's Q and "
+    "McNemar tests on the same images, the study's chi-squares; items.csv counts the answers per stimulus.",
+}
+for _key, _spec in EXPERIMENTS.items():
+    _analyze_command(_key, _ANALYZE_DOCS[_spec.kind.name].format(rendering=_spec.rendering))
 
 
 study_app = typer.Typer(
@@ -445,16 +484,21 @@ def study_publish(
     bucket: Annotated[str, typer.Option(help="S3 bucket to upload the stimuli into.")],
     prefix: Annotated[str, typer.Option(help="Key prefix inside the bucket, e.g. study1/.")] = "",
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint (default: AWS).")] = None,
+    public_read: Annotated[
+        bool, typer.Option("--public-read", help="Upload with the ACL public-read (as the original study did).")
+    ] = False,
 ) -> None:
     """Upload the study's stimuli to S3 for Mechanical Turk.
 
+    Workers' browsers load the images without credentials, so the bucket or its objects must be
+    readable by anyone: give the bucket a policy that allows it, or pass --public-read.
     Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or a profile);
     files already there with the same content are skipped.
     """
     from prunexplain.study.mturk import publish
 
     with user_errors():
-        typer.echo(publish(_study_dir(run_dir), bucket, prefix, endpoint_url).summary())
+        typer.echo(publish(_study_dir(run_dir), bucket, prefix, endpoint_url, public_read).summary())
 
 
 StudyRun = Annotated[Path, typer.Option("--run", help="Run directory with the study/ of `study build`, e.g. runs/x.")]

@@ -64,6 +64,11 @@ class DataSettings(_Section):
     vflip: bool = True
     rotation: float = Field(10.0, ge=0, le=180, description="max random rotation, degrees")
     normalize: bool = Field(False, description="ImageNet mean/std normalisation")
+    augment_at: Literal["image_size", "full_size"] = Field(
+        "image_size",
+        description="image_size: flips and rotation (bilinear) on the resized images, batched on the device; "
+        "full_size: per image before resizing, rotation nearest with black fill (the original's)",
+    )
     synthetic: SyntheticSettings = SyntheticSettings()
 
 
@@ -90,6 +95,12 @@ class TrainSettings(_Section):
     patience: int = Field(10, ge=1, description="epochs without improvement before stopping")
     min_improvement: float = Field(0.01, ge=0, description="relative gain of valid accuracy that counts")
     frozen_parts: list[str] = Field(default_factory=list, description="e.g. ['features'] (study: vgg_no_train_parts)")
+    restore: Literal["best", "last_improvement"] = Field(
+        "best",
+        description="weights kept after a fit: best (highest valid accuracy), or last_improvement (the last "
+        "epoch that beat the reference by min_improvement, the original's; training_accuracy is then the best "
+        "over all epochs)",
+    )
     seed: int = 0
 
 
@@ -160,6 +171,11 @@ class ExplainSettings(_Section):
     render: bool = Field(False, description="also write occlusion and heatmap PNGs")
     occlusion: float = Field(0.10, gt=0, le=1, description="share of pixels left visible")
     heatmap_alpha: float = Field(0.5, ge=0, le=1)
+    upsample: Literal["torch", "pil"] = Field(
+        "torch",
+        description="raw maps to image size: torch (bicubic a=-0.75, edges clamped, negatives clipped) or pil "
+        "(PIL's bicubic a=-0.5 with renormalised edges, negatives kept: the original's)",
+    )
 
 
 class EvaluateSettings(_Section):
@@ -189,8 +205,30 @@ class StudySettings(_Section):
     pairs: list[Annotated[tuple[str, str], Field(strict=False)]] = Field(  # TOML and JSON give a pair as a list
         default_factory=list, description="exp1 pairs by study name, e.g. [['nonpruned', '2pruned']]; []: every pair"
     )
+    heatmap_pairs: list[Annotated[tuple[str, str], Field(strict=False)]] | None = Field(
+        None, description="pairs of the heatmap variant of experiment 1; None: study.pairs"
+    )
+    selection: Literal["random", "first"] = Field(
+        "random",
+        description="random: a seeded draw per class, ids 0-based grouped by class; first: the first eligible "
+        "images per class in the order of a test loader shuffled with study.seed, ids 1-based (the original's)",
+    )
+    images_csv: PathSetting | None = Field(
+        None, description="CSV of the test images to show (columns path, label) instead of a selection"
+    )
     occlusion: float = Field(0.10, gt=0, le=1, description="share of pixels left visible")
-    heatmap_alpha: float = Field(0.5, ge=0, le=1)
+    occlusion_count: Literal["round", "original"] = Field(
+        "round",
+        description="round: round(share*H*W) pixels visible; original: int(share*H*W)-1 visible and the next one "
+        "at its map value (the original's off-by-one)",
+    )
+    heatmap_alpha: float = Field(0.5, ge=0, le=1, description="weight of the jet colours over the image")
+    heatmap_exponent: float = Field(1.0, gt=0, description="map raised to this power before colouring (original: 2)")
+    layout: Literal["compact", "original"] = Field(
+        "compact",
+        description="compact: 900x340 px panels, exp2 images enlarged to 224 px; original: 3750x1200 px panels "
+        "(25x8 in at 150 dpi, titles 22/15 pt) and exp2 images at about 453 px in a 900x600 canvas",
+    )
     url_prefix: str = Field("", description="prefix of image_url in the input CSVs, e.g. the published bucket URL")
     batch_size: int = Field(64, ge=1)
 
@@ -220,19 +258,37 @@ _REFERENCE_KEYS = {
     "pretrained": ("model", "weights"),
 }
 
+# What a named run of the reference JSON implies beneath its own keys: the model and data the
+# original trained on (vgg_training.py and helpers.py of FlorianMerkle/pruning_for_explainability),
+# since its JSON names only the training options. torchvision's VGG-16; the full-size Imagenette
+# extracted in data/imagenette2, each image flipped and rotated before its resize to 224 px, never
+# normalised; val/ split into test and valid with seed 69; SGD's weight decay 1e-4; 10 epochs of
+# patience for a 1 % gain, the last improving epoch's weights kept. examples/study.toml agrees.
+REFERENCE_BASE: dict[str, dict[str, Any]] = {
+    "data": {
+        "dataset": "imagenette", "root": "data/imagenette2", "image_size": 224, "split_seed": 69,
+        "hflip": True, "vflip": True, "rotation": 10.0, "normalize": False, "augment_at": "full_size",
+    },
+    "model": {"arch": "vgg16", "width": 1.0, "pool_size": 7, "batch_norm": False, "dropout": 0.5},
+    "train": {"weight_decay": 1e-4, "patience": 10, "min_improvement": 0.01, "restore": "last_improvement"},
+}
+
 
 def load_settings(
     config: Path | None = None,
     overrides: list[str] = (),
     reference: tuple[Path, str] | None = None,
 ) -> Settings:
-    """Defaults, then the TOML file, then a named run of a reference JSON, then `key=value` overrides.
+    """Layers, each above the one before: the defaults; with a reference run, `REFERENCE_BASE` (the
+    study's model and data, which the JSON does not name); the TOML file; the reference run's own
+    keys; the `key=value` overrides. So `train training_config.json run8` alone is the original's
+    run, a file can change its model or data, and the JSON's keys win over the file's.
 
     Each layer is validated on its own so an error names the place it came from.
     """
-    data: dict[str, Any] = {}
+    data: dict[str, Any] = _merged({}, REFERENCE_BASE) if reference is not None else {}
     if config is not None:
-        data = _runtime_moved(read_toml(config), str(config))
+        data = _merged(data, _runtime_moved(read_toml(config), str(config)))
         _validate(data, str(config))
     if reference is not None:
         for dotted, value in read_reference_run(*reference).items():
@@ -273,8 +329,22 @@ def _runtime_moved(data: dict[str, Any], source: str) -> dict[str, Any]:
     return data
 
 
+def _merged(below: dict[str, Any], above: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `below` with `above` laid over it, table by table (a key of `above` wins)."""
+    merged = dict(below)
+    for key, value in above.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = _merged({}, value) if isinstance(value, dict) else value
+    return merged
+
+
 def read_reference_run(path: Path, name: str) -> dict[str, Any]:
-    """One named run of the study's training_config.json, as dotted Settings keys."""
+    """One named run of the study's training_config.json, as dotted Settings keys.
+
+    `"optimizer": "Adam"` also sets no weight decay: the original gave Adam none (only its SGD had 1e-4).
+    """
     runs = read_json(path)
     if not isinstance(runs, dict) or not all(isinstance(v, dict) for v in runs.values()):
         raise UserError(f"{path}: expected an object of named runs, e.g. {{\"run8\": {{...}}}}")
@@ -289,6 +359,8 @@ def read_reference_run(path: Path, name: str) -> dict[str, Any]:
                 raise UserError(f"{path}: {name}.pretrained: expected true or false, got {value!r}")
             value = "imagenet" if value else None
         values[".".join(_REFERENCE_KEYS[key])] = value
+    if values.get("train.optimizer") == "Adam":
+        values["train.weight_decay"] = 0.0
     return values
 
 

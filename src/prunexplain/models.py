@@ -12,6 +12,9 @@ rebuild the architecture, so any stage can load any checkpoint without being tol
 from __future__ import annotations
 
 import hashlib
+import http.client
+import logging
+import urllib.parse
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +27,8 @@ from torchvision import models as tv
 
 from prunexplain.config import ModelSettings, UserError
 from prunexplain.runs import write_with
+
+log = logging.getLogger(__name__)
 
 # torchvision's VGG-16 layout ("D"): conv widths, "M" = 2x2 max pool.
 VGG16_LAYOUT: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -88,17 +93,40 @@ def _pretrained_state(settings: ModelSettings) -> dict[str, torch.Tensor]:
     """ImageNet weights through torchvision's weights API, or a local state-dict file."""
     check_weights(settings)
     if settings.weights == "imagenet":
-        try:
-            return _IMAGENET_WEIGHTS[settings.batch_norm].get_state_dict(progress=True)
-        except OSError as error:  # urllib's errors are OSErrors: offline, proxy, full disk
-            raise UserError(f"model.weights='imagenet': cannot get torchvision's ImageNet weights ({error}); "
-                            "download them once with network access, or give a local file") from None
+        path = imagenet_weights_file(settings)
+        return _read_torch_file(path, "torchvision's ImageNet weights (delete the file to download it again)")
     path = Path(settings.weights)
     state = _read_torch_file(path, "a state dict")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"model.weights: {path}: not a state dict (a dict of tensors, as model.state_dict() gives)")
     return state
+
+
+def imagenet_weights_file(settings: ModelSettings, progress: bool = True) -> Path:
+    """torchvision's ImageNet weights of the model, downloaded once into torch's hub cache, where
+    torchvision itself keeps them (<torch.hub.get_dir()>/checkpoints/<file of the URL>).
+
+    Done here rather than through torchvision so a failed download (offline, a proxy, a wrong hash)
+    is one line saying which file was wanted and the two ways round it: the file put in the cache,
+    or `model.weights` set to a local copy; torchvision's own failure is a long traceback.
+    """
+    url = _IMAGENET_WEIGHTS[settings.batch_norm].url
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / Path(urllib.parse.urlparse(url).path).name
+    if path.is_file():
+        return path
+    digest = torch.hub.HASH_REGEX.search(path.name)  # the file name holds a prefix of its SHA-256
+    log.info("downloading torchvision's ImageNet weights %s to %s", url, folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path), digest.group(1) if digest else None, progress=progress)
+    except (OSError, http.client.HTTPException, RuntimeError) as error:  # urllib's are OSErrors; a bad hash
+        raise UserError(
+            f"model.weights='imagenet': cannot download {url} ({_first_line(error)}); put that file in {folder} "
+            f"(torch's cache), or set model.weights to a local copy (--set model.weights=\"path/to/{path.name}\")"
+        ) from None
+    return path
 
 
 def _load_pretrained(model: nn.Module, settings: ModelSettings) -> None:
@@ -183,8 +211,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
         keys = sorted(map(str, checkpoint))[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise UserError(f"{path}: not a prunexplain checkpoint (expected keys {sorted(_CHECKPOINT_KEYS)}, got {keys})")
     try:
-        model = build_model(checkpoint["num_classes"], model_settings(checkpoint))
-        model.load_state_dict(checkpoint["state_dict"])
+        model = with_weights(checkpoint["num_classes"], model_settings(checkpoint), checkpoint["state_dict"])
     except (KeyError, TypeError, AttributeError, RuntimeError, ValidationError) as error:
         reason = f"{type(error).__name__}: {_first_line(error)}"
         raise UserError(f"{path}: not a prunexplain checkpoint ({reason})") from None
@@ -192,6 +219,24 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
 
 
 _CHECKPOINT_KEYS = {"arch", "num_classes", "state_dict", "meta"}
+
+
+def with_weights(num_classes: int, settings: ModelSettings, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The model of `settings` holding the weights of `state` (on the CPU).
+
+    Built on the meta device and given memory only then: the random initialisation that `state`
+    replaces costs seconds for any VGG-16 (torchvision's VGG draws its 25088x4096 head even for the
+    compact model), on every checkpoint load. A model with a buffer the state does not hold is
+    built as usual, so nothing is left uninitialised.
+    """
+    with torch.device("meta"):
+        model = build_model(num_classes, settings.model_copy(update={"weights": None}))
+    if {name for name, _ in model.named_buffers()} - set(model.state_dict()):
+        model = build_model(num_classes, settings.model_copy(update={"weights": None}))
+    else:
+        model = model.to_empty(device="cpu")
+    model.load_state_dict(state)
+    return model
 
 
 def check_fits(checkpoint: dict[str, Any], path: Path, classes: list[str], image_size: int) -> None:
@@ -237,3 +282,120 @@ def model_settings(checkpoint: dict[str, Any]) -> ModelSettings:
 def _unwrap(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel (or the model itself)."""
     return getattr(model, "module", model)
+
+
+def import_pickled_module(
+    source: Path,
+    dest: Path,
+    trust_pickle: bool = False,
+    classes: list[str] | None = None,
+    image_size: int = 224,
+    normalize: bool = False,
+) -> dict[str, Any]:
+    """A whole pickled VGG-16 module, as the original saved its models (`torch.save(model)` in
+    helpers.save_model of FlorianMerkle/pruning_for_explainability), rewritten as a prunexplain
+    checkpoint at `dest`; returns the checkpoint's `meta`.
+
+    Unpickling runs whatever code the file names, so it is done only when `trust_pickle` says the
+    file is trusted. torch.nn.utils.prune's reparametrisation of a pruned model (`weight_orig` times
+    the buffer `weight_mask`, applied by a forward hook) is folded into plain weights, as the hook
+    computes them, and the masks are kept as the checkpoint's masks. The architecture is read from
+    the module and checked by rebuilding it with `build_model`; `image_size` and `normalize` say what
+    the model was trained on (the original's: 224 px, not normalised), `classes` its class names
+    (default: Imagenette's labels for a 10-class model).
+    """
+    source, dest = Path(source), Path(dest)
+    if not trust_pickle:
+        raise UserError(f"{source}: importing a pickled module runs any code the file holds; give --trust-pickle "
+                        "only for a file you trust (such as one the original code saved)")
+    module = _unpickled_module(source)
+    masks = _fold_pruning(module)
+    settings = _vgg_settings(module, source)
+    num_classes = module.classifier[-1].out_features
+    try:
+        model = with_weights(num_classes, settings, module.state_dict())
+    except RuntimeError as error:
+        raise UserError(f"{source}: a VGG that prunexplain's vgg16 cannot rebuild ({_first_line(error)})") from None
+    meta: dict[str, Any] = {
+        "data": {"image_size": image_size, "normalize": normalize},
+        "imported": {"source": str(source), "sha256": file_digest(source), "pruned": sorted(masks)},
+    }
+    names = _class_names(classes, num_classes)
+    if names is not None:
+        meta["classes"] = names
+    save_checkpoint(dest, model, settings, num_classes, masks, meta)
+    return {"model": settings.model_dump(mode="json"), "num_classes": num_classes, **meta}
+
+
+def _unpickled_module(source: Path) -> nn.Module:
+    if not source.is_file():
+        raise UserError(f"{source}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SourceChangeWarning: the module's code changed since it was saved
+            loaded = torch.load(source, map_location="cpu", weights_only=False)
+    except OSError as error:
+        raise UserError(f"{source}: cannot read ({error.strerror or error})") from None
+    except Exception as error:  # noqa: BLE001 - whatever the unpickler met: a missing class, a damaged file
+        raise UserError(f"{source}: cannot unpickle it ({type(error).__name__}: {_first_line(error)})") from None
+    if isinstance(loaded, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        loaded = loaded.module
+    if isinstance(loaded, dict):
+        raise UserError(f"{source}: a dict, not a pickled module (a state dict needs no import: model.weights "
+                        "takes one)")
+    if not isinstance(loaded, nn.Module):
+        raise UserError(f"{source}: holds a {type(loaded).__name__}, not a pickled model")
+    return loaded
+
+
+def _fold_pruning(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Replace each `<name>_orig` * `<name>_mask` of torch.nn.utils.prune by the plain parameter
+    `<name>` (what the forward hook computed); returns the masks as bool, keyed like the state dict."""
+    from torch.nn.utils import prune
+
+    masks: dict[str, torch.Tensor] = {}
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        for key in [k for k in module._parameters if k.endswith("_orig") and f"{k[:-5]}_mask" in module._buffers]:
+            masks[prefix + key[:-5]] = module._buffers[f"{key[:-5]}_mask"].detach().bool()
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+        for name in [k[:-5] for k in module._parameters if k.endswith("_orig")]:  # a reparametrisation left
+            if f"{name}_mask" in module._buffers:  # without its hook: folded by hand
+                orig, mask = module._parameters.pop(f"{name}_orig"), module._buffers.pop(f"{name}_mask")
+                module.__dict__.pop(name, None)
+                module.register_parameter(name, nn.Parameter(orig.detach() * mask))
+    return masks
+
+
+def _vgg_settings(model: nn.Module, source: Path) -> ModelSettings:
+    """The ModelSettings that rebuild a torchvision VGG-16 (full or narrowed) from its layers."""
+    if not isinstance(model, tv.VGG):
+        raise UserError(f"{source}: a {type(model).__name__}, not torchvision's VGG; only VGG-16 models import")
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    if len(convs) != sum(v != "M" for v in VGG16_LAYOUT):
+        raise UserError(f"{source}: a VGG with {len(convs)} conv layers, not VGG-16's 13")
+    pool = model.avgpool.output_size
+    pool = pool if isinstance(pool, int) else pool[0] if len(set(pool)) == 1 else None
+    dropout = next((m.p for m in model.classifier if isinstance(m, nn.Dropout)), 0.5)
+    values = {"arch": "vgg16", "width": convs[0].out_channels / VGG16_LAYOUT[0], "pool_size": pool,
+              "batch_norm": any(isinstance(m, nn.BatchNorm2d) for m in model.features), "dropout": dropout}
+    try:
+        return ModelSettings.model_validate(values)
+    except ValidationError as error:
+        raise UserError(f"{source}: a VGG that prunexplain's vgg16 cannot rebuild ({values}: "
+                        f"{_first_line(error)})") from None
+
+
+def _class_names(classes: list[str] | None, num_classes: int) -> list[str] | None:
+    if classes:
+        if len(classes) != num_classes:
+            raise UserError(f"--classes: {len(classes)} names for a model of {num_classes} classes")
+        return list(classes)
+    from prunexplain.data.imagenette import CLASSES
+
+    if num_classes == len(CLASSES):
+        return list(CLASSES.values())
+    log.warning("a model of %d classes: no class names stored (give them with --classes)", num_classes)
+    return None

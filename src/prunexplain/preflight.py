@@ -67,9 +67,26 @@ def check_weights(settings: Settings) -> None:
 def check_data(settings: Settings) -> None:
     from prunexplain.data import check_root
 
+    _imagenette_there(settings)
     check_root(settings.data, Run(settings.run_dir))
     if settings.runtime.cache_dir is not None:
         _creatable_folder(settings.runtime.cache_dir, "runtime.cache_dir")
+
+
+def _imagenette_there(settings: Settings) -> None:
+    """Imagenette is downloaded by its own command, never by a stage: a folder that is not there yet
+    is named with that command (`prunexplain train training_config.json run8` on a fresh checkout)."""
+    data = settings.data
+    if data.dataset != "imagenette" or data.root is None or data.root.exists():
+        return
+    from prunexplain.data.imagenette import FOLDERS
+
+    size = {folder: size for size, folder in FOLDERS.items()}.get(data.root.name)
+    if size is None:  # a folder of the user's own name: any archive, extracted there
+        raise UserError(f"data.root: no Imagenette in {data.root} (no such folder); download it with `prunexplain "
+                        "data imagenette --size full --dest DIR` and set data.root to DIR/imagenette2")
+    raise UserError(f"data.root: no Imagenette in {data.root} (no such folder); download it with "
+                    f"`prunexplain data imagenette --size {size} --dest {data.root.parent}`")
 
 
 def check_outputs(settings: Settings) -> None:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from prunexplain.config import DataSettings, RuntimeSettings, Settings, TrainSettings
 from prunexplain.data import class_names, dataset_root
 from prunexplain.data.loaders import Splits, image_dataset, load_splits, prepare
-from prunexplain.models import build_model, check_parts, save_checkpoint, select_device
+from prunexplain.models import build_model, check_parts, imagenet_weights_file, save_checkpoint, select_device
 from prunexplain.runs import Run, append_json_array, fault_point, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,9 @@ class Processes:
 @dataclass
 class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0  # 0-based epoch whose weights were restored (the study's early_stopping_epoch)
+    # 0-based epoch whose weights were restored (the study's early_stopping_epoch; -1: the weights the
+    # fit started with, which restore='last_improvement' keeps when no epoch beat a valid accuracy of 0)
+    best_epoch: int = 0
     stopped_epoch: int | None = None  # 0-based epoch after which early stopping ended training
     train_accuracy: float = 0.0
     valid_accuracy: float = 0.0
@@ -170,11 +172,16 @@ def fit(
     after_step: Callable[[], None] | None = None,
     description: str = "train",
 ) -> FitResult:
-    """Train until `settings.epochs` or early stopping; restore the weights of the best valid epoch.
+    """Train until `settings.epochs` or early stopping; restore the weights `settings.restore` names.
 
-    Early stopping as the study: an epoch improves when valid accuracy beats the best so far by more
-    than `min_improvement` (relative); `patience` epochs without one end training. The restored
-    weights are those of the highest valid accuracy seen.
+    Early stopping as the study: an epoch improves when its valid accuracy beats the reference (the
+    valid accuracy of the last improving epoch) by more than `min_improvement` (relative); `patience`
+    epochs without one end training. `restore` decides which weights are kept and reported:
+    - "best": the epoch of the highest valid accuracy, with its train and valid accuracy;
+    - "last_improvement": the original's rule (helpers.train_model of FlorianMerkle/
+      pruning_for_explainability): the reference starts at 0, the weights, epoch and valid accuracy
+      are those of the last improving epoch (not always the highest valid accuracy: a later epoch
+      can beat it by less than `min_improvement`), and the train accuracy is the best of all epochs.
     """
     with _seeded(settings.seed, device, train_loader):
         return _fit(model, train_loader, valid_loader, settings, data, device, runtime, after_step, description)
@@ -199,7 +206,11 @@ def _fit(model, train_loader, valid_loader, settings, data, device, runtime, aft
     generator = torch.Generator().manual_seed(settings.seed + 1 + (dist.get_rank() if dist.is_initialized() else 0))
     show = runtime.progress and (not dist.is_initialized() or dist.get_rank() == 0)
     result, start = FitResult(), time.perf_counter()
-    best_state, best_accuracy, reference, waited = None, -1.0, 0.0, 0
+    last_improvement = settings.restore == "last_improvement"
+    # The original keeps the weights it started with until an epoch beats a valid accuracy of 0.
+    kept = _snapshot(model) if last_improvement else None
+    result.best_epoch = -1 if last_improvement else 0
+    best_accuracy, reference, waited = -1.0, 0.0, 0
     epochs = tqdm(range(settings.epochs), desc=description, unit="epoch", disable=not show)
     for epoch in epochs:
         sampler = getattr(train_loader, "sampler", None)
@@ -217,22 +228,34 @@ def _fit(model, train_loader, valid_loader, settings, data, device, runtime, aft
         )
         epochs.set_postfix(loss=f"{train_loss:.3f}", train=f"{train_acc:.3f}", valid=f"{valid['top1']:.3f}")
         fault_point(f"epoch:{description}/{epoch}")
-        if valid["top1"] > best_accuracy:
-            best_accuracy, result.best_epoch = valid["top1"], epoch
-            result.train_accuracy, result.valid_accuracy = train_acc, valid["top1"]
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if epoch == 0 or valid["top1"] > reference * (1 + settings.min_improvement):
+        improved = valid["top1"] > reference * (1 + settings.min_improvement) or (epoch == 0 and not last_improvement)
+        if improved:
             reference, waited = valid["top1"], 0
         else:
             waited += 1
-            if waited >= settings.patience:
-                result.stopped_epoch = epoch
-                log.info("%s: early stop after epoch %d (best epoch %d)", description, epoch, result.best_epoch)
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        if last_improvement:
+            result.train_accuracy = max(result.train_accuracy, train_acc)
+            if improved:
+                result.best_epoch, result.valid_accuracy = epoch, valid["top1"]
+                kept = None  # free the old copy before taking the new: a copy of VGG-16 is 0.55 GB
+                kept = _snapshot(model)
+        elif valid["top1"] > best_accuracy:
+            best_accuracy, result.best_epoch = valid["top1"], epoch
+            result.train_accuracy, result.valid_accuracy = train_acc, valid["top1"]
+            kept = None
+            kept = _snapshot(model)
+        if waited >= settings.patience:
+            result.stopped_epoch = epoch
+            log.info("%s: early stop after epoch %d (restoring epoch %d)", description, epoch, result.best_epoch)
+            break
+    if kept is not None:
+        model.load_state_dict(kept)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 @contextlib.contextmanager
@@ -281,6 +304,8 @@ def train_stage(settings: Settings, run: Run) -> TrainResult | None:
     """Train the run's model on its dataset and write `train/`; returns None on DDP ranks > 0."""
     device = device_for(settings.runtime)
     with processes(device) as procs:
+        if procs.main and settings.model.weights == "imagenet":  # offline, fail before the data is decoded
+            imagenet_weights_file(settings.model, settings.runtime.progress)
         splits, loaders = run_loaders(settings, run, device, procs)
         torch.manual_seed(settings.train.seed)
         model = build_model(len(splits.train.classes), settings.model).to(device)
@@ -312,7 +337,10 @@ def train_stage(settings: Settings, run: Run) -> TrainResult | None:
 def run_loaders(
     settings: Settings, run: Run, device: torch.device, procs: Processes = Processes()
 ) -> tuple[Splits, dict[str, DataLoader]]:
-    """The run's splits and their loaders: train shuffled from the seed, valid and test in order."""
+    """The run's splits and their loaders: train shuffled from the seed, valid and test in order.
+
+    With `data.augment_at = "full_size"` the train loader yields images augmented per item at full size
+    (`AugmentedImages`), which `prepare` does not augment again."""
     splits, datasets = _datasets_on_main_first(settings, run, procs)
     batch, seed, workers = settings.train.batch_size, settings.train.seed, settings.runtime.num_workers
     loaders = {name: make_loader(datasets[name], batch, device, num_workers=workers) for name in ("valid", "test")}
@@ -326,7 +354,10 @@ def _datasets_on_main_first(settings: Settings, run: Run, procs: Processes):
         root = dataset_root(settings.data, run, runtime.progress)
         splits = load_splits(root, settings.data.split_seed, class_names(settings.data))
         names = ("train", "valid", "test")
-        datasets = {name: image_dataset(getattr(splits, name), settings.data, root, name, runtime) for name in names}
+        datasets = {
+            name: image_dataset(getattr(splits, name), settings.data, root, name, runtime, train=name == "train")
+            for name in names
+        }
         return splits, datasets
 
     if procs.main:

@@ -3,13 +3,16 @@ import pytest
 import torch
 from torchvision.datasets import ImageFolder
 
-from prunexplain.config import DataSettings, UserError
+from prunexplain.config import DataSettings, RuntimeSettings, UserError
 from prunexplain.data.loaders import (
+    AugmentedImages,
     CachedImages,
     FolderImages,
     ImageSet,
     augment,
     decoded_cache,
+    full_size_augmentation,
+    image_dataset,
     load_splits,
     object_masks,
     prepare,
@@ -68,6 +71,8 @@ def test_a_corrupt_image_is_named(tiny_dataset, tmp_path):
         FolderImages(bad, 32)[0]
     with pytest.raises(UserError, match="broken.png: cannot read image"):
         decoded_cache(bad, 32, tmp_path, "bad", progress=False)
+    with pytest.raises(UserError, match="broken.png: cannot read image"):
+        AugmentedImages(bad, DataSettings(augment_at="full_size"))[0]
     assert not list(tmp_path.glob("*.npy"))
 
 
@@ -173,3 +178,133 @@ def test_data_root_must_be_a_folder(tmp_path):
     with pytest.raises(UserError, match=r"data.root: no such folder"):
         check_root(DataSettings(dataset="imagenette", root=tmp_path / "none"), run)
     assert not (tmp_path / "run").exists()
+
+
+def _random_images(folder, sizes=((45, 37), (37, 50), (33, 33))) -> ImageSet:
+    """Noise images larger than the model's 32 px, values 1..255 so that 0 can only be a fill."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (width, height) in enumerate(sizes):
+        paths.append(folder / f"{i}.png")
+        Image.fromarray(rng.integers(1, 256, (height, width, 3), dtype=np.uint8)).save(paths[-1])
+    return ImageSet(tuple(paths), tuple(range(len(paths))), ("a", "b", "c"))
+
+
+def _full_size(**changes) -> DataSettings:
+    return DataSettings(image_size=32, augment_at="full_size", **changes)
+
+
+def _rgb(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def test_full_size_without_augmentation_is_the_cache_and_the_originals_test_transform(tmp_path):
+    from torchvision import transforms
+
+    images = _random_images(tmp_path)
+    data = _full_size(hflip=False, vflip=False, rotation=0)
+    runtime = RuntimeSettings(cache_dir=tmp_path, progress=False)
+    train = image_dataset(images, data, tmp_path, "train", runtime, train=True)
+    cached = image_dataset(images, data, tmp_path, "train", runtime)
+    assert isinstance(train, AugmentedImages) and isinstance(cached, CachedImages)
+    test_transform = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()])  # helpers.py
+    for i in range(len(images)):
+        assert train[i][0].dtype == torch.uint8 and train[i][0].shape == (3, 32, 32)
+        assert torch.equal(train[i][0], cached[i][0]) and train[i][1] == cached[i][1] == i
+        original = test_transform(_rgb(images.paths[i]))
+        assert torch.equal((original * 255).round().to(torch.uint8), cached[i][0])
+
+
+def test_full_size_items_are_the_originals_train_transform_under_the_same_seed(tmp_path):
+    from torchvision import transforms
+
+    images = _random_images(tmp_path)
+    dataset = AugmentedImages(images, _full_size())
+    train_transform = transforms.Compose([  # helpers.py imagenette_dataloader, at 32 px
+        transforms.RandomHorizontalFlip(), transforms.RandomVerticalFlip(), transforms.RandomRotation(10),
+        transforms.Resize((32, 32)), transforms.ToTensor(),
+    ])
+    outputs = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        ours = dataset[seed % len(images)][0]
+        torch.manual_seed(seed)
+        original = train_transform(_rgb(images.paths[seed % len(images)]))
+        assert torch.equal(ours, (original * 255).round().to(torch.uint8))
+        outputs.add(ours.numpy().tobytes())
+    assert len(outputs) == 8
+
+
+def test_forced_flips_flip_the_full_size_image_before_the_resize(tmp_path):
+    from PIL import Image
+
+    images = _random_images(tmp_path)
+    def draws(seed):  # the two flips' draws, in the order the transforms take them
+        torch.manual_seed(seed)
+        return torch.rand(1).item(), torch.rand(1).item()
+
+    seed = next(s for s in range(100) if max(draws(s)) < 0.5)  # both flip (p = 0.5 each)
+    dataset = AugmentedImages(images, _full_size(rotation=0))
+    torch.manual_seed(seed)
+    item = dataset[0][0]
+    flipped = _rgb(images.paths[0]).transpose(Image.FLIP_LEFT_RIGHT).transpose(Image.FLIP_TOP_BOTTOM)
+    expected = torch.from_numpy(np.array(flipped.resize((32, 32), Image.BILINEAR))).permute(2, 0, 1)
+    assert torch.equal(item, expected) and not torch.equal(item, FolderImages(images, 32)[0][0])
+
+
+def test_full_size_rotation_is_nearest_with_black_corners_on_the_same_canvas(tmp_path):
+    images = _random_images(tmp_path, sizes=((41, 41),))
+    source = _rgb(images.paths[0])
+    rotate = full_size_augmentation(DataSettings(hflip=False, vflip=False, rotation=10))
+    assert len(rotate.transforms) == 1
+    torch.manual_seed(3)
+    angle = torch.empty(1).uniform_(-10, 10).item()
+    torch.manual_seed(3)
+    out, pixels = np.array(rotate(source)), np.array(source)
+    assert abs(angle) > 3 and out.shape == pixels.shape and not np.array_equal(out, pixels)
+    assert (out[[0, 0, -1, -1], [0, -1, 0, -1]] == 0).all()
+    colours = {tuple(p) for p in pixels.reshape(-1, 3)} | {(0, 0, 0)}
+    assert {tuple(p) for p in out.reshape(-1, 3)} <= colours
+    unchanged = full_size_augmentation(DataSettings(hflip=False, vflip=False, rotation=0))
+    assert np.array_equal(np.array(unchanged(source)), pixels)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_full_size_batches_are_seeded(tiny_dataset, workers):
+    from prunexplain.train import make_loader
+
+    dataset = AugmentedImages(scan_split(tiny_dataset, "train"), _full_size())
+
+    def batches(seed):  # seeded as fit() seeds the draws of its loader
+        loader = make_loader(dataset, 16, torch.device("cpu"), seed, workers)
+        torch.manual_seed(seed)
+        loader.generator.manual_seed(seed)
+        return [images for images, _ in loader][:2]
+
+    first, again, other = batches(5), batches(5), batches(6)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], other[0])
+
+
+def test_prepare_does_not_augment_full_size_batches_again():
+    batch = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    full, cached = DataSettings(augment_at="full_size"), DataSettings()
+    plain = prepare(batch, cached)
+    assert torch.equal(prepare(batch, full, torch.Generator().manual_seed(0)), plain)
+    assert not torch.equal(prepare(batch, cached, torch.Generator().manual_seed(0)), plain)
+
+
+def test_run_loaders_augment_only_the_train_split_at_full_size(tmp_path, tiny_dataset):
+    from prunexplain.runs import Run
+    from prunexplain.train import run_loaders
+    from tests.conftest import tiny_settings
+
+    settings = tiny_settings(tmp_path, tiny_dataset, "data.augment_at=full_size")
+    _, loaders = run_loaders(settings, Run(settings.run_dir), torch.device("cpu"))
+    assert isinstance(loaders["train"].dataset, AugmentedImages)
+    assert isinstance(loaders["valid"].dataset, CachedImages) and isinstance(loaders["test"].dataset, CachedImages)

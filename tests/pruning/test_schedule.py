@@ -151,3 +151,34 @@ def test_without_finetuning_the_pruned_model_is_still_scored(tmp_path, tiny_data
     assert row["early_stopping_epoch"] == "-" and row["training_accuracy"] == "-"
     assert 0 <= row["validation_accuracy"] <= 1
     assert row["test_top1_accuracy"] == row["accuracy_before_finetune"]  # nothing changed after pruning
+
+
+def test_finetuning_reports_the_original_restore_rule(tmp_path, tiny_dataset, trained, monkeypatch):
+    """With train.restore='last_improvement' a pruned model's row holds the original's figures: the
+    0-based last improving epoch (valid accuracy beat the reference by 1 %), its valid accuracy, the
+    best train accuracy of all epochs; the saved weights are that epoch's."""
+    import prunexplain.train as train_module
+
+    valid, train = [0.50, 0.60, 0.605, 0.70, 0.705, 0.65, 0.50], [0.30, 0.40, 0.50, 0.60, 0.70, 0.90, 0.80]
+    states = []
+
+    def scripted_epoch(model, *args):
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(0.01)  # each epoch leaves other weights; then the masks, as after a real step
+        args[-2]()
+        return train[len(states)], 1.0
+
+    def scripted_evaluate(model, *args, **kwargs):
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"top1": valid[len(states) - 1], "top5": 1.0, "loss": 1.0, "n": 10}
+
+    monkeypatch.setattr(train_module, "_train_epoch", scripted_epoch)
+    monkeypatch.setattr(train_module, "evaluate", scripted_evaluate)  # fit's; the schedule's own scores the test
+    run = _copy_run(trained, tmp_path)
+    settings = tiny_settings(tmp_path, tiny_dataset, "train.restore='last_improvement'", "prune.max_epochs=10",
+                             "prune.patience=3", "prune.rates=[2]", 'prune.methods=["local_magnitude_unstructured"]')
+    [_, row] = prune_stage(settings, run).rows["local_magnitude_unstructured"]
+    assert (row["early_stopping_epoch"], row["training_accuracy"], row["validation_accuracy"]) == (3, 0.90, 0.70)
+    _, checkpoint = load_checkpoint(run.checkpoint(ModelKey.pruned("local_magnitude_unstructured", 2)))
+    assert all(torch.equal(checkpoint["state_dict"][k], v) for k, v in states[3].items())

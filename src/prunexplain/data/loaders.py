@@ -1,8 +1,11 @@
 """From a dataset folder to batches: the reference split, the decoded-image cache, augmentation.
 
-Datasets yield uint8 images `[3, H, W]` already resized to the model's square input. Augmentation
-and scaling happen per batch on the training device (`augment`, `to_input`): one batched affine
-warp instead of a PIL rotation per image, and the same code on the CPU and the GPU.
+Datasets yield uint8 images `[3, H, W]` already resized to the model's square input. By default
+(`data.augment_at = "image_size"`) augmentation and scaling happen per batch on the training device
+(`prepare`, `augment`): one batched affine warp instead of a PIL rotation per image, and the same code
+on the CPU and the GPU. `augment_at = "full_size"` is the original's pipeline instead: the train
+split's dataset (`AugmentedImages`) flips and rotates each decoded image at its full size, then
+resizes it, and `prepare` leaves those batches as they are.
 
 The decoded-image cache decodes and resizes every image once into a memory-mapped uint8 array
 (`<root>/.cache/<split>-<size>-<key>.npy`), so epochs never decode a JPEG again.
@@ -18,6 +21,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +33,9 @@ from tqdm import tqdm
 from prunexplain.config import DataSettings, RuntimeSettings, UserError
 from prunexplain.data.folders import scan_image_folder
 from prunexplain.runs import write_with
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +125,11 @@ def load_splits(root: Path, split_seed: int = 69, class_names: dict[str, str] | 
 
 
 def decode(path: Path, size: int) -> np.ndarray:
-    """An image file as uint8 `[size, size, 3]`; unreadable files name themselves in the error."""
+    """An image file as uint8 `[size, size, 3]`; unreadable files name themselves in the error.
+
+    PIL's bilinear resize of the RGB image: the pixels torchvision's `Resize((size, size))` gives on a
+    PIL image, so the cache holds what the original's `test_transform` saw (a test pins it).
+    """
     with _opened(path) as image:
         return np.array(_converted(image, "RGB", path).resize((size, size), Image.BILINEAR))
 
@@ -222,10 +233,67 @@ def decoded_cache(images: ImageSet, size: int, cache_dir: Path, name: str, progr
     return np.load(path, mmap_mode="r")
 
 
+def full_size_augmentation(data: DataSettings) -> v2.Compose:
+    """The original's train augmentation, applied to a full-size PIL image before any resize.
+
+    The order and the draws of helpers.py `imagenette_dataloader` (RandomHorizontalFlip,
+    RandomVerticalFlip, RandomRotation(10): nearest, black fill, same canvas), each from torch's
+    default generator as there; a flip switched off or a rotation of 0 drops that transform.
+    """
+    from torchvision.transforms import v2  # here: readers of the cache (report/grid.py) skip torchvision
+
+    steps = [v2.RandomHorizontalFlip()] if data.hflip else []
+    steps += [v2.RandomVerticalFlip()] if data.vflip else []
+    steps += [v2.RandomRotation(data.rotation)] if data.rotation else []
+    return v2.Compose(steps or [v2.Identity()])
+
+
+class AugmentedImages(Dataset):
+    """The train split for `augment_at = "full_size"`: each access decodes the file, augments it at its
+    full size (`full_size_augmentation`), then resizes it as `decode` does, to uint8 `[3, size, size]`.
+
+    Draws come from torch's default generator, as torchvision's transforms (and the original) draw:
+    without loader workers the one `fit` seeds, in a worker the one torch seeds from the loader's
+    generator and the worker id. So a seed gives the same batches for a given `runtime.num_workers`;
+    another number of workers hands images to other generators and draws differently.
+    """
+
+    def __init__(self, images: ImageSet, data: DataSettings) -> None:
+        from torchvision.transforms import v2
+
+        self.images = images
+        size = (data.image_size, data.image_size)
+        # torchvision's Resize of a PIL image is PIL's bilinear resize, as the original's ToTensor input
+        resize = v2.Resize(size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+        self.transform = v2.Compose([full_size_augmentation(data), resize, v2.PILToTensor()])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path = self.images.paths[index]
+        with _opened(path) as image:
+            rgb = _converted(image, "RGB", path)
+        return self.transform(rgb), self.images.labels[index]
+
+
 def image_dataset(
-    images: ImageSet, data: DataSettings, root: Path, name: str, runtime: RuntimeSettings = RuntimeSettings()
+    images: ImageSet,
+    data: DataSettings,
+    root: Path,
+    name: str,
+    runtime: RuntimeSettings = RuntimeSettings(),
+    train: bool = False,
 ) -> Dataset:
-    """The dataset of one split: cached if `runtime.cache`, else decoding on every access."""
+    """The dataset of one split: cached if `runtime.cache`, else decoding on every access.
+
+    `train`: the split trained on. With `data.augment_at = "full_size"` it is `AugmentedImages`
+    (augmented per image here, not per batch in `prepare`), which decodes every image every epoch.
+    """
+    if train and data.augment_at == "full_size":
+        log.info("augment_at=full_size: the %s split is decoded, augmented and resized per image in every epoch "
+                 "(slower than the cached image_size augmentation)", name)
+        return AugmentedImages(images, data)
     if not runtime.cache:
         return FolderImages(images, data.image_size)
     cache_dir = runtime.cache_dir or Path(root) / ".cache"
@@ -234,9 +302,13 @@ def image_dataset(
 
 def prepare(batch: torch.Tensor, data: DataSettings, generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 `[B,3,H,W]` to the model's float input: scaled to 0..1, augmented when a generator is
-    given (training), then ImageNet-normalised if `data.normalize`."""
+    given (training) and `data.augment_at` is "image_size", then ImageNet-normalised if `data.normalize`.
+
+    With "full_size" the train dataset (`AugmentedImages`) has augmented each image already, so the
+    generator is ignored: no batch is augmented twice.
+    """
     x = batch.float().div_(255)
-    if generator is not None:
+    if generator is not None and data.augment_at == "image_size":
         x = augment(x, data, generator)
     return normalise(x, data)
 

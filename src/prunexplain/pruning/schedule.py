@@ -136,7 +136,8 @@ def prune_method(
             fitted = fit(model, loaders["train"], loaders["valid"], _finetune_settings(settings, step), settings.data,
                          device, settings.runtime, after_step=lambda: apply_masks(model, masks),
                          description=f"{name} {rate:g}x")
-        # fit restored the weights of its best valid epoch, so its valid accuracy is theirs
+        # fit restored the weights of the epoch train.restore names (the highest valid accuracy, or the
+        # original's last improving epoch) and reports that epoch's valid accuracy: the restored weights'
         if fitted is not None:
             valid = fitted.valid_accuracy
         else:

@@ -42,10 +42,10 @@ def training_section(run: Run, settings: ReportSettings) -> Section:
     figures = json.loads(run.train_result.read_text())
     cards = [
         Card("test top-1", percent(figures.get("test_top1"))), Card("test top-5", percent(figures.get("test_top5"))),
-        Card("valid (best epoch)", percent(figures.get("valid_accuracy"))),
-        Card("train (best epoch)", percent(figures.get("train_accuracy"))),
+        Card("valid (restored epoch)", percent(figures.get("valid_accuracy"))),
+        Card("train accuracy", percent(figures.get("train_accuracy"))),
         Card("epochs trained", str(figures.get("epochs_trained", "-"))),
-        Card("best epoch", str(figures.get("best_epoch", "-"))),
+        Card("restored epoch", str(figures.get("best_epoch", "-"))),
         Card("time", f"{number(figures.get('seconds'), 0)} s on {figures.get('device', '?')}"),
     ]
     curves = None
@@ -55,7 +55,8 @@ def training_section(run: Run, settings: ReportSettings) -> Section:
 
 
 _CURVES = ("Loss (left) and top-1 accuracy (right) per epoch on the training and validation sets. The dotted "
-           "line marks the best validation epoch, whose weights were kept. Training accuracy far above validation "
+           "line marks the epoch whose weights were kept (train.restore: the best validation epoch, or the last "
+           "that improved on it by min_improvement). Training accuracy far above validation "
            "accuracy means overfitting; curves still rising at the end mean more epochs would help.")
 
 
@@ -68,7 +69,7 @@ def _curves(rows: list[dict[str, str]], best: object, settings: ReportSettings) 
         for split, style in (("train", "o-"), ("valid", "s-")):
             axis.plot(epochs, [float(r[f"{split}_{quantity}"]) for r in rows], style, markersize=3, label=split)
         if isinstance(best, int):
-            axis.axvline(best, color="grey", linestyle=":", label="best epoch")
+            axis.axvline(best, color="grey", linestyle=":", label="restored epoch")
         axis.set_xlabel("epoch")
         axis.set_title(quantity)
         axis.grid(alpha=0.3)
