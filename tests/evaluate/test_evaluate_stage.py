@@ -4,7 +4,9 @@ import shutil
 import pytest
 
 from prunexplain.config import UserError
+from prunexplain.evaluate import stage
 from prunexplain.evaluate.stage import evaluate_stage
+from prunexplain.explain.cam import explain
 from prunexplain.explain.stage import explain_stage
 from prunexplain.pruning.schedule import prune_stage
 from prunexplain.runs import Run
@@ -12,9 +14,17 @@ from prunexplain.train import train_stage
 from tests.conftest import tiny_settings
 
 
-def test_every_metric_of_every_model_lands_in_the_long_table(tmp_path, tiny_dataset):
+def test_every_metric_of_every_model_lands_in_the_long_table(tmp_path, tiny_dataset, monkeypatch):
+    """With the study's PIL upsampling, so that the maps carry its negative overshoot end to end."""
     settings = tiny_settings(tmp_path, tiny_dataset, "train.epochs=1", "evaluate.resamples=200",
-                             'prune.methods=["local_magnitude_unstructured"]')
+                             'prune.methods=["local_magnitude_unstructured"]', 'explain.upsample="pil"')
+    kernels = set()
+
+    def spy(model, images, method="gradcam", classes=None, target_layer=None, upsample_kernel="torch"):
+        kernels.add(upsample_kernel)
+        return explain(model, images, method, classes, target_layer, upsample_kernel)
+
+    monkeypatch.setattr(stage, "explain", spy)
     run = Run(settings.run_dir)
     with pytest.raises(UserError, match="run `prunexplain explain` first"):
         evaluate_stage(settings, run)
@@ -31,6 +41,7 @@ def test_every_metric_of_every_model_lands_in_the_long_table(tmp_path, tiny_data
     assert pruned == dense | {"spearman_to_dense", "top10_iou_dense", "ssim_to_dense"}
     assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) and r["n"] == "4" for r in rows)
     assert result.plot.exists() and result.plot.stat().st_size > 10_000
+    assert kernels == {"pil"}  # the sanity check's maps are made as the explain stage's
 
 
 def test_datasets_without_masks_skip_localisation(tmp_path, tiny_dataset):

@@ -64,6 +64,21 @@ def test_complexity_of_flat_and_single_pixel_maps():
     assert _run("gini", maps=flat) == pytest.approx([0]) and _run("gini", maps=point) == pytest.approx([63 / 64])
 
 
+def test_small_negatives_of_the_pil_resize_count_as_no_evidence():
+    """PIL's bicubic keeps its overshoot below 0: mass metrics read the positive part, so a ring of
+    -0.05 around the object changes nothing, while rank metrics place those pixels last."""
+    masks = _masks(n=4)
+    maps = masks.astype(np.float32)
+    ringed = np.where(masks, maps, -0.05).astype(np.float32)
+    for name in ("energy_pointing_game", "entropy", "gini", "pointing_game_hit"):
+        assert np.allclose(_run(name, maps=ringed, masks=masks), _run(name, maps=maps, masks=masks)), name
+    assert np.allclose(_run("energy_pointing_game", maps=ringed, masks=masks), 1)
+    assert (_run("gini", maps=ringed) <= 1).all()
+    for name in ("spearman_to_dense", "top10_iou_dense", "ssim_to_dense"):
+        assert np.allclose(_run(name, maps=ringed, reference=maps), 1, atol=1e-6), name
+    assert np.allclose(_run("top10_iou_mask", maps=ringed, masks=masks), _run("top10_iou_mask", maps=maps, masks=masks))
+
+
 def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_data():
     rng = np.random.default_rng(0)
     small, large = rng.normal(size=20), rng.normal(size=2000)

@@ -2,6 +2,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pytorch_grad_cam import GradCAM as LibraryGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -110,3 +111,71 @@ def test_upsample_and_explain_give_maps_at_image_size():
         explain(model, images, "lime")
     with pytest.raises(UserError, match="no layer 'features.99'"):
         GradCAM(model, "features.99")
+
+
+def _pil_resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The study's resize, one map at a time: PIL's bicubic on a float ("F") image."""
+    return np.stack([np.asarray(Image.fromarray(m, mode="F").resize(size[::-1], Image.BICUBIC)) for m in maps])
+
+
+def _maps_with_zeros_and_negatives(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    maps = rng.random((4, *shape)).astype(np.float32) * 3
+    maps[0] = 0  # an all-zero map (a ReLU'd map with no evidence)
+    maps[1, : shape[0] // 2 + 1] = 0  # a map zero over its top half
+    maps[2] -= 1.5  # negatives too
+    return maps
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [((7, 7), (224, 224)), ((2, 2), (64, 64)), ((5, 3), (17, 40)), ((10, 10), (4, 4)), ((9, 6), (9, 2))],
+)
+def test_the_pil_kernel_is_pils_bicubic_resize_in_one_batched_call(shape, size):
+    maps = _maps_with_zeros_and_negatives(shape)
+    ours = upsample(torch.from_numpy(maps), size, kernel="pil")
+    assert ours.shape == (4, *size) and ours.dtype == torch.float32
+    assert np.abs(ours.numpy() - _pil_resize(maps, size)).max() < 1e-5
+    assert torch.equal(upsample(torch.from_numpy(maps[1:2]), size, kernel="pil")[0], ours[1])
+    assert torch.equal(ours[0], torch.zeros(size))
+
+
+def test_the_pil_kernel_keeps_the_overshoot_and_torch_clips_it():
+    maps = torch.zeros(1, 7, 7)
+    maps[0, 3, 3] = 1  # a single peak: bicubic rings below 0 around it
+    pil, torch_kernel = upsample(maps, (224, 224), kernel="pil"), upsample(maps, (224, 224))
+    assert -0.1 < pil.min() < 0 and torch_kernel.min() == 0
+    assert np.abs(pil.numpy() - _pil_resize(maps.numpy(), (224, 224))).max() < 1e-6
+    with pytest.raises(UserError, match="unknown kernel 'lanczos'"):
+        upsample(maps, (8, 8), kernel="lanczos")
+
+
+def test_the_torch_kernel_is_unchanged():
+    """Byte for byte the interpolation prunexplain used before the pil kernel existed."""
+    maps = torch.from_numpy(_maps_with_zeros_and_negatives((7, 7))[1:]).abs()
+    before = torch.nn.functional.interpolate(maps[:, None], size=(64, 48), mode="bicubic", align_corners=False)
+    assert torch.equal(upsample(maps, (64, 48)), before[:, 0].clamp(min=0))
+    assert torch.equal(upsample(maps, (64, 48), kernel="torch"), upsample(maps, (64, 48)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_the_pil_kernel_runs_on_the_maps_device():
+    maps = _maps_with_zeros_and_negatives((7, 7))
+    ours = upsample(torch.from_numpy(maps).cuda(), (224, 224), kernel="pil")
+    assert ours.device.type == "cuda"
+    assert np.abs(ours.cpu().numpy() - _pil_resize(maps, (224, 224))).max() < 1e-5
+
+
+def test_explain_with_the_pil_kernel_scales_by_the_peak_and_keeps_negatives():
+    model = _model()
+    images = torch.rand(3, 3, 64, 64)
+    with GradCAM(model) as cam:
+        raw = cam(images)
+    maps = explain(model, images, upsample_kernel="pil")
+    reference = _pil_resize(raw.numpy(), (64, 64))
+    peaks = reference.reshape(3, -1).max(1)
+    expected = reference / np.where(peaks > 0, peaks, 1)[:, None, None]
+    assert np.abs(maps.numpy() - expected).max() < 1e-5
+    assert torch.equal(maps.flatten(1).amax(1), (torch.from_numpy(peaks) > 0).float())
+    blank = torch.zeros(2, 3, 64, 64)  # raw maps all zero: no peak to scale by, and no division by 0
+    assert torch.equal(explain(model, blank, upsample_kernel="pil"), torch.zeros(2, 64, 64))

@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 
 from prunexplain.config import UserError
+from prunexplain.explain import batched
+from prunexplain.explain.cam import explain
 from prunexplain.explain.stage import explain_stage
 from prunexplain.pruning.schedule import prune_stage
 from prunexplain.runs import Run
@@ -54,3 +56,21 @@ def test_a_run_without_models_is_told_what_to_do(tmp_path, tiny_dataset):
     assert Run(settings.run_dir).models() == {}
     with pytest.raises(UserError, match="run `prunexplain train`"):
         explain_stage(settings, Run(settings.run_dir))
+
+
+def test_the_pil_upsample_setting_reaches_the_maps(pruned_run, monkeypatch):
+    settings, run = pruned_run
+    kernels = []
+
+    def spy(model, images, method="gradcam", classes=None, target_layer=None, upsample_kernel="torch"):
+        kernels.append(upsample_kernel)
+        return explain(model, images, method, classes, target_layer, upsample_kernel)
+
+    monkeypatch.setattr(batched, "explain", spy)
+    pil = settings.explain.model_copy(update={"models": ["dense"], "render": False, "upsample": "pil"})
+    explain_stage(settings.model_copy(update={"explain": pil}), run)
+    assert kernels == ["pil"]
+    maps = np.load(run.root.joinpath("explain", "dense", "maps.npy"))
+    peaks = maps.reshape(5, -1).max(1)
+    # any overshoot below 0 is kept; the kernel's negative lobes bound it near -0.28 of the peak
+    assert ((np.abs(peaks - 1) < 1e-6) | (peaks == 0)).all() and maps.min() > -0.3

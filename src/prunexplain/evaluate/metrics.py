@@ -1,4 +1,10 @@
-"""Automated explanation metrics, each per image over a batch of maps `[N, H, W]` (>= 0).
+"""Automated explanation metrics, each per image over a batch of maps `[N, H, W]`.
+
+Maps may hold small negatives: the study's PIL bicubic resize (`explain.upsample = "pil"`) keeps
+its overshoot below the ReLU'd map. Metrics that treat a map as a mass of evidence (energy, entropy,
+Gini) use its positive part, as the overshoot is no evidence against a pixel; metrics of ranks or
+of the peak (pointing, top-k IoU, Spearman, deletion and insertion) and SSIM (min-max scaled) take
+the values as they are, where the negatives simply rank lowest.
 
 A registry maps a metric's name to a function of `MetricInputs`; the stage averages each metric
 per model with a bootstrap confidence interval. Localisation metrics need object masks (the
@@ -30,9 +36,13 @@ def _flat(maps: np.ndarray) -> np.ndarray:
     return maps.reshape(len(maps), -1).astype(np.float64)
 
 
+def _positive(maps: np.ndarray) -> np.ndarray:
+    return np.maximum(_flat(maps), 0.0)
+
+
 def energy_pointing(x: MetricInputs) -> np.ndarray:
-    """Share of the map's (positive) energy that falls inside the object mask."""
-    maps, masks = _flat(x.maps), _flat(x.masks)
+    """Share of the map's positive energy that falls inside the object mask."""
+    maps, masks = _positive(x.maps), _flat(x.masks)
     return (maps * masks).sum(1) / np.maximum(maps.sum(1), 1e-12)
 
 
@@ -68,7 +78,7 @@ def top_iou_dense(x: MetricInputs) -> np.ndarray:
 
 
 def ssim_dense(x: MetricInputs) -> np.ndarray:
-    """Structural similarity (scikit-image) of the map with the dense model's map, both in 0..1."""
+    """Structural similarity (scikit-image) of the map with the dense model's map, both min-max scaled to 0..1."""
     pairs = zip(_scaled(x.maps), _scaled(x.reference))
     return np.array([structural_similarity(a, b, data_range=1.0) for a, b in pairs])
 
@@ -81,16 +91,17 @@ def _scaled(maps: np.ndarray) -> np.ndarray:
 
 def entropy(x: MetricInputs) -> np.ndarray:
     """Shannon entropy of the map as a distribution over pixels, divided by its maximum log(H*W):
-    1 for a flat map, 0 for a single pixel."""
-    p = _flat(x.maps)
+    1 for a flat map, 0 for a single pixel (positive part)."""
+    p = _positive(x.maps)
     p = p / np.maximum(p.sum(1, keepdims=True), 1e-12)
     terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1)), 0.0)
     return terms.sum(1) / np.log(p.shape[1])
 
 
 def gini(x: MetricInputs) -> np.ndarray:
-    """Gini index of the map's values: 0 when all pixels are equal, near 1 when one pixel holds all."""
-    values = np.sort(_flat(x.maps), axis=1)
+    """Gini index of the map's positive part: 0 when all pixels are equal, near 1 when one pixel holds
+    all (negatives would push it past 1)."""
+    values = np.sort(_positive(x.maps), axis=1)
     n = values.shape[1]
     ranks = np.arange(1, n + 1)
     total = np.maximum(values.sum(1), 1e-12)

@@ -66,7 +66,9 @@ def _per_image(
         model, x01, inputs.maps, classes, to_input, settings.evaluate.steps, settings.explain.batch_size
     )
     if settings.evaluate.sanity:
-        explainer = lambda m, x: explain(m, x, "gradcam", target_layer=settings.explain.target_layer).cpu().numpy()  # noqa: E731
+        explainer = lambda m, x: explain(  # noqa: E731
+            m, x, "gradcam", target_layer=settings.explain.target_layer, upsample_kernel=settings.explain.upsample
+        ).cpu().numpy()
         cascade = randomisation_similarity(model, to_input(x01), explainer, settings.evaluate.seed)
         values["sanity_spearman_top_layer"] = cascade[0][1]
         values["sanity_spearman_all_layers"] = cascade[-1][1]

@@ -20,6 +20,6 @@ def maps_and_predictions(
         x = prepare(images[start : start + settings.batch_size].to(device), data)
         with torch.no_grad():
             classes = model(x).argmax(1)
-        maps.append(explain(model, x, settings.method, classes, settings.target_layer).cpu())
+        maps.append(explain(model, x, settings.method, classes, settings.target_layer, settings.upsample).cpu())
         predictions.append(classes.cpu())
     return torch.cat(maps).numpy().astype(np.float32), torch.cat(predictions).numpy()

@@ -10,6 +10,7 @@ after an exception.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -40,7 +41,7 @@ class GradCAM:
 
     Raw map: ReLU of the channel sum of the target activations weighted by the spatial mean of the
     gradients of each image's class logit (default: the predicted class). `upsample` brings the maps
-    to the image size (bicubic, as the study).
+    to the image size (bicubic, as the study; `kernel="pil"` exactly as the study's PIL resize).
     """
 
     def __init__(self, model: nn.Module, target_layer: str | None = None) -> None:
@@ -87,9 +88,57 @@ class GradCAM:
         return F.relu((weights * activation).sum(1))
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Raw maps `[B, h, w]` to `[B, H, W]` by bicubic interpolation, clipped at 0 (bicubic overshoots)."""
-    return F.interpolate(maps[:, None].float(), size=size, mode="bicubic", align_corners=False)[:, 0].clamp_(min=0)
+def _pil_cubic(x: torch.Tensor) -> torch.Tensor:
+    """Keys' cubic convolution kernel with a = -0.5, PIL's BICUBIC (torch's bicubic uses a = -0.75)."""
+    a, x = -0.5, x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+@functools.lru_cache(maxsize=32)
+def _pil_weights(size_in: int, size_out: int) -> torch.Tensor:
+    """`[size_out, size_in]` float64 weights of PIL's bicubic resize along one axis.
+
+    Follows Pillow's `precompute_coeffs` (src/libImaging/Resample.c): output pixel i samples at
+    centre (i + 0.5) * scale with scale = size_in / size_out; the kernel (support 2) is stretched by
+    max(scale, 1), so a reduction also antialiases; the window from int(centre - support + 0.5) to
+    int(centre + support + 0.5) (truncated as C does) is cut to the image and its weights renormalised
+    to sum 1, which is how PIL treats the edges instead of clamping coordinates as torch does.
+    """
+    scale = size_in / size_out
+    stretch = max(scale, 1.0)
+    support = 2.0 * stretch
+    centre = (torch.arange(size_out, dtype=torch.float64) + 0.5) * scale
+    low = (centre - support + 0.5).trunc().clamp(min=0)[:, None]
+    high = (centre + support + 0.5).trunc().clamp(max=size_in)[:, None]
+    x = torch.arange(size_in, dtype=torch.float64)[None]
+    # PIL multiplies by the reciprocal rather than dividing: the same rounding, the same weights
+    weights = torch.where((x >= low) & (x < high), _pil_cubic((x - centre[:, None] + 0.5) * (1.0 / stretch)), 0.0)
+    total = weights.sum(1, keepdim=True)
+    return torch.where(total != 0, weights / total, weights)
+
+
+UPSAMPLE_KERNELS = ("torch", "pil")
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int], kernel: str = "torch") -> torch.Tensor:
+    """Maps `[B, h, w]` to `[B, H, W]` by bicubic interpolation, up or down, one batched operation.
+
+    - torch: `F.interpolate` bicubic (a = -0.75, coordinates clamped at the edges), clipped at 0
+      because bicubic overshoots below the ReLU'd raw map;
+    - pil: the study's `Image.fromarray(map, mode="F").resize((W, H), Image.BICUBIC)` per map, as
+      the matrix product `rows @ maps @ cols.T` of PIL's own coefficients on the maps' device (equal to
+      PIL within float32 rounding); the overshoot's small negatives are kept, as the study kept them.
+    """
+    if kernel == "torch":
+        return F.interpolate(maps[:, None].float(), size=size, mode="bicubic", align_corners=False)[:, 0].clamp_(min=0)
+    if kernel != "pil":
+        raise UserError(f"explain.upsample: unknown kernel {kernel!r} (known: {', '.join(UPSAMPLE_KERNELS)})")
+    dtype = torch.float64 if maps.dtype == torch.float64 else torch.float32
+    rows = _pil_weights(maps.shape[-2], size[0]).to(maps.device, dtype)
+    cols = _pil_weights(maps.shape[-1], size[1]).to(maps.device, dtype)
+    return rows @ maps.to(dtype) @ cols.T
 
 
 def _library_cam(name: str):
@@ -116,14 +165,22 @@ def explain(
     method: str = "gradcam",
     classes: torch.Tensor | None = None,
     target_layer: str | None = None,
+    upsample_kernel: str = "torch",
 ) -> torch.Tensor:
-    """Maps `[B, H, W]` at the images' size, each scaled to 0..1, for any method of `METHODS`."""
+    """Maps `[B, H, W]` at the images' size, each with its peak at 1, for any method of `METHODS`.
+
+    `upsample_kernel` (`explain.upsample`) applies to prunexplain's Grad-CAM only: the grad-cam
+    library's methods min-max scale and resize their maps themselves (OpenCV bilinear), in 0..1.
+    Grad-CAM maps are divided by their peak, as the study's; with the "pil" kernel they keep its small
+    negative overshoot, and a map with no positive value (all zero after the ReLU) stays as it is.
+    """
     size = tuple(images.shape[-2:])
     if method == "gradcam":
         with GradCAM(model, target_layer) as cam:
-            maps = upsample(cam(images, classes), size)
-        peak = maps.flatten(1).amax(1).clamp(min=1e-12).view(-1, 1, 1)
-        return maps / peak
+            maps = upsample(cam(images, classes), size, upsample_kernel)
+        peak = maps.flatten(1).amax(1).view(-1, 1, 1)
+        # the clamp keeps tiny peaks from blowing up (as before); no positive value: nothing to scale
+        return maps / torch.where(peak > 0, peak.clamp(min=1e-12), torch.ones_like(peak))
     if method not in LIBRARY_METHODS:
         raise UserError(f"explain.method: unknown CAM method {method!r} (known: {', '.join(METHODS)})")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

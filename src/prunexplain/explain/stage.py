@@ -1,8 +1,10 @@
 """The explain stage: maps of every model of a run (dense and each method x rate) on the same images.
 
 Writes `explain/images.csv` (which test images), and per model `explain/<model>/maps.npy`
-(`[N, H, W]` float32 at the image size, each scaled to 0..1; `maps-<cam>.npy` for methods other
+(`[N, H, W]` float32 at the image size, each with its peak at 1; `maps-<cam>.npy` for methods other
 than Grad-CAM) with `predictions.npy`, and with `explain.render` occlusion and heatmap PNGs.
+Grad-CAM maps are in 0..1 with `explain.upsample = "torch"`; with "pil" (the study's resize) they
+keep bicubic's small negative overshoot, which the metrics of `prunexplain.evaluate` allow for.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ def explain_stage(settings: Settings, run: Run) -> ExplainResult:
     """Explain every chosen model of the run on the same first N test images."""
     if settings.explain.method not in METHODS:
         raise UserError(f"explain.method: unknown CAM method {settings.explain.method!r} (known: {', '.join(METHODS)})")
+    if settings.explain.upsample != "torch" and settings.explain.method != "gradcam":
+        log.info("explain.upsample=%s applies to gradcam only; %s resizes its own maps",
+                 settings.explain.upsample, settings.explain.method)
     models = _chosen(run.models(), settings.explain.models)
     device = select_device(settings.runtime.device)
     test = explained_images(settings, run)
