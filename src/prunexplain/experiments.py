@@ -101,7 +101,7 @@ class Kind:
         if not self.asks_class:
             return shown
         digits = [str(index) if index < 10 else "" for index in range(len(classes))]
-        return [*(Option(c, class_name(c), d, d or "-") for c, d in zip(classes, digits)), *shown]
+        return [*(Option(c, display_name(c), d, d or "-") for c, d in zip(classes, digits)), *shown]
 
     def label(self, value: str, classes: list[str] = ()) -> str:
         """The words people see for an answer value."""
@@ -215,6 +215,15 @@ def class_name(label: str) -> str:
     """'3-plus' -> 'plus': the index prefix of a label is for sorting, not for people."""
     head, _, tail = label.partition("-")
     return tail if head.isdigit() and tail else label
+
+
+def display_name(label: str) -> str:
+    """The words a participant reads for a class label: Imagenette's as the study showed them
+    ('2-cassetteplayer' -> 'Cassette Player'), any other label without its index, capitalised
+    ('3-plus' -> 'Plus'). Panel titles, HIT layouts and the study server all show this."""
+    from prunexplain.data.imagenette import DISPLAY_NAMES  # here: data imports config, which imports this module
+
+    return DISPLAY_NAMES.get(label) or class_name(label).capitalize()
 
 
 def answer_files_of(key: str, names: list[str]) -> list[str]:

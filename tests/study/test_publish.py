@@ -71,3 +71,32 @@ def test_cli_publishes_and_names_a_missing_bucket(s3, study_dir):
 def test_publishing_needs_stimuli(tmp_path):
     with pytest.raises(UserError, match="run `prunexplain study build` first"):
         publish(tmp_path, "stimuli")
+
+
+def _public(client, key: str) -> bool:
+    grants = client.get_object_acl(Bucket="stimuli", Key=key)["Grants"]
+    return any(g["Grantee"].get("URI", "").endswith("/global/AllUsers") and g["Permission"] == "READ" for g in grants)
+
+
+def test_public_read_uploads_with_the_acl_the_original_used(s3, study_dir, caplog):
+    """The original uploaded every stimulus with ACL public-read (experiments/utils.py, upload_to_s3):
+    --public-read does the same, also for objects an earlier publish left private; without it the
+    summary and the log say workers need the bucket readable (bucket policy or --public-read)."""
+    url, client = s3
+    key = "exp1/0_nonpruned_0-disk_2pruned.png"
+    with caplog.at_level("INFO", logger="prunexplain.study.mturk"):
+        private = publish(study_dir, "stimuli", "", url)
+    assert not _public(client, key) and "bucket policy" in private.summary() and "--public-read" in private.summary()
+    assert any("bucket policy" in r.getMessage() and "--public-read" in r.getMessage() for r in caplog.records)
+    again = publish(study_dir, "stimuli", "", url, public_read=True)
+    assert (again.uploaded, again.unchanged) == (0, 2) and _public(client, key)
+    assert "public-read" in again.summary() and "bucket policy" not in again.summary()
+
+
+def test_cli_public_read_and_its_help(s3, study_dir):
+    url, client = s3
+    command = ["study", "publish", "--run", str(study_dir.parent), "--endpoint-url", url, "--bucket", "stimuli"]
+    done = CliRunner().invoke(app, [*command, "--public-read"])
+    assert done.exit_code == 0 and _public(client, "exp2/0_0-disk_nonpruned.png")
+    shown = CliRunner().invoke(app, ["study", "publish", "--help"], env={"COLUMNS": "200"})
+    assert "--public-read" in shown.output and "readable by anyone" in " ".join(shown.output.split())

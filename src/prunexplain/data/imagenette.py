@@ -38,6 +38,21 @@ CLASSES: dict[str, str] = {
     "n03888605": "9-parachute",
 }
 
+# The labels as the study showed them to people (its panel titles, `classes_show` in
+# experiments_prep.ipynb): the words a participant reads, not the file-name labels above.
+DISPLAY_NAMES: dict[str, str] = {
+    "0-fish": "Fish",
+    "1-dog": "Dog",
+    "2-cassetteplayer": "Cassette Player",
+    "3-chainsaw": "Chainsaw",
+    "4-church": "Church",
+    "5-frenchhorn": "Frenchhorn",
+    "6-garbagetruck": "Garbage Truck",
+    "7-gaspump": "Gaspump",
+    "8-golfball": "Golfball",
+    "9-parachute": "Parachute",
+}
+
 _BASE = "https://s3.amazonaws.com/fast-ai-imageclas"
 ARCHIVES: dict[str, tuple[str, str]] = {
     "full": (f"{_BASE}/imagenette2.tgz", "fe2fc210e6bb7c5664d602c3cd71e612"),

@@ -20,13 +20,13 @@ import numpy as np
 from prunexplain.config import Settings, UserError, read_json
 from prunexplain.data import class_names, dataset_root
 from prunexplain.data.loaders import image_dataset, load_splits, stacked
-from prunexplain.experiments import EXPERIMENTS, study_model_name
+from prunexplain.experiments import EXPERIMENTS, RENDERINGS, study_model_name
 from prunexplain.explain import maps_and_predictions
 from prunexplain.models import file_digest, load_checkpoint, select_device
 from prunexplain.runs import ModelKey, Run, StudyFolder, write_json
 from prunexplain.study.mturk import write_input, write_layout
-from prunexplain.study.select import select, study_key
-from prunexplain.study.stimuli import Stimulus, draw_maps, draw_sides, exp1_stimuli, exp2_stimuli, study_pairs
+from prunexplain.study.select import Selection, from_csv, select, study_key
+from prunexplain.study.stimuli import Stimulus, draw_maps, exp1_stimuli, exp2_stimuli, shared_sides, study_pairs
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +63,35 @@ def study_models(settings: Settings, run: Run) -> dict[str, tuple[ModelKey, Path
     return models
 
 
-def _pairs(settings: Settings, names: list[str]) -> list[tuple[str, str]]:
-    pairs = study_pairs(names, settings.study.pairs)
-    for a, b in pairs:
-        unknown = [n for n in (a, b) if n not in names]
-        if unknown or a == b:
-            raise UserError(f"study.pairs: [{a!r}, {b!r}] must name two of {', '.join(names)}")
+def _pairs(settings: Settings, names: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """The pairs each rendering of experiment 1 compares: `study.pairs`, and for heatmaps
+    `study.heatmap_pairs` where set (the original's heatmap batch had only the two pairs with the
+    non-pruned model)."""
+    study = settings.study
+    pairs = {}
+    for rendering in RENDERINGS:  # occlusion first: its sides are drawn first, as before heatmap_pairs
+        own = rendering == "heatmap" and study.heatmap_pairs is not None
+        key, asked = ("study.heatmap_pairs", study.heatmap_pairs) if own else ("study.pairs", study.pairs)
+        pairs[rendering] = study_pairs(names, asked)
+        for a, b in pairs[rendering]:
+            if a not in names or b not in names or a == b:
+                raise UserError(f"{key}: [{a!r}, {b!r}] must name two of {', '.join(names)}")
     return pairs
 
 
-def _maps(settings: Settings, models, checkpoints, images, device) -> dict[str, np.ndarray]:
-    """Each model's maps of the selected images `[N, H, W]`, 0..1, of their (correctly) predicted class."""
+def _maps(settings: Settings, models, checkpoints, images, labels: list[int], device) -> dict[str, np.ndarray]:
+    """Each model's maps of the selected images `[N, H, W]`, 0..1, of their predicted class; a model
+    that predicts another class than an image's label is logged (its map explains that class, and
+    experiment 1's title would name the label: possible with `study.images_csv`)."""
     maps = {}
     for name, model in models.items():
         data = settings.data.model_copy(update={"normalize": checkpoints[name]["meta"]["data"]["normalize"]})
         explain = settings.explain.model_copy(update={"batch_size": settings.study.batch_size})
-        maps[name], _ = maps_and_predictions(model, images, data, explain, device)
+        maps[name], predicted = maps_and_predictions(model, images, data, explain, device)
+        wrong = int((predicted != np.asarray(labels)).sum())
+        if wrong:
+            log.warning("study: %s predicts another class than the label for %d of %d images", name, wrong,
+                        len(labels))
     return maps
 
 
@@ -125,15 +138,14 @@ def build_study(settings: Settings, run: Run, out: Path | None = None) -> StudyR
     data = settings.data.model_copy(update={"normalize": first["normalize"], "image_size": first["image_size"]})
     root = dataset_root(settings.data, run, progress=False)
     test = load_splits(root, settings.data.split_seed, class_names(settings.data)).test
-    dataset = image_dataset(test, data, root, "test", settings.runtime)
-    selection = select(models, test, dataset, data, study.per_class, study.seed, study.batch_size, device,
-                       settings.runtime.progress)
+    selection = _selection(settings, models, test, root, data, device)
     selection.write(folder.selection)
     images = stacked(selection.images, data.image_size)
-    maps = _maps(settings, models, checkpoints, images, device)
+    maps = _maps(settings, models, checkpoints, images, list(selection.images.labels), device)
     classes = list(test.classes)
     labels = [classes[label] for label in selection.images.labels]
-    stimuli = _render(settings, images.permute(0, 2, 3, 1).numpy(), maps, labels, pairs, classes, folder)
+    stimuli = _render(settings, images.permute(0, 2, 3, 1).numpy(), maps, labels, selection.ids, pairs, classes,
+                      folder)
     _remove_stale(folder, study.experiments, stimuli)
     _write_manifest(folder, settings, run, chosen, classes, stimuli)
     counts = {key: sum(s.experiment == key for s in stimuli) for key in study.experiments}
@@ -141,22 +153,37 @@ def build_study(settings: Settings, run: Run, out: Path | None = None) -> StudyR
     return StudyResult(folder.root, len(labels), counts)
 
 
-def _render(settings: Settings, pictures: np.ndarray, maps: dict[str, np.ndarray], labels: list[str],
-            pairs: list[tuple[str, str]], classes: list[str], folder: StudyFolder) -> list[Stimulus]:
+def _selection(settings: Settings, models, test, root: Path, data, device) -> Selection:
+    """The images to show: those `study.images_csv` lists, else chosen as `study.selection` says."""
+    study = settings.study
+    if study.images_csv is not None:
+        return from_csv(study.images_csv, test, root)
+    dataset = image_dataset(test, data, root, "test", settings.runtime)
+    return select(models, test, dataset, data, study.per_class, study.seed, study.batch_size, device,
+                  settings.runtime.progress, study.selection)
+
+
+def _render(settings: Settings, pictures: np.ndarray, maps: dict[str, np.ndarray], labels: list[str], ids: list[int],
+            pairs: dict[str, list[tuple[str, str]]], classes: list[str], folder: StudyFolder) -> list[Stimulus]:
     """Every experiment's stimuli, input CSV and layout; the sides of the pairs drawn once for every
     experiment that compares (the same model on the same side of an image in both renderings)."""
     study, progress = settings.study, settings.runtime.progress
-    sides = draw_sides(len(labels), len(pairs), study.seed)
+    renderings = list(pairs)
+    sides = dict(zip(renderings, shared_sides(len(labels), [pairs[r] for r in renderings], study.seed)))
     drawn: dict[str, dict[str, np.ndarray]] = {}
     stimuli: list[Stimulus] = []
     for key in study.experiments:
         experiment = EXPERIMENTS[key]
         rendering = experiment.rendering
         if rendering not in drawn:
-            drawn[rendering] = {n: draw_maps(rendering, pictures, maps[n], study.occlusion, study.heatmap_alpha)
+            drawn[rendering] = {n: draw_maps(rendering, pictures, maps[n], study.occlusion, study.heatmap_alpha,
+                                             study.occlusion_count, study.heatmap_exponent)
                                 for n in maps}
-        made = (exp1_stimuli(experiment, pictures, drawn[rendering], labels, pairs, sides, folder, progress)
-                if experiment.kind.compares else exp2_stimuli(experiment, drawn[rendering], labels, folder, progress))
+        if experiment.kind.compares:
+            made = exp1_stimuli(experiment, pictures, drawn[rendering], labels, pairs[rendering], sides[rendering],
+                                folder, progress, ids, study.layout)
+        else:
+            made = exp2_stimuli(experiment, drawn[rendering], labels, folder, progress, ids, study.layout)
         write_input(folder.input_csv(key), [s.file for s in made], study.url_prefix, study.seed)
         write_layout(folder.layout(key), experiment, classes)
         stimuli += made

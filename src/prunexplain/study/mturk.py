@@ -1,17 +1,18 @@
 """Mechanical Turk packaging: input CSVs, HIT layouts, and publishing the stimuli to S3.
 
 A HIT shows one stimulus (`${image_url}`, filled from the input CSV's `image_url` column). The
-layouts (templates/layout.html, with one instructions template per kind of task) use Amazon's crowd
-HTML elements: a `crowd-classifier` named after the kind's answer group (`algorithms`, `classes`)
-whose categories are the answer options themselves, so its answer column `Answer.<group>.label`
-names an option that `prunexplain analyze` reads like the study's true/false columns. What is
-asked and which options there are comes from the experiment spec (`prunexplain.experiments`).
+layouts (templates/layout.html, with one instructions template per kind of task) are a `crowd-form`
+with one required radio button per answer option: the worker reads the option's label ("Algorithm 1
+(left)", "Cassette Player") while the form submits its raw value (`alg1`, `2-cassetteplayer`) under
+the name `<group>.label`, so the answer column `Answer.<group>.label` names an option that
+`prunexplain analyze` reads like the study's true/false columns. (A `crowd-classifier` would show
+workers its categories as they are submitted, i.e. the raw values.) What is asked, which options
+there are and their labels come from the experiment spec (`prunexplain.experiments`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import mimetypes
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from prunexplain.config import UserError
-from prunexplain.experiments import NONE, SHOWN_AS, Experiment
+from prunexplain.experiments import NONE, SHOWN_AS, Experiment, display_name
 from prunexplain.runs import write_csv, write_text
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,14 @@ def write_input(path: Path, files: list[str], url_prefix: str, seed: int) -> Pat
 
 
 def layout(experiment: Experiment, classes: list[str]) -> str:
-    """The HIT layout of an experiment as HTML (MTurk fills `${image_url}`)."""
+    """The HIT layout of an experiment as HTML (MTurk fills `${image_url}`): the options in the
+    order the pages lay them out (`Kind.choices`), labelled for people, submitting raw values."""
     kind = experiment.kind
-    categories = json.dumps(kind.options(classes)).replace('"', "'")
+    choices = kind.choices(classes)
     return _TEMPLATES.get_template("layout.html").render(
-        crowd_elements=CROWD_ELEMENTS, kind=kind, categories=categories, instructions=f"{kind.template}.html",
-        shown=SHOWN_AS[experiment.rendering], classes=classes, none_value=NONE,
+        crowd_elements=CROWD_ELEMENTS, kind=kind, choices=choices, answer=f"{kind.answer_group}.label",
+        instructions=f"{kind.template}.html", shown=SHOWN_AS[experiment.rendering],
+        class_names=[display_name(c) for c in classes], none_label=kind.label(NONE, classes),
     )
 
 
@@ -58,23 +61,36 @@ def write_layout(path: Path, experiment: Experiment, classes: list[str]) -> Path
     return write_text(path, layout(experiment, classes))
 
 
+# Workers' browsers fetch the stimuli anonymously: said wherever a bucket is named.
+READABLE = ("workers' browsers fetch the images without credentials: the bucket policy must let anyone read "
+            "them, or publish with --public-read")
+
+
 @dataclass
 class PublishResult:
     uploaded: int
     unchanged: int
     base_url: str
+    public_read: bool = False
 
     def summary(self) -> str:
+        access = ("uploaded objects are public-read" if self.public_read else READABLE)
         return (f"{self.uploaded} files uploaded, {self.unchanged} already there; set "
-                f"--set study.url_prefix=\"{self.base_url}\" and rebuild to point the input CSVs at them")
+                f"--set study.url_prefix=\"{self.base_url}\" and rebuild to point the input CSVs at them; {access}")
 
 
-def publish(study_dir: Path, bucket: str, prefix: str = "", endpoint_url: str | None = None) -> PublishResult:
+def publish(study_dir: Path, bucket: str, prefix: str = "", endpoint_url: str | None = None,
+            public_read: bool = False) -> PublishResult:
     """Upload every stimulus PNG of the study folder to `s3://bucket/<prefix><path>`.
 
     Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, a profile),
     never from the project. A file whose MD5 equals the object's ETag is not sent again, so an
-    interrupted upload resumes.
+    interrupted upload resumes (with `public_read`, objects already there get the ACL too).
+
+    Workers load the images anonymously, so they must be readable by anyone: through the bucket's
+    policy, or with `public_read`, the object ACL `public-read` the original study uploaded with
+    (experiments/utils.py, upload_to_s3). Buckets that enforce object ownership refuse ACLs; for
+    those, the bucket policy is the way.
     """
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -83,6 +99,7 @@ def publish(study_dir: Path, bucket: str, prefix: str = "", endpoint_url: str | 
     if not files:
         raise UserError(f"{study_dir}: no stimuli to publish; run `prunexplain study build` first")
     client = boto3.client("s3", endpoint_url=endpoint_url)
+    extra = {"ACL": "public-read"} if public_read else {}
     try:
         existing = _etags(client, bucket, prefix)
         uploaded = 0
@@ -90,20 +107,28 @@ def publish(study_dir: Path, bucket: str, prefix: str = "", endpoint_url: str | 
             key = prefix + path.relative_to(study_dir).as_posix()
             body = path.read_bytes()
             if existing.get(key) == hashlib.md5(body).hexdigest():
+                if public_read:  # published before without the ACL: a rerun with --public-read must open it
+                    client.put_object_acl(Bucket=bucket, Key=key, ACL="public-read")
                 continue
             content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+            client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, **extra)
             uploaded += 1
     except NoCredentialsError:
         raise UserError("study publish: no AWS credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from None
     except ClientError as error:
-        raise UserError(f"study publish: s3://{bucket}: {error.response['Error'].get('Message', error)}") from None
+        details = error.response["Error"]
+        hint = ("; the bucket refuses ACLs: let workers read through its bucket policy instead of --public-read"
+                if details.get("Code") == "AccessControlListNotSupported" else "")
+        raise UserError(f"study publish: s3://{bucket}: {details.get('Message', error)}{hint}") from None
     except BotoCoreError as error:
         raise UserError(f"study publish: {error}") from None
     host = endpoint_url.rstrip("/") + f"/{bucket}/" if endpoint_url else f"https://{bucket}.s3.amazonaws.com/"
     base = host + prefix
-    log.info("published %d files to s3://%s/%s (%d unchanged)", uploaded, bucket, prefix, len(files) - uploaded)
-    return PublishResult(uploaded, len(files) - uploaded, base)
+    log.info("published %d files to s3://%s/%s (%d unchanged)%s", uploaded, bucket, prefix, len(files) - uploaded,
+             " with ACL public-read" if public_read else "")
+    if not public_read:
+        log.info("s3://%s/%s: %s", bucket, prefix, READABLE)
+    return PublishResult(uploaded, len(files) - uploaded, base, public_read)
 
 
 def _etags(client, bucket: str, prefix: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from prunexplain.experiments import Experiment
-from prunexplain.explain.render import Exp1Panels, exp2_image, heatmap, occlude, top_pixels
+from prunexplain.explain.render import Exp1Panels, Exp2Pictures, heatmap, occlude, visibility
 from prunexplain.runs import StudyFolder
 
 
@@ -52,12 +52,32 @@ def draw_sides(images: int, pairs: int, seed: int) -> np.ndarray:
     return sides
 
 
-def draw_maps(variant: str, images: np.ndarray, maps: np.ndarray, occlusion: float, alpha: float) -> np.ndarray:
-    """Each image `[N, H, W, 3]` uint8 as a person sees its map: top pixels only, or a jet overlay."""
+def shared_sides(images: int, pair_lists: list[list[tuple[str, str]]], seed: int) -> list[np.ndarray]:
+    """Sides (as `draw_sides`) for each list of pairs, drawn once for all of them: a pair that is in
+    several lists, in either order, puts the same model on the same side of an image in each.
+
+    The first list's rows are exactly `draw_sides(images, len(first), seed)`, so adding more lists
+    (the heatmap variant's own pairs) leaves the first experiment's sides as they were.
+    """
+    known = list(pair_lists[0]) if pair_lists else []
+    for pairs in pair_lists[1:]:
+        known += [(a, b) for a, b in pairs if (a, b) not in known and (b, a) not in known]
+    drawn = draw_sides(images, len(known), seed)
+    sides = []
+    for pairs in pair_lists:
+        rows = [drawn[known.index((a, b))] if (a, b) in known else ~drawn[known.index((b, a))] for a, b in pairs]
+        sides.append(np.stack(rows) if rows else np.zeros((0, images), dtype=bool))
+    return sides
+
+
+def draw_maps(variant: str, images: np.ndarray, maps: np.ndarray, occlusion: float, alpha: float,
+              count: str = "round", exponent: float = 1.0) -> np.ndarray:
+    """Each image `[N, H, W, 3]` uint8 as a person sees its map: top pixels only (counted by `count`,
+    see `render.visibility`), or a jet overlay of the map raised to `exponent`."""
     if variant == "occlusion":
-        masks = top_pixels(torch.from_numpy(maps), occlusion).numpy()
+        masks = visibility(torch.from_numpy(maps), occlusion, count).numpy()
         return np.stack([occlude(image, mask) for image, mask in zip(images, masks)])
-    return np.stack([heatmap(image, cam, alpha) for image, cam in zip(images, maps)])
+    return np.stack([heatmap(image, cam, alpha, exponent) for image, cam in zip(images, maps)])
 
 
 def _stimulus(experiment: Experiment, folder: StudyFolder, image: int, label: str, models: tuple[str, ...]) -> Stimulus:
@@ -69,27 +89,31 @@ def _stimulus(experiment: Experiment, folder: StudyFolder, image: int, label: st
 
 def exp1_stimuli(experiment: Experiment, images: np.ndarray, drawn: dict[str, np.ndarray], labels: list[str],
                  pairs: list[tuple[str, str]], sides: np.ndarray, folder: StudyFolder,
-                 progress: bool) -> list[Stimulus]:
-    """Three panels per image and pair: the two models' maps around the original image."""
+                 progress: bool, ids: list[int] | None = None, layout: str = "compact") -> list[Stimulus]:
+    """Three panels per image and pair: the two models' maps around the original image. `ids` are
+    the image ids the file names carry (default: positions 0..N-1)."""
+    ids = list(range(len(images))) if ids is None else ids
     stimuli = []
     jobs = [(p, i) for p in range(len(pairs)) for i in range(len(images))]
-    with Exp1Panels() as panel:
+    with Exp1Panels(layout) as panel:
         for p, i in tqdm(jobs, desc=experiment.key, unit="stimulus", disable=not progress):
             a, b = pairs[p]
             left, right = (a, b) if sides[p, i] else (b, a)
-            stimulus = _stimulus(experiment, folder, i, labels[i], (left, right))
+            stimulus = _stimulus(experiment, folder, ids[i], labels[i], (left, right))
             panel(drawn[left][i], images[i], drawn[right][i], labels[i], folder.stimulus(stimulus.file))
             stimuli.append(stimulus)
     return stimuli
 
 
 def exp2_stimuli(experiment: Experiment, drawn: dict[str, np.ndarray], labels: list[str], folder: StudyFolder,
-                 progress: bool) -> list[Stimulus]:
-    """One occluded image per image and model."""
+                 progress: bool, ids: list[int] | None = None, layout: str = "compact") -> list[Stimulus]:
+    """One occluded image per image and model; `ids` as in `exp1_stimuli`."""
+    ids = list(range(len(labels))) if ids is None else ids
     stimuli = []
     jobs = [(name, i) for name in drawn for i in range(len(labels))]
-    for name, i in tqdm(jobs, desc=experiment.key, unit="stimulus", disable=not progress):
-        stimulus = _stimulus(experiment, folder, i, labels[i], (name,))
-        exp2_image(drawn[name][i], folder.stimulus(stimulus.file))
-        stimuli.append(stimulus)
+    with Exp2Pictures(layout) as picture:
+        for name, i in tqdm(jobs, desc=experiment.key, unit="stimulus", disable=not progress):
+            stimulus = _stimulus(experiment, folder, ids[i], labels[i], (name,))
+            picture(drawn[name][i], folder.stimulus(stimulus.file))
+            stimuli.append(stimulus)
     return stimuli
