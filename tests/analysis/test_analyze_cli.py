@@ -1,8 +1,10 @@
-"""`prunexplain study simulate` and `prunexplain analyze exp1|exp2` end to end, and their import weight."""
+"""`prunexplain study simulate` and `prunexplain analyze exp1|exp1_heatmap|exp2` end to end, and their import
+weight."""
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -31,6 +33,21 @@ def test_simulate_then_analyze_exp1(tmp_path):
     assert summary["figures"] == ["preferences.png", "classes.png", "workers.png"]
     assert all((out / name).stat().st_size > 1000 for name in summary["figures"])
     assert (out / "workers.csv").read_text().startswith("worker,answers,none_share,median_work_time,left_share")
+    assert (out / "items.csv").read_text().startswith("item,image,label,left,right,answers,alg1,alg2,none\n")
+    assert "### Models shown" in result.output and "a / equally / b of" in result.output
+
+
+def test_each_experiment_of_the_spec_has_its_command_and_folder(tmp_path, monkeypatch):
+    runner.invoke(app, ["study", "simulate", "--images", "5", "--out", str(tmp_path), "--no-power"])
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["analyze", "exp1_heatmap", "exp1_results.csv", "--bootstrap", "0", "--no-plots",
+                                 "--preprocessed", "pre.csv"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "analysis" / "exp1_heatmap" / "summary.json").is_file()
+    assert result.output.strip().endswith(f"to {Path('analysis') / 'exp1_heatmap'}; pre.csv")
+    assert (tmp_path / "pre.csv").read_text().startswith("HITId,WorkerId,Input.image_url,Answer.algorithms.alg1,")
+    result = runner.invoke(app, ["analyze", "exp1", "exp1_results.csv", "--preprocessed", "."])
+    assert result.exit_code == 2 and "Invalid value for '--preprocessed': file '.' is a directory." in result.output
 
 
 def test_simulate_then_analyze_exp2(tmp_path):
@@ -46,6 +63,8 @@ def test_simulate_then_analyze_exp2(tmp_path):
     assert {"n", "correct", "accuracy", "none"} <= set(summary["models"]["2pruned"])
     assert len(summary["confusion"]["models"]["32pruned"][0]) == 11
     assert "confusion_32pruned.png" in summary["figures"] and (out / "confusion_32pruned.png").exists()
+    assert "confusion_pooled.png" in summary["figures"] and len(summary["confusion"]["pooled"]) == 10
+    assert "### Confusion, all models" in result.output and "all models (correct/answers)" in result.output
 
 
 def test_errors_are_one_line_with_exit_status_2(tmp_path):

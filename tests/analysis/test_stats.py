@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from prunexplain.analysis import stats
+from prunexplain.experiments import NONE
 
 # 40 images x 3 models, majority-correct flags; statsmodels' cochrans_q gives Q = 7.823529411764706,
 # p = 0.02000516665815987 on this table (checked once outside the project, statsmodels 0.14).
@@ -81,3 +82,55 @@ def test_majority_needs_more_than_half_and_every_model():
     })
     table = stats.majority_correct(frame, ["m", "n"])
     assert table.to_dict("list") == {"m": [False], "n": [True]}  # 1 of 2 is no majority; image 2 lacks n
+
+
+def _compare_frame():
+    """Two pairs; class x: nonpruned vs 2pruned a, a, b, none; class y: nonpruned vs 2pruned none,
+    nonpruned vs 32pruned b, b."""
+    rows = [("x", "nonpruned", "2pruned", "a"), ("x", "nonpruned", "2pruned", "a"), ("x", "nonpruned", "2pruned", "b"),
+            ("x", "nonpruned", "2pruned", NONE), ("y", "nonpruned", "2pruned", NONE),
+            ("y", "nonpruned", "32pruned", "b"), ("y", "nonpruned", "32pruned", "b")]
+    frame = pd.DataFrame(rows, columns=["label", "a", "b", "choice"])
+    frame["answer"] = frame["choice"].map({"a": "alg1", "b": "alg2", NONE: NONE})
+    frame["left"], frame["right"] = frame["a"], frame["b"]  # a always shown left
+    return frame
+
+
+def test_per_class_shares_of_all_answers_the_count_difference_and_the_class_given_equally():
+    frame = _compare_frame()
+    rows = {(r["class"], r["b"]): r for r in stats.class_stats(frame, ["nonpruned", "2pruned", "32pruned"], ["x", "y"])}
+    x = rows[("x", "2pruned")]
+    assert (x["a_share_of_all"], x["none_share"], x["b_share_of_all"], x["a_minus_b"]) == (0.5, 0.25, 0.25, 1)
+    assert x["a_share"] == pytest.approx(2 / 3) and x["share_of_none"] == 0.5  # 1 of the pair's 2 'equally'
+    y = rows[("y", "32pruned")]
+    assert (y["b_share_of_all"], y["a_minus_b"]) == (1.0, -2) and math.isnan(y["share_of_none"])  # no 'equally'
+    assert stats.class_of_none(frame, ["x", "y", "z"]) == {"x": 0.5, "y": 0.5, "z": 0.0}
+
+
+def test_appearance_sums_the_sides_and_expects_the_share_of_pairs_with_the_model():
+    shown = stats.appearance(_compare_frame(), ["nonpruned", "2pruned", "32pruned"], ("left", "right"))
+    assert shown["nonpruned"] == {"left": 7, "left_share": 1.0, "right": 0, "right_share": 0.0, "share": 1.0,
+                                  "expected": 1.0}
+    assert shown["2pruned"]["share"] == pytest.approx(5 / 7) and shown["2pruned"]["expected"] == 0.5
+    assert shown["32pruned"]["right"] == 2 and shown["32pruned"]["expected"] == 0.5
+
+
+def test_pooled_class_accuracy_and_confusion_count_every_model():
+    frame = pd.DataFrame({"label": ["x", "x", "x", "y"], "model": ["m", "n", "n", "m"],
+                          "answer": ["x", "y", NONE, "y"]})
+    frame["correct"] = frame["answer"] == frame["label"]
+    pooled = stats.class_pooled_stats(frame, ["x", "y"])
+    assert pooled[0] == {"class": "x", "n": 3, "correct": 1, "accuracy": pytest.approx(1 / 3), "none": 1,
+                         "none_share": pytest.approx(1 / 3)}
+    assert stats.confusion(frame, None, ["x", "y"]).tolist() == [[1, 1, 1], [0, 1, 0]]
+    assert stats.confusion(frame, "n", ["x", "y"]).tolist() == [[0, 1, 1], [0, 0, 0]]
+
+
+def test_the_studys_chisquare_of_all_models_against_the_baseline():
+    models = {"nonpruned": {"correct": 10}, "2pruned": {"correct": 12}, "32pruned": {"correct": 8}}
+    pair = stats.study_correct_chisquare(models, "nonpruned")
+    every = stats.study_correct_chisquare(models, "nonpruned", with_baseline=True)
+    assert pair["models"] == ["2pruned", "32pruned"] and every["models"] == ["nonpruned", "2pruned", "32pruned"]
+    assert every["defined"] and every["chi2"] == pytest.approx(0.8) and every["p"] == pytest.approx(math.exp(-0.4))
+    # the same statistic, one degree of freedom less
+    assert pair["defined"] and pair["chi2"] == pytest.approx(0.8) and pair["p"] == pytest.approx(0.37109336952269756)

@@ -32,3 +32,32 @@ def test_each_kind_of_experiment_gets_its_own_table_and_a_dash_where_values_are_
     assert "<td>nonpruned vs &lt;b&gt;2pruned&lt;/b&gt;</td><td>10</td><td>-</td>" in html and "p (Holm)" in html
     assert "<td>nonpruned</td><td>5</td><td>80.0 % (-)</td><td>-</td>" in html
     assert "Source of these answers unknown" in html and "Real participants" in html and "Files: a.csv." in html
+
+
+def test_the_analysis_shows_the_studys_per_class_views_the_design_check_and_its_chisquares(tmp_path):
+    run = Run(tmp_path)
+    compare = next(k for k, e in EXPERIMENTS.items() if e.kind.compares)
+    recognise = next(k for k, e in EXPERIMENTS.items() if not e.kind.compares)
+    pair = {"a": "nonpruned", "b": "2pruned", "n": 250}
+    write_json(run.analysis(compare) / "summary.json", {
+        "experiment": COMPARE.name, "pairs": [pair],
+        "classes": [pair | {"class": "4-church", "a_share_of_all": 0.3, "none_share": 0.312, "b_share_of_all": 0.388,
+                            "a_minus_b": -22}],
+        "class_of_none": {"4-church": 0.067191},
+        "appearance": {"nonpruned": {"left_share": 0.3207, "right_share": 0.346, "share": 2 / 3, "expected": 2 / 3}},
+    })
+    write_json(run.analysis(recognise) / "summary.json", {
+        "experiment": RECOGNISE.name, "models": {"nonpruned": {"n": 250}},
+        "classes": [{"class": "3-chainsaw", "model": "nonpruned", "accuracy": 0.66}],
+        "classes_pooled": [{"class": "3-chainsaw", "n": 750, "correct": 461, "accuracy": 0.614667}],
+        "tests": {"study_chisquare_all": {"models": ["nonpruned", "2pruned"], "observed": [2146, 2160],
+                                          "expected": [2146, 2146], "baseline": "nonpruned", "defined": False,
+                                          "note": "refused", "legacy_chi2": 6.0415, "legacy_p": 0.04877}},
+    })
+    html = render_section(analysis_section(run, ReportSettings()))
+    assert "<th>nonpruned vs 2pruned</th>" in html
+    assert "<td>4-church</td><td>6.7 %</td><td>30.0 / 31.2 / 38.8 % (-22)</td>" in html
+    assert "<td>nonpruned</td><td>0.321</td><td>0.346</td><td>0.667</td><td>0.667</td>" in html
+    assert "<td>3-chainsaw</td><td>66.0 %</td><td>61.5 % (461/750)</td>" in html
+    assert ("<td>nonpruned 2146, 2pruned 2160</td><td>nonpruned 2146</td><td>6.042</td><td>0.0488</td>"
+            '<td title="refused">no</td>') in html

@@ -62,9 +62,10 @@ class SourceFile:
 class Answers:
     """The kept answers of one experiment, one row each, and what was left out and why.
 
-    `frame` columns: file, row, hit, assignment, worker, work_time (seconds, NaN when unknown), item
-    (the stimulus file name), image, label, answer; exp1 adds left, right, a, b (the pair in model
-    order), preferred (a model or 'none') and choice ('a', 'b' or 'none'); exp2 adds model, correct.
+    `frame` columns: file, row, hit, assignment, worker, work_time (seconds, NaN when unknown), url
+    (`Input.image_url` as the file has it), item (the stimulus file name), image, label, answer;
+    exp1 adds left, right, a, b (the pair in model order), preferred (a model or 'none') and choice
+    ('a', 'b' or 'none'); exp2 adds model, correct.
     """
 
     experiment: str  # the kind's name
@@ -238,6 +239,7 @@ def _parse_table(kind: Kind, name, table, labels, settings) -> tuple[pd.DataFram
             "work_time": pd.to_numeric(table.get("WorkTimeInSeconds"), errors="coerce")
             if "WorkTimeInSeconds" in table
             else float("nan"),
+            "url": table["Input.image_url"],  # as given: the preprocessed table keeps it
         }
     )
     flag(frame["worker"] == "", "WorkerId", "empty")

@@ -135,10 +135,15 @@ def confusion_matrix(matrix: np.ndarray, rows: Sequence[str], columns: Sequence[
     return _save(figure, path)
 
 
-def class_accuracy(rows: list[dict], models: Sequence[str], labels: Sequence[str], path: Path) -> Path:
-    """Accuracy per class (rows) and model (columns)."""
+def class_accuracy(rows: list[dict], models: Sequence[str], labels: Sequence[str], path: Path,
+                   pooled: list[dict] | None = None) -> Path:
+    """Accuracy per class (rows) and model (columns), and over all models (last column) if `pooled`."""
     index = {(r["class"], r["model"]): r["accuracy"] for r in rows}
     values = np.array([[index[(label, m)] for m in models] for label in labels], dtype=float)
+    if pooled is not None:
+        overall = {r["class"]: r["accuracy"] for r in pooled}
+        values = np.column_stack([values, [overall[label] for label in labels]])
+        models = [*models, "all models"]
     figure = Figure(figsize=(3 + 1.3 * len(models), 1.5 + 0.4 * len(labels)))
     axis = figure.subplots()
     image = axis.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")

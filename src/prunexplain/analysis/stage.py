@@ -1,9 +1,11 @@
-"""The analysis stage: answer files in, `summary.json`, `workers.csv`, PNG plots and Markdown tables out.
+"""The analysis stage: answer files in, `summary.json`, `workers.csv`, `items.csv`, PNG plots and
+Markdown tables out.
 
 `analyze(kind, files, settings, out_dir)` (a kind of the experiment spec: exp1 compares, exp2
 recognises) reads and validates the answers (`load`), runs
 the statistics (`stats`), optionally repeats the headline results without low-effort workers, and
-writes everything atomically into `out_dir`. The summary's schema is documented in the README.
+writes everything atomically into `out_dir`; on request also the study's preprocessed table
+(`preprocess`). The summary's schema is documented in the README.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from prunexplain.runs import AnalysisFolder, write_csv, write_json
 log = logging.getLogger(__name__)
 
 _PROBLEMS_LISTED = 200  # summary.json lists this many problems; counts cover all
+ITEMS = "items.csv"  # answers per stimulus and option, beside workers.csv
 
 
 @dataclass
@@ -38,19 +41,30 @@ class AnalysisResult:
 
 
 def analyze(
-    experiment: str, files: Sequence[Path], settings: AnalysisSettings | None = None, out_dir: Path = Path("analysis")
+    experiment: str, files: Sequence[Path], settings: AnalysisSettings | None = None, out_dir: Path = Path("analysis"),
+    preprocessed: Path | None = None,
 ) -> AnalysisResult:
-    """Analyse one experiment's answer files; write summary.json, workers.csv and plots into out_dir."""
+    """Analyse one experiment's answer files; write summary.json, workers.csv, items.csv and plots into
+    out_dir, and the study's preprocessed table of the kept answers to `preprocessed` if given."""
     settings = settings or AnalysisSettings()
     out_dir = Path(out_dir)
     existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())  # refused now, not after the work
     if not existing.is_dir():
         blocker = "it" if existing == out_dir else existing
         raise UserError(f"{out_dir}: {blocker} is a file; the analysis output must be a folder (new or existing)")
+    if preprocessed is not None and Path(preprocessed).is_dir():  # refused now, not after the work
+        raise UserError(f"{preprocessed}: is a folder; --preprocessed takes a CSV file name")
     answers = read_answers(experiment, files, settings)
     summary = summarise(answers, settings)
     folder = AnalysisFolder(out_dir)
     written = [write_csv(folder.workers, _worker_rows(stats.worker_stats(answers.frame)))]
+    kind = answers.kind
+    items = stats.item_table(answers.frame, kind.shows, kind.options(answers.labels), answers.labels)
+    written.append(write_csv(folder.root / ITEMS, items.to_dict("records")))
+    if preprocessed is not None:
+        from prunexplain.analysis.preprocess import write_preprocessed
+
+        written.append(write_preprocessed(answers, preprocessed))
     if settings.plots:
         written += _plots(answers, summary, folder)
     summary["figures"] = [path.name for path in written if path.suffix == ".png"]
@@ -94,6 +108,8 @@ def _exp1(frame: pd.DataFrame, answers: Answers, settings, rng, detail: bool) ->
         none_by_class = (frame["answer"] == NONE).groupby(frame["label"])
         result["class_none"] = {label: float(none_by_class.get_group(label).mean()) for label in answers.labels
                                 if label in none_by_class.groups}
+        result["class_of_none"] = stats.class_of_none(frame, answers.labels)
+        result["appearance"] = stats.appearance(frame, models, answers.kind.shows)
     return result
 
 
@@ -116,13 +132,17 @@ def _exp2(frame: pd.DataFrame, answers: Answers, settings, rng, detail: bool) ->
             "mcnemar": stats.mcnemar_pairs(majority),
             "independence": stats.independence(per_model),
             "study_chisquare": stats.study_correct_chisquare(per_model, baseline) if len(per_model) > 1 else None,
+            "study_chisquare_all": stats.study_correct_chisquare(per_model, baseline, with_baseline=True)
+            if len(per_model) > 1 else None,
         },
     }
     if detail:
         result["classes"] = stats.class_model_stats(frame, models, labels)
+        result["classes_pooled"] = stats.class_pooled_stats(frame, labels)
         result["confusion"] = {
             "rows": labels, "columns": answers.kind.options(labels),
             "models": {m: stats.confusion(frame, m, labels).tolist() for m in models},
+            "pooled": stats.confusion(frame, None, labels).tolist(),
         }
     return result
 
@@ -190,10 +210,11 @@ def _plots(answers: Answers, summary: dict, folder: AnalysisFolder) -> list[Path
         written.append(plots.worker_scatter(workers, folder.figure("workers")))
     else:
         written.append(plots.accuracy_bars(summary["models"], folder.figure("accuracy")))
-        written.append(
-            plots.class_accuracy(summary["classes"], answers.models, answers.labels, folder.figure("classes"))
-        )
+        written.append(plots.class_accuracy(summary["classes"], answers.models, answers.labels,
+                                            folder.figure("classes"), summary["classes_pooled"]))
         confusion = summary["confusion"]
+        written.append(plots.confusion_matrix(np.array(confusion["pooled"]), confusion["rows"], confusion["columns"],
+                                              "all models: true class x answer", folder.figure("confusion_pooled")))
         for model, matrix in confusion["models"].items():
             written.append(plots.confusion_matrix(np.array(matrix), confusion["rows"], confusion["columns"],
                                                   f"{model}: true class x answer", folder.figure(f"confusion_{model}")))
@@ -277,21 +298,52 @@ def _exp1_markdown(kind: Kind, summary: dict) -> list[str]:
     pairs = table(["pair a vs b", "answers", "equally", "a preferred", "b preferred", "a share of decided (CI)",
                    "CI over items", "chi2", "p", "p Holm", "binomial p", "alpha"], rows)
     out = [_header(summary, kind.heading) + " " + none, pairs]
+    if "appearance" in summary:
+        out.append(_appearance_markdown(kind, summary["appearance"]))
     if "classes" in summary:
         out.append(_exp1_class_markdown(summary))
     return out
 
 
+def _appearance_markdown(kind: Kind, appearance: dict) -> str:
+    """The design check: how often each model was shown on each side (the study expected 2/3 in all)."""
+    sides = kind.shows
+    rows = [[model, *(f"{m[side]} ({_num(m[f'{side}_share'])})" for side in sides), _num(m["share"]),
+             _num(m["expected"])] for model, m in appearance.items()]
+    headers = ["model", *(f"{side} ({kind.picking(side)})" for side in sides), "total share", "balanced design"]
+    return ("### Models shown: answers per side (share of all answers), summed over sides\n\n"
+            + table(headers, rows))
+
+
+def _shares(*values) -> str:
+    """'30.0 / 31.2 / 38.8%': shares of one whole side by side."""
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+        return "-"
+    return " / ".join(f"{100 * v:.1f}" for v in values) + "%"
+
+
 def _exp1_class_markdown(summary: dict) -> str:
+    """Per class: 'equally' over all pairs and P(class | equally); per pair each answer's share of all
+    the class's answers in the pair (the study's /250) and a - b, the difference of the counts."""
     pairs = [(p["a"], p["b"]) for p in summary["pairs"]]
     index = {(r["class"], r["a"], r["b"]): r for r in summary["classes"]}
     labels = list(dict.fromkeys(r["class"] for r in summary["classes"]))
-    cell = lambda row: f"{_pct(row['a_share'])} / {_pct(row['none_share'])}"  # noqa: E731
-    rows = [[label, _pct(summary["class_none"].get(label)), *(cell(index[(label, a, b)]) for a, b in pairs)]
-            for label in labels]
+    of_none = summary.get("class_of_none", {})
+    rows = []
+    for label in labels:
+        cells = [label, _pct(summary["class_none"].get(label)), _pct(of_none.get(label))]
+        for a, b in pairs:
+            row = index[(label, a, b)]
+            split = _shares(row["a_share_of_all"], row["none_share"], row["b_share_of_all"])
+            cells += [split, f"{row['a_minus_b']:+d}"]
+        rows.append(cells)
+    headers = ["class", "equally (all pairs)", "of all equally"]
+    for a, b in pairs:
+        sizes = {index[(label, a, b)]["n"] for label in labels}
+        of = f"of {sizes.pop()}" if len(sizes) == 1 else "of all"
+        headers += [f"{a} vs {b}: a / equally / b {of}", "a - b"]
     effect = "; ".join(f"{p['a']} vs {p['b']}: chi2 {_num(p['class_chi2'])}, p {_p(p['class_p'])}"
                        for p in summary["pairs"])
-    headers = ["class", "equally (all pairs)", *(f"{a} vs {b}: a share / equally" for a, b in pairs)]
     return f"### Per class\n\n{table(headers, rows)}\n\nDoes the preference depend on the class? {effect}."
 
 
@@ -306,8 +358,17 @@ def _exp2_markdown(kind: Kind, summary: dict) -> list[str]:
     if "classes" in summary:
         names = list(models)
         index = {(r["class"], r["model"]): r for r in summary["classes"]}
-        rows = [[label, *(_pct(index[(label, m)]["accuracy"]) for m in names)] for label in summary["labels"]]
-        out.append("### Accuracy per class\n\n" + table(["class", *names], rows))
+        pooled = {r["class"]: r for r in summary.get("classes_pooled", [])}
+        all_models = lambda r: f"{_pct(r['accuracy'])} ({r['correct']}/{r['n']})"  # noqa: E731
+        rows = [[label, *(_pct(index[(label, m)]["accuracy"]) for m in names),
+                 *([all_models(pooled[label])] if pooled else [])] for label in summary["labels"]]
+        headers = ["class", *names, *(["all models (correct/answers)"] if pooled else [])]
+        out.append("### Accuracy per class\n\n" + table(headers, rows))
+    if "pooled" in summary.get("confusion", {}):
+        confusion = summary["confusion"]
+        rows = [[label, *counts] for label, counts in zip(confusion["rows"], confusion["pooled"])]
+        out.append("### Confusion, all models: true class (rows) x answer\n\n"
+                   + table(["class", *confusion["columns"]], rows))
     return out
 
 
@@ -323,16 +384,20 @@ def _exp2_tests_markdown(tests: dict) -> str:
     ind = tests["independence"]
     lines.append(f"Chi-square models x correct (ignores shared images): chi2 = {_num(ind['chi2'])}, "
                  f"df = {ind['dof']}, p = {_p(ind['p'])}.")
-    study = tests["study_chisquare"]
-    if study:
-        if study["defined"]:
-            lines.append(f"The study's chi-square ({', '.join(study['models'])} vs {study['baseline']}): "
-                         f"chi2 = {_num(study['chi2'])}, p = {_p(study['p'])}.")
-        else:
-            lines.append(f"The study's chi-square ({', '.join(study['models'])} vs {study['baseline']}) is not "
-                         f"defined: {study['note']}. The study reported chi2 = {_num(study['legacy_chi2'])}, "
-                         f"p = {_p(study['legacy_p'])}.")
+    for key in ("study_chisquare", "study_chisquare_all"):
+        if tests.get(key):
+            lines.append(_study_chisquare_markdown(tests[key]))
     return "\n\n".join(lines)
+
+
+def _study_chisquare_markdown(study: dict) -> str:
+    observed = ", ".join(f"{m} {n:g}" for m, n in zip(study["models"], study["observed"]))
+    name = f"The study's chi-square of correct answers ({observed}) against {study['baseline']}'s count"
+    if study["defined"]:
+        return f"{name}: chi2 = {_num(study['chi2'])}, p = {_p(study['p'])}."
+    # four digits, as one compares them with the notebook's printout
+    return (f"{name} is not defined: {study['note']}. The study reported chi2 = {study['legacy_chi2']:.4f}, "
+            f"p = {study['legacy_p']:.4g}.")
 
 
 def _filter_markdown(summary: dict) -> list[str]:

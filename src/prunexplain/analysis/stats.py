@@ -68,7 +68,8 @@ def study_chisquare(observed: Sequence[float], expected: Sequence[float] | None 
     expected = None if expected is None else np.asarray(expected, dtype=float)
     result = {"observed": observed.tolist(), "expected": None if expected is None else expected.tolist()}
     try:
-        test = stats.chisquare(observed, expected)
+        with np.errstate(divide="ignore", invalid="ignore"):  # scipy's sum check divides by a zero sum
+            test = stats.chisquare(observed, expected)
     except ValueError as error:
         log.info("scipy.stats.chisquare refuses %s against %s: %s", observed, expected, str(error).splitlines()[0])
         legacy = float(((observed - expected) ** 2 / expected).sum())
@@ -204,11 +205,21 @@ def _class_effect(answers: pd.DataFrame) -> dict:
 
 
 def class_stats(frame: pd.DataFrame, models: Sequence[str], labels: Sequence[str]) -> list[dict]:
-    """Per class and pair: counts, 'equally reasonable' share and preference share among decided."""
+    """Per class and pair: counts, 'equally reasonable' share and preference share among decided.
+
+    Also the study's own per-class view: each answer's share of ALL the class's answers in that pair
+    (`a_share_of_all`, `b_share_of_all`, `none_share`: its notebook divided counts by 250, the answers
+    per class and pair), the difference of the counts (`a_minus_b`; the notebook printed it with
+    either sign, positive here means a preferred more often), and `share_of_none`: the class's share
+    of the pair's 'equally reasonable' answers, P(class | equally).
+    """
     rows = []
+    pairs = pairs_of(frame, models)
+    none_total = {(a, b): int(((frame["a"] == a) & (frame["b"] == b) & (frame["choice"] == NONE)).sum())
+                  for a, b in pairs}
     for label in labels:
         of_class = frame[frame["label"] == label]
-        for a, b in pairs_of(frame, models):
+        for a, b in pairs:
             answers = of_class[(of_class["a"] == a) & (of_class["b"] == b)]
             counts = answers["choice"].value_counts()
             n, none = len(answers), int(counts.get(NONE, 0))
@@ -216,8 +227,39 @@ def class_stats(frame: pd.DataFrame, models: Sequence[str], labels: Sequence[str
             rows.append({
                 "class": label, "a": a, "b": b, "n": n, "none": none, "a_preferred": wins_a, "b_preferred": wins_b,
                 "none_share": share(none, n), "a_share": share(wins_a, wins_a + wins_b),
+                "a_share_of_all": share(wins_a, n), "b_share_of_all": share(wins_b, n), "a_minus_b": wins_a - wins_b,
+                "share_of_none": share(none, none_total[(a, b)]),
             })
     return rows
+
+
+def class_of_none(frame: pd.DataFrame, labels: Sequence[str]) -> dict[str, float]:
+    """P(class | 'equally reasonable') over all pairs: which classes the undecided answers come from
+    (the study's notebook: the classes' shares of its 'equally' answers). Differs from the share of
+    each class's answers that are 'equally' when classes have different numbers of answers."""
+    none = frame.loc[frame["answer"] == NONE, "label"].value_counts()
+    return {label: share(int(none.get(label, 0)), int(none.sum())) for label in labels}
+
+
+def appearance(frame: pd.DataFrame, models: Sequence[str], shows: Sequence[str]) -> dict[str, dict]:
+    """How often each model was shown, per side and in total: a check of the study's design.
+
+    Per side, the share of answers whose stimulus showed the model there; `share` sums the sides (the
+    study's notebook: value_counts(normalize) of alg1 plus that of alg2, 2/3 each for three models in
+    all pairs). `expected` is what a balanced design gives: the share of the pairs present that
+    contain the model, when every pair is shown equally often and either way round.
+    """
+    pairs = set(map(tuple, frame[["a", "b"]].drop_duplicates().to_numpy()))
+    result = {}
+    for model in models:
+        row = {}
+        for side in shows:
+            count = int((frame[side] == model).sum())
+            row[side], row[f"{side}_share"] = count, share(count, len(frame))
+        row["share"] = sum(row[f"{side}_share"] for side in shows)
+        row["expected"] = share(sum(model in pair for pair in pairs), len(pairs))
+        result[model] = row
+    return result
 
 
 def worker_stats(frame: pd.DataFrame) -> pd.DataFrame:
@@ -261,22 +303,25 @@ def model_stats(frame: pd.DataFrame, models: Sequence[str], confidence: float) -
     return result
 
 
+def _recognised(answers: pd.DataFrame) -> dict:
+    n, correct, none = len(answers), int(answers["correct"].sum()), int((answers["answer"] == NONE).sum())
+    return {"n": n, "correct": correct, "accuracy": share(correct, n), "none": none, "none_share": share(none, n)}
+
+
 def class_model_stats(frame: pd.DataFrame, models: Sequence[str], labels: Sequence[str]) -> list[dict]:
-    rows = []
-    for label in labels:
-        for model in models:
-            answers = frame[(frame["label"] == label) & (frame["model"] == model)]
-            n, correct, none = len(answers), int(answers["correct"].sum()), int((answers["answer"] == NONE).sum())
-            rows.append({
-                "class": label, "model": model, "n": n, "correct": correct, "accuracy": share(correct, n),
-                "none": none, "none_share": share(none, n),
-            })
-    return rows
+    return [{"class": label, "model": m, **_recognised(frame[(frame["label"] == label) & (frame["model"] == m)])}
+            for label in labels for m in models]
 
 
-def confusion(frame: pd.DataFrame, model: str, labels: Sequence[str]) -> np.ndarray:
-    """True class (rows) x answer (columns: the classes, then 'none') counts of one model."""
-    answers = frame[frame["model"] == model]
+def class_pooled_stats(frame: pd.DataFrame, labels: Sequence[str]) -> list[dict]:
+    """Per class over all models: correct answers of all the class's answers (the study's notebook:
+    correct per class / 750, its answers per class). Which objects are hard whatever the pruning."""
+    return [{"class": label, **_recognised(frame[frame["label"] == label])} for label in labels]
+
+
+def confusion(frame: pd.DataFrame, model: str | None, labels: Sequence[str]) -> np.ndarray:
+    """True class (rows) x answer (columns: the classes, then 'none') counts of one model (None: all)."""
+    answers = frame if model is None else frame[frame["model"] == model]
     found, table = count_table(answers["label"], answers["answer"], [*labels, NONE])
     rows = {label: i for i, label in enumerate(found)}
     return np.array([table[rows[label]] if label in rows else np.zeros(len(labels) + 1, int) for label in labels])
@@ -332,9 +377,35 @@ def independence(models: dict[str, dict]) -> dict:
     return {"chi2": float(test.statistic), "p": float(test.pvalue), "dof": int(test.dof)}
 
 
-def study_correct_chisquare(models: dict[str, dict], baseline: str) -> dict:
-    """The study's test: correct counts of the other models against the baseline's count."""
-    others = [name for name in models if name != baseline]
-    observed = [models[name]["correct"] for name in others]
-    expected = [models[baseline]["correct"]] * len(others)
-    return {"models": others, "baseline": baseline} | study_chisquare(observed, expected)
+def study_correct_chisquare(models: dict[str, dict], baseline: str, with_baseline: bool = False) -> dict:
+    """The study's tests: correct counts of the other models (`with_baseline`: of all models, the
+    baseline too) against the baseline's count. The study ran both: [2pruned, 32pruned] and
+    [2pruned, 32pruned, nonpruned] against nonpruned's 2146 each; the statistic is the same, the
+    degrees of freedom (and so p) differ."""
+    tested = [name for name in models if with_baseline or name != baseline]
+    observed = [models[name]["correct"] for name in tested]
+    expected = [models[baseline]["correct"]] * len(tested)
+    return {"models": tested, "baseline": baseline} | study_chisquare(observed, expected)
+
+
+def item_table(
+    frame: pd.DataFrame, shows: Sequence[str], options: Sequence[str], labels: Sequence[str]
+) -> pd.DataFrame:
+    """One row per stimulus: what it showed and how many answers chose each option.
+
+    For drill-downs like the study's (which images made people prefer the pruned model?): its
+    notebook counted answers per image by hand for one class and model at a time.
+    """
+    keys = ["item", "image", "label", *shows]
+    items = frame[keys].drop_duplicates("item").set_index("item")
+    found, counts = count_table(frame["item"], frame["answer"], options)
+    table = items.loc[found].reset_index()
+    table["answers"] = counts.sum(axis=1)
+    for column, option in enumerate(options):
+        table[option] = counts[:, column]
+    if "correct" in frame:
+        table["correct"] = frame.groupby("item")["correct"].sum().loc[found].to_numpy().astype(int)
+    rank = {label: i for i, label in enumerate(labels)}
+    order = pd.DataFrame({"label": table["label"].map(rank), "image": pd.to_numeric(table["image"], errors="coerce"),
+                          "item": table["item"]})
+    return table.loc[order.sort_values(["label", "image", "item"]).index].reset_index(drop=True)

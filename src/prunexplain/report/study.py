@@ -15,7 +15,7 @@ from itertools import chain, zip_longest
 
 from prunexplain.config import ReportSettings
 from prunexplain.experiments import COMPARE, EXPERIMENTS, KINDS, NONE, RECOGNISE, Experiment, Kind
-from prunexplain.report.blocks import Card, Picture, Table, interval, number, percent, picture_file, pvalue
+from prunexplain.report.blocks import Card, Cell, Picture, Table, interval, number, percent, picture_file, pvalue
 from prunexplain.report.page import Section
 from prunexplain.runs import Run
 
@@ -133,7 +133,11 @@ _CAPTIONS = {  # (kind, file) -> what to look at
     (RECOGNISE.name, "accuracy.png"): "Share of answers naming the true class (blue) and 'none' (grey) per model, "
                                       "with intervals: lower accuracy means the occlusion map keeps less of the "
                                       "object.",
-    (RECOGNISE.name, "classes.png"): "Accuracy per class and model: which objects stop being recognisable first.",
+    (RECOGNISE.name, "classes.png"): "Accuracy per class and model, and over all models (last column): which "
+                                     "objects stop being recognisable first, and which are hard whatever the "
+                                     "pruning.",
+    (RECOGNISE.name, "confusion_pooled.png"): "All models together: true class (rows) against the answer (columns); "
+                                              "what a class is mistaken for, and how often nothing is recognised.",
     (RECOGNISE.name, "workers.png"): "One dot per worker: median seconds per answer against accuracy. Fast, "
                                      "inaccurate workers are likely answering carelessly.",
 }
@@ -148,6 +152,14 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Titled:
+    """A smaller table under the main one, with a line saying what it shows."""
+
+    title: str
+    table: Table
+
+
+@dataclass(frozen=True)
 class Analysed:
     """One experiment's analysed answers."""
 
@@ -157,6 +169,7 @@ class Analysed:
     cards: list[Card]
     table: Table
     figures: list[Picture]
+    tables: list[Titled]
 
 
 def analysis_section(run: Run, settings: ReportSettings) -> Section:
@@ -179,9 +192,11 @@ def _analysed(run: Run, experiment: Experiment, summary: dict, source: dict | No
               settings: ReportSettings) -> Analysed:
     kind = KINDS.get(summary.get("experiment"), experiment.kind)  # what the analysis computed decides
     table = _pairs_table(summary) if kind.compares else _models_table(summary)
+    tables = _compare_tables(summary) if kind.compares else _recognise_tables(summary)
     figures = [_figure(run, experiment.key, name, kind, settings) for name in summary.get("figures", [])
                if run.analysis_file(experiment.key, name).is_file()]
-    return Analysed(experiment.key, kind.question, _source(source), _headline(summary, kind), table, figures)
+    return Analysed(experiment.key, kind.question, _source(source), _headline(summary, kind), table, figures,
+                    tables)
 
 
 def _source(entry: dict | None) -> Source:
@@ -219,6 +234,74 @@ def _models_table(summary: dict) -> Table:
     rows = [[name, m.get("n", "-"), f"{percent(m.get('accuracy'))} ({interval(m.get('accuracy_ci'))})",
              percent(m.get("none_share"))] for name, m in summary.get("models", {}).items()]
     return Table.of(["model", "answers", "accuracy (CI)", f"'{NONE}'"], rows)
+
+
+def _split(row: dict) -> str:
+    """'30.0 / 31.2 / 38.8 % (-22)': a, equally and b as shares of the answers, then a - b in answers."""
+    shares = [row.get("a_share_of_all"), row.get("none_share"), row.get("b_share_of_all")]
+    if "-" in map(number, shares):
+        return "-"
+    return " / ".join(f"{100 * float(v):.1f}" for v in shares) + f" % ({row.get('a_minus_b', 0):+d})"
+
+
+def _compare_tables(summary: dict) -> list[Titled]:
+    """Per class and pair the study's view (shares of all answers, a - b); how often each model was shown."""
+    tables = []
+    rows, pairs = summary.get("classes", []), [(p["a"], p["b"]) for p in summary.get("pairs", [])]
+    if rows and pairs:
+        index = {(r["class"], r["a"], r["b"]): r for r in rows}
+        labels = list(dict.fromkeys(r["class"] for r in rows))
+        of_none = summary.get("class_of_none", {})
+        body = [[label, percent(of_none.get(label)), *(_split(index.get((label, a, b), {})) for a, b in pairs)]
+                for label in labels]
+        tables.append(Titled(
+            "Per class: a / equally reasonable / b as shares of the class's answers in each pair, (a - b) in "
+            "answers; and the class's share of all 'equally reasonable' answers.",
+            Table.of(["class", "of all equally", *(f"{a} vs {b}" for a, b in pairs)], body)))
+    shown = summary.get("appearance", {})
+    if shown:
+        body = [[model, number(m.get("left_share")), number(m.get("right_share")), number(m.get("share")),
+                 number(m.get("expected"))] for model, m in shown.items()]
+        tables.append(Titled(
+            "How often each model was shown: share of answers per side and summed; a balanced design gives the "
+            "share of pairs containing the model (2/3 with three models in all pairs).",
+            Table.of(["model", "left", "right", "total", "balanced design"], body)))
+    return tables
+
+
+def _recognise_tables(summary: dict) -> list[Titled]:
+    """Accuracy per class and model with the pooled column; the study's chi-square tests."""
+    tables = []
+    rows, pooled = summary.get("classes", []), {r["class"]: r for r in summary.get("classes_pooled", [])}
+    if rows:
+        models = list(dict.fromkeys(r["model"] for r in rows))
+        index = {(r["class"], r["model"]): r for r in rows}
+        labels = list(dict.fromkeys(r["class"] for r in rows))
+        total = lambda r: f"{percent(r.get('accuracy'))} ({r.get('correct', '-')}/{r.get('n', '-')})"  # noqa: E731
+        body = [[label, *(percent(index[(label, m)].get("accuracy")) for m in models),
+                 *([total(pooled.get(label, {}))] if pooled else [])] for label in labels]
+        headers = ["class", *models, *(["all models"] if pooled else [])]
+        tables.append(Titled("Accuracy per class and model, and over all models (correct/answers).",
+                             Table.of(headers, body)))
+    tests = summary.get("tests", {})
+    studies = [tests[key] for key in ("study_chisquare", "study_chisquare_all") if tests.get(key)]
+    if studies:
+        body = [_study_row(study) for study in studies]
+        tables.append(Titled(
+            "The study's chi-square tests of correct answers against the non-pruned model's count (where scipy "
+            "refuses them, as no goodness-of-fit tests, the value the study reported).",
+            Table.of(["correct answers of", "expected: each", "chi2", "p", "defined"], body)))
+    return tables
+
+
+def _study_row(study: dict) -> list:
+    defined = study.get("defined", True)
+    legacy = "" if defined else "legacy_"  # scipy refused it: the value the study's older scipy printed
+    tested = ", ".join(f"{m} {n:g}" for m, n in zip(study.get("models", []), study.get("observed", [])))
+    each = (study.get("expected") or [None])[0]
+    expected = f"{study.get('baseline', '-')} {'-' if each is None else format(each, 'g')}"
+    return [tested, expected, number(study.get(legacy + "chi2")), pvalue(study.get(legacy + "p")),
+            "yes" if defined else Cell("no", study.get("note"))]
 
 
 def _figure(run: Run, key: str, name: str, kind: Kind, settings: ReportSettings) -> Picture:
