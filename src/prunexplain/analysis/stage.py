@@ -396,8 +396,8 @@ def _study_chisquare_markdown(study: dict) -> str:
     if study["defined"]:
         return f"{name}: chi2 = {_num(study['chi2'])}, p = {_p(study['p'])}."
     # four digits, as one compares them with the notebook's printout
-    return (f"{name} is not defined: {study['note']}. The study reported chi2 = {study['legacy_chi2']:.4f}, "
-            f"p = {study['legacy_p']:.4g}.")
+    return (f"{name} is not defined: {study['note']}. Computed without that check, as the study's older scipy "
+            f"did: chi2 = {study['legacy_chi2']:.4f}, p = {study['legacy_p']:.4g}.")
 
 
 def _filter_markdown(summary: dict) -> list[str]:

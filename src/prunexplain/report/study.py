@@ -289,7 +289,8 @@ def _recognise_tables(summary: dict) -> list[Titled]:
         body = [_study_row(study) for study in studies]
         tables.append(Titled(
             "The study's chi-square tests of correct answers against the non-pruned model's count (where scipy "
-            "refuses them, as no goodness-of-fit tests, the value the study reported).",
+            "refuses them, as no goodness-of-fit tests: the value computed without its check, as the study's older "
+            "scipy did).",
             Table.of(["correct answers of", "expected: each", "chi2", "p", "defined"], body)))
     return tables
 
