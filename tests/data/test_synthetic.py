@@ -99,3 +99,13 @@ def test_a_damaged_manifest_rebuilds_the_dataset(tmp_path):
     (tmp_path / "ds" / "dataset.json").write_text("{")
     generate(settings, 32, tmp_path / "ds", progress=False)
     assert json.loads((tmp_path / "ds" / "dataset.json").read_text())["images"] == 20
+
+
+def test_object_size_sets_the_radius_range_of_the_class_object():
+    """A disk of radius r covers pi r^2 of the image: the drawn radius follows `object_size`."""
+    for low, high in ((0.12, 0.12), (0.25, 0.25)):
+        areas = [render(0, 0, i, 0, 64, 0, (low, high))[1].mean() / 255 for i in range(4)]  # label 0: disk
+        assert np.allclose(areas, np.pi * low * high, rtol=0.12), (low, areas)
+    small = np.mean([render(0, 0, i, 4, 64, 5, (0.12, 0.15))[1].mean() for i in range(6)])
+    large = np.mean([render(0, 0, i, 4, 64, 5, (0.2, 0.26))[1].mean() for i in range(6)])
+    assert large > 2 * small

@@ -152,14 +152,16 @@ def _draw_distractor(draw: ImageDraw.ImageDraw, rng: np.random.Generator, big: i
         draw.ellipse([*(centre - r), *(centre + r)], fill=colour)
 
 
-def render(seed: int, split: int, index: int, label: int, size: int, distractors: int) -> tuple[np.ndarray, np.ndarray]:
-    """One image and its object mask, from (seed, split, index) alone: any subset renders the same."""
+def render(seed: int, split: int, index: int, label: int, size: int, distractors: int,
+           object_size: tuple[float, float] = (0.12, 0.21)) -> tuple[np.ndarray, np.ndarray]:
+    """One image and its object mask, from (seed, split, index) alone: any subset renders the same.
+    The object's radius is drawn from `object_size` (shares of the image side)."""
     rng = np.random.default_rng([seed, split, index, label])
     big = size * SUPERSAMPLE
     background = _background(rng, big)
     image = Image.fromarray(background.astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    radius = rng.uniform(0.12, 0.21) * big
+    radius = rng.uniform(*object_size) * big
     for _ in range(distractors):
         _draw_distractor(draw, rng, big, radius)
     centre = rng.uniform(radius * 1.2, big - radius * 1.2, 2)
@@ -183,10 +185,10 @@ def render(seed: int, split: int, index: int, label: int, size: int, distractors
     return np.asarray(image), (np.asarray(mask) >= 128).astype(np.uint8) * 255
 
 
-def _write_one(args: tuple[Path, int, int, int, int, int, int]) -> None:
-    dest, seed, split, index, label, size, distractors = args
+def _write_one(args: tuple[Path, int, int, int, int, int, int, tuple[float, float]]) -> None:
+    dest, seed, split, index, label, size, distractors, object_size = args
     split_name = next(k for k, v in SPLITS.items() if v == split)
-    image, mask = render(seed, split, index, label, size, distractors)
+    image, mask = render(seed, split, index, label, size, distractors, object_size)
     name = f"{index:05d}.png"
     Image.fromarray(image).save(dest / split_name / CLASSES[label] / name)
     Image.fromarray(mask).save(dest / "masks" / split_name / CLASSES[label] / name)
@@ -199,7 +201,8 @@ def _jobs(settings: SyntheticSettings, size: int, dest: Path) -> list[tuple]:
         for label in range(len(CLASSES)):
             for k in range(counts[split_name]):
                 index = label * counts[split_name] + k
-                jobs.append((dest, settings.seed, split, index, label, size, settings.distractors))
+                jobs.append((dest, settings.seed, split, index, label, size, settings.distractors,
+                             tuple(settings.object_size)))
     return jobs
 
 
