@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,3 +147,21 @@ def test_last_improvement_keeps_the_start_weights_when_no_epoch_beats_zero(monke
     result, model, states = _scripted_fit(monkeypatch, "last_improvement", [0.0] * 7)
     assert (result.best_epoch, result.stopped_epoch, result.valid_accuracy) == (-1, 2, 0.0)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in states[0].items())
+
+
+def test_onecycle_warms_up_to_the_learning_rate_and_anneals_over_all_epochs(tmp_path, tiny_dataset, monkeypatch):
+    settings = tiny_settings(tmp_path, tiny_dataset, "train.epochs=3", "train.patience=3", "train.schedule=onecycle",
+                             "train.learning_rate=0.002")
+    train, valid, _ = _loaders(settings, tiny_dataset)
+    made = []
+    adam = torch.optim.Adam
+    monkeypatch.setattr(torch.optim, "Adam", lambda *a, **k: made.append(adam(*a, **k)) or made[-1])
+    rates: list[float] = []  # after each step: the rate the next step uses
+    fit(build_model(10, settings.model), train, valid, settings.train, settings.data, CPU,
+        after_step=lambda: rates.append(made[0].param_groups[0]["lr"]))
+    steps = 3 * len(train)
+    assert len(rates) == steps
+    peak = int(np.argmax(rates))
+    assert max(rates) == pytest.approx(0.002, rel=0.05) and 0.2 * steps <= peak <= 0.4 * steps
+    assert rates[0] < 0.002 / 3 and rates[-1] < 0.002 / 20
+    assert TrainSettings().schedule == "constant"

@@ -100,6 +100,11 @@ class TrainSettings(_Section):
     epochs: int = Field(45, ge=1)
     optimizer: Literal["SGD", "Adam"] = "Adam"
     learning_rate: float = Field(0.001, gt=0)
+    schedule: Literal["constant", "onecycle"] = Field(
+        "constant",
+        description="learning rate over a fit: constant (the study), or onecycle (warm up to learning_rate over "
+        "the first 30 % of the epochs' steps, then anneal to near zero: fewer epochs reach the same accuracy)",
+    )
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(10, ge=1, description="epochs without improvement before stopping")

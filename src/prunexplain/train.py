@@ -137,7 +137,18 @@ def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimiz
     return torch.optim.Adam(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
 
 
-def _train_epoch(model, loader, optimizer, scaler, data, runtime, device, generator, after_step, bar):
+def _scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, steps_per_epoch: int):
+    """torch's OneCycleLR over all steps of `settings.epochs` for schedule "onecycle"; None: constant.
+    Early stopping may end the cycle before its end, which keeps the weights of the best epoch so far."""
+    if settings.schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.learning_rate, epochs=settings.epochs, steps_per_epoch=max(1, steps_per_epoch),
+        pct_start=0.3,
+    )
+
+
+def _train_epoch(model, loader, optimizer, scheduler, scaler, data, runtime, device, generator, after_step, bar):
     model.train()
     correct = loss_sum = count = 0.0
     for images, labels in bar(loader):
@@ -152,6 +163,8 @@ def _train_epoch(model, loader, optimizer, scaler, data, runtime, device, genera
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if scheduler is not None:
+            scheduler.step()
         if after_step is not None:
             after_step()
         correct += (logits.argmax(1) == y).sum().item()
@@ -202,6 +215,7 @@ def _seeded(seed: int, device: torch.device, loader: DataLoader) -> Iterator[Non
 def _fit(model, train_loader, valid_loader, settings, data, device, runtime, after_step, description) -> FitResult:
     _freeze(model, settings.frozen_parts)
     optimizer = _optimizer(model, settings)
+    scheduler = _scheduler(optimizer, settings, len(train_loader))
     scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp and device.type == "cuda")
     generator = torch.Generator().manual_seed(settings.seed + 1 + (dist.get_rank() if dist.is_initialized() else 0))
     show = runtime.progress and (not dist.is_initialized() or dist.get_rank() == 0)
@@ -218,7 +232,7 @@ def _fit(model, train_loader, valid_loader, settings, data, device, runtime, aft
             sampler.set_epoch(epoch)
         bar = lambda it: tqdm(it, leave=False, unit="batch", disable=not show)  # noqa: E731
         train_acc, train_loss = _train_epoch(
-            model, train_loader, optimizer, scaler, data, runtime, device, generator, after_step, bar
+            model, train_loader, optimizer, scheduler, scaler, data, runtime, device, generator, after_step, bar
         )
         _share_buffers(model)
         valid = evaluate(model, valid_loader, data, device, runtime.amp)
