@@ -408,7 +408,8 @@ for _key, _spec in EXPERIMENTS.items():
 
 
 study_app = typer.Typer(
-    help="Human studies: build the stimuli, publish them to S3, serve the study, export answers, simulate crowds.",
+    help="Human studies: build the stimuli, publish them to S3, serve the study, export answers, simulate crowds, "
+    "predict a study with model-based observers.",
     no_args_is_help=True,
 )
 app.add_typer(study_app, name="study")
@@ -444,6 +445,26 @@ def study_simulate(
             spammer_share=spammer_share, item_correlation=item_correlation, seed=seed,
         )
         typer.echo(simulate(settings, out, power).markdown())
+
+
+@study_app.command("predict")
+def study_predict(run_dir: Annotated[Path, typer.Option("--run", help="Run directory with a built study, e.g. "
+                                                       "runs/demo.")],
+                  config: ConfigOption = None, overrides: SetOption = None) -> None:
+    """Predict a planned study before paying for it: model-based observers answer the run's stimuli.
+
+    An observer classifier (trained once per run on occluded training images) answers each stimulus,
+    with worker noise, side bias and careless workers on top ([crowd] settings). Writes
+    runs/<name>/prediction/<experiment>/: the answers in MTurk's format, truth.json (the predicted
+    effects), the analysis of the answers, and for experiment 1 power.json (items needed per pair,
+    from the predicted effects). Predictions of a model, not of people.
+    """
+    from prunexplain.pipeline import predict_study
+
+    with user_errors():
+        _study_dir(run_dir)
+        settings = _stage_settings(run_dir, config, overrides, None)
+        typer.echo(predict_study(settings, Run(settings.run_dir)))
 
 
 @study_app.command("build")

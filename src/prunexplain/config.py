@@ -666,6 +666,23 @@ class CrowdSettings(_Section):
     """
 
     simulate: bool = Field(True, description="simulate a crowd when the run has no real answers")
+    mode: Literal["observer", "published"] = Field(
+        "observer",
+        description="observer: model-based observers answer the run's own stimuli; published: workers drawn "
+        "from the published study's effect sizes, blind to the stimuli",
+    )
+    none_confidence: float = Field(
+        0.3, ge=0, le=1, description="observers answer 'none' (exp2) when their top probability is below this"
+    )
+    equal_margin: float = Field(
+        0.1, ge=0, le=1, description="observers answer 'equally reasonable' (exp1) when the two maps' class "
+        "probabilities differ by less than this"
+    )
+    observer_epochs: int = Field(12, ge=1, description="training epochs of the run's observer classifier")
+    observer_noise: float = Field(
+        0.5, ge=0, description="observers: mean standard deviation of a worker's noise on the classifier's "
+        "log-probabilities (each worker's own is drawn from 0 to twice this)"
+    )
     workers: int = Field(60, ge=1, description="size of the simulated worker pool")
     answers_per_item: int = Field(5, ge=1, description="assignments per stimulus, each by a different worker")
     spammer_share: float = Field(0.05, ge=0, le=1, description="share of simulated workers answering at random")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from prunexplain.config import Settings, UserError
 from prunexplain.preflight import preflight
-from prunexplain.runs import Run, fault_point, write_text
+from prunexplain.runs import Run, fault_point, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -213,3 +213,27 @@ def _not_ready(settings: Settings, run: Run, stage: Stage, wanted: str) -> str:
                         f"`prunexplain run` with it")
     return (f"{wanted}: the run's {stage.name} stage is out of date (its outputs changed since it finished, or an "
             f"earlier stage changed); run `prunexplain run --until {wanted}`")
+
+
+def predict_study(settings: Settings, run: Run) -> str:
+    """`study predict`: model-based observers answer the run's built study (`study.observers.predict`,
+    with the power each pair's predicted effect implies), the analysis stage's `analyze` reads their
+    answers as it reads people's, and `prediction/prediction.json` lists where everything is."""
+    from prunexplain.analysis.stage import analyze
+    from prunexplain.study.observers import predict
+    from prunexplain.study.simulate import SimulationResult
+
+    observed = predict(settings, run)
+    listing, parts = {}, []
+    for key, result in observed.items():
+        folder = run.prediction.answers(key)
+        analysed = analyze(result.kind, [result.results], settings.analysis, run.prediction.analysis(key))
+        listing[key] = {"kind": result.kind, "source": "observers", "files": [str(result.results)],
+                        "truth": str(folder.truth), "analysis": str(run.prediction.analysis(key)),
+                        "power": str(folder.power) if result.power else None}
+        table = SimulationResult(result.kind, result.results, result.truth, result.power).markdown()
+        where = f"{run.prediction.analysis(key)} ({analysed.summary['answers']} answers)"
+        parts.append(f"## {key}: predicted by model-based observers, not people\n\n{table}\n"
+                     f"Analysis of these answers: {where}")
+    write_json(run.prediction.summary, listing)
+    return "\n\n".join(parts) + f"\n\nPrediction listed in {run.prediction.summary}"

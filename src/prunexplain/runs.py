@@ -154,7 +154,14 @@ class StudyFolder:
         return self.export / "attention_checks.csv"
 
     def simulated(self, experiment: str) -> Path:
+        """A simulated crowd's answers to one experiment (published effects or model-based observers)."""
         return self.root / "simulated" / experiment
+
+    @property
+    def observer(self) -> Path:
+        """The observers' classifier (`study.observers`): a cache of the crowd stage, kept while its
+        fingerprint (in the checkpoint's meta) matches, so it is trained once per run."""
+        return self.root / "observer" / "model.pt"
 
     @property
     def crowd(self) -> Path:
@@ -207,6 +214,26 @@ class SimulationFolder:
     @property
     def power(self) -> Path:
         return self.root / "power.json"
+
+
+class PredictionFolder:
+    """`study predict`: the observers' answers to a planned study, their analysis and the power they
+    imply (`<run>/prediction/`); kept apart from `study/` so a prediction is never taken for answers."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def answers(self, experiment: str) -> SimulationFolder:
+        """One experiment's predicted answers (MTurk format), predicted truth and power."""
+        return SimulationFolder(self.root / experiment)
+
+    def analysis(self, experiment: str) -> Path:
+        """One experiment's analysis of the predicted answers (what `analyze` writes)."""
+        return self.root / experiment / "analysis"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "prediction.json"
 
 
 class Run:
@@ -360,6 +387,11 @@ class Run:
     @property
     def report(self) -> Path:
         return self.root / "report.html"
+
+    @property
+    def prediction(self) -> PredictionFolder:
+        """Where `study predict` writes (the observers' answers, their analysis and power)."""
+        return PredictionFolder(self.root / "prediction")
 
     @property
     def study_rebuild(self) -> Path:

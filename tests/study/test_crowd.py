@@ -18,7 +18,8 @@ from prunexplain.study.crowd import answers_fingerprint, crowd_stage
 from prunexplain.study.server.store import CLOSED, SERVING, Store
 from tests.study.databases import BROKEN, copy_study, count_answers, serving, study_folder
 
-OVERRIDES = ["runtime.progress=false", "crowd.workers=6", "crowd.answers_per_item=2"]
+# The hand-built study has no models in the run: its crowd is the published-effects simulation.
+OVERRIDES = ["runtime.progress=false", "crowd.workers=6", "crowd.answers_per_item=2", 'crowd.mode="published"']
 
 
 def _run(root, name="x"):

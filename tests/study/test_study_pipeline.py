@@ -20,26 +20,27 @@ def test_study_crowd_analysis_and_report_follow_the_models(study_run):
     _done_through(settings, run, "evaluate")
     report = run_pipeline(settings, run)
     assert "study: 20 images; stimuli: exp1 60, exp1_heatmap 60, exp2 60" in report
-    assert "crowd: exp1: 1 simulated file(s)" in report and "analysis: exp1: 300 simulated answers" in report
+    # no real answers: model-based observers answer the run's own stimuli (crowd.mode's default)
+    assert "crowd: exp1: 1 observers file(s)" in report and "analysis: exp1: 300 observers answers" in report
     sources = json.loads(run.analysis_source.read_text())
-    assert {key: s["source"] for key, s in sources.items()} == {"exp1": "simulated", "exp1_heatmap": "simulated",
-                                                               "exp2": "simulated"}
+    assert {key: s["source"] for key, s in sources.items()} == {"exp1": "observers", "exp1_heatmap": "observers",
+                                                               "exp2": "observers"}
     summary = json.loads((run.analysis("exp2") / "summary.json").read_text())
     assert summary["answers"] == 300 and [m for m in summary["models"]] == ["nonpruned", "2pruned", "32pruned"]
     html = run.report.read_text()
-    assert "simulated" in html.lower() and "exp1_heatmap" in html
-    assert "Why: no answer files exp2*.csv" in html  # the report says why the crowd is simulated
-    # people's answers dropped into study/answers/ replace the simulated crowd of that experiment only
+    assert "Predicted by model-based observers, not people" in html and "exp1_heatmap" in html
+    assert "Why: no answer files exp2*.csv" in html  # the report says why no people answered
+    # people's answers dropped into study/answers/ replace the observers of that experiment only
     real = run.study.answers / "exp2_batch1.csv"
     real.parent.mkdir()
     shutil.copy(run.study.simulated("exp2") / "exp2_results.csv", real)
     again = run_pipeline(settings, run)
-    assert "study: done (skipped)" in again and "crowd: exp1: 1 simulated file(s)" in again
+    assert "study: done (skipped)" in again and "crowd: exp1: 1 observers file(s)" in again
     assert "exp2: 1 real file(s)" in again
     assert json.loads(run.analysis_source.read_text())["exp2"]["files"] == [str(real)]
 
 
-def test_answers_of_the_self_hosted_study_replace_the_simulated_crowd(study_run, monkeypatch):
+def test_answers_of_the_self_hosted_study_replace_the_observers(study_run, monkeypatch):
     from fastapi.testclient import TestClient
 
     from prunexplain.config import ServeSettings
@@ -49,7 +50,7 @@ def test_answers_of_the_self_hosted_study_replace_the_simulated_crowd(study_run,
     settings, run = study_run
     settings = settings.model_copy(update={"study": settings.study.model_copy(update={"experiments": ["exp2"]})})
     _done_through(settings, run, "evaluate")
-    assert "crowd: exp2: 1 simulated file(s)" in run_pipeline(settings, run)
+    assert "crowd: exp2: 1 observers file(s)" in run_pipeline(settings, run)
     monkeypatch.setenv("PRUNEXPLAIN_ADMIN_TOKEN", "a-token-for-this-test-0123456789")
     serve = ServeSettings(experiments=["exp2"], tasks_per_participant=6, attention_checks=0)
     with TestClient(create_app(run.study.root, serve)) as participant:

@@ -2,8 +2,9 @@
 
 Reads the study's manifest (what `prunexplain study build` wrote) and, per experiment, the analysis
 summary with its PNGs (what `prunexplain analyze` writes), and the analysis' source record, which
-says whether the answers came from people or a simulated crowd. What each experiment asks and how
-its stimuli and answers are laid out comes from the experiment spec (`prunexplain.experiments`).
+says whether the answers came from people, model-based observers or a simulated crowd. What each
+experiment asks and how its stimuli and answers are laid out comes from the experiment spec
+(`prunexplain.experiments`).
 """
 
 from __future__ import annotations
@@ -118,6 +119,10 @@ def _stimulus(run: Run, stimulus: dict, kind: Kind, settings: ReportSettings) ->
 _SOURCES = {
     "simulated": ("simulated", "Simulated crowd: these answers come from `prunexplain study simulate`, not from "
                                "people. The numbers test the analysis, not the explanations."),
+    "observers": ("observers", "Predicted by model-based observers, not people: a classifier trained on the run's "
+                               "occluded training images answered the run's own stimuli, with simulated worker noise, "
+                               "side bias and careless workers on top. The numbers say what the explanations leave "
+                               "visible to a model; only people can say what they leave visible to people."),
     "real": ("real", "Real participants: these answers were given by people."),
 }
 _UNKNOWN = ("unknown", "Source of these answers unknown (not recorded in analysis/source.json).")
@@ -145,7 +150,7 @@ _CAPTIONS = {  # (kind, file) -> what to look at
 
 @dataclass(frozen=True)
 class Source:
-    """Who gave the answers: the banner's colour (simulated, real, unknown) and its text."""
+    """Who gave the answers: the banner's colour (simulated, observers, real, unknown) and its text."""
 
     kind: str
     text: str

@@ -16,16 +16,17 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from prunexplain.config import Settings, UserError, read_json
+from prunexplain.config import DataSettings, Settings, StudySettings, UserError, read_json
 from prunexplain.data import class_names, dataset_root
-from prunexplain.data.loaders import image_dataset, load_splits, stacked
+from prunexplain.data.loaders import ImageSet, image_dataset, load_splits, stacked
 from prunexplain.experiments import EXPERIMENTS, RENDERINGS, study_model_name
 from prunexplain.explain import maps_and_predictions
 from prunexplain.models import file_digest, load_checkpoint, select_device
 from prunexplain.runs import ModelKey, Run, StudyFolder, write_json
 from prunexplain.study.mturk import write_input, write_layout
-from prunexplain.study.select import Selection, from_csv, select, study_key
+from prunexplain.study.select import Selection, from_csv, read_selection, select, study_key
 from prunexplain.study.stimuli import Stimulus, draw_maps, exp1_stimuli, exp2_stimuli, shared_sides, study_pairs
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,26 @@ class StudyResult:
     def summary(self) -> str:
         counts = ", ".join(f"{key} {count}" for key, count in self.stimuli.items())
         return f"{self.images} images; stimuli: {counts}; manifest {StudyFolder(self.folder).manifest}"
+
+
+@dataclass
+class Shown:
+    """What a study's stimuli are drawn from: the selected images, each model's maps of them, their
+    labels and the ids their file names carry. `study build` renders it, and the model-based
+    observers (`study.observers`) read the same arrays through `drawn`, so they judge exactly the
+    pictures the PNGs show."""
+
+    pictures: np.ndarray  # [N, H, W, 3] uint8
+    maps: dict[str, np.ndarray]  # study model name -> [N, H, W], 0..1
+    labels: list[str]
+    ids: list[int]
+    classes: list[str]
+
+    def drawn(self, study: StudySettings, rendering: str) -> dict[str, np.ndarray]:
+        """Each model's pictures `[N, H, W, 3]` as `rendering` shows them to people."""
+        return {name: draw_maps(rendering, self.pictures, maps, study.occlusion, study.heatmap_alpha,
+                                study.occlusion_count, study.heatmap_exponent)
+                for name, maps in self.maps.items()}
 
 
 def study_models(settings: Settings, run: Run) -> dict[str, tuple[ModelKey, Path]]:
@@ -124,33 +145,78 @@ def _remove_stale(folder: StudyFolder, experiments: list[str], stimuli: list[Sti
             folder.layout(key).unlink(missing_ok=True)
 
 
+@dataclass
+class _Models:
+    """The study's models loaded on the device, with what their checkpoints say about the data."""
+
+    models: dict[str, torch.nn.Module]
+    checkpoints: dict[str, dict]
+    data: DataSettings  # the run's, with the image size and normalisation the models were trained with
+    device: torch.device
+
+
+def _load_models(settings: Settings, chosen: dict[str, tuple[ModelKey, Path]]) -> _Models:
+    device = select_device(settings.runtime.device)
+    loaded = {name: load_checkpoint(path, device) for name, (_, path) in chosen.items()}
+    checkpoints = {name: checkpoint for name, (_, checkpoint) in loaded.items()}
+    first = next(iter(checkpoints.values()))["meta"]["data"]
+    data = settings.data.model_copy(update={"normalize": first["normalize"], "image_size": first["image_size"]})
+    return _Models({name: model for name, (model, _) in loaded.items()}, checkpoints, data, device)
+
+
+def _test_split(settings: Settings, run: Run) -> tuple[Path, ImageSet]:
+    root = dataset_root(settings.data, run, progress=False)
+    return root, load_splits(root, settings.data.split_seed, class_names(settings.data)).test
+
+
+def _shown(settings: Settings, loaded: _Models, selection: Selection, classes: list[str]) -> Shown:
+    """The selected images and every model's maps of them (the arrays the stimuli are drawn from)."""
+    images = stacked(selection.images, loaded.data.image_size)
+    maps = _maps(settings, loaded.models, loaded.checkpoints, images, list(selection.images.labels), loaded.device)
+    labels = [classes[label] for label in selection.images.labels]
+    return Shown(images.permute(0, 2, 3, 1).numpy(), maps, labels, selection.ids, classes)
+
+
 def build_study(settings: Settings, run: Run, out: Path | None = None) -> StudyResult:
     """Select the images, render both experiments, write the MTurk files and the manifest."""
     folder = StudyFolder(out) if out is not None else run.study
     study = settings.study
     chosen = study_models(settings, run)
     pairs = _pairs(settings, list(chosen))
-    device = select_device(settings.runtime.device)
-    loaded = {name: load_checkpoint(path, device) for name, (_, path) in chosen.items()}
-    models = {name: model for name, (model, _) in loaded.items()}
-    checkpoints = {name: checkpoint for name, (_, checkpoint) in loaded.items()}
-    first = next(iter(checkpoints.values()))["meta"]["data"]
-    data = settings.data.model_copy(update={"normalize": first["normalize"], "image_size": first["image_size"]})
-    root = dataset_root(settings.data, run, progress=False)
-    test = load_splits(root, settings.data.split_seed, class_names(settings.data)).test
-    selection = _selection(settings, models, test, root, data, device)
+    loaded = _load_models(settings, chosen)
+    root, test = _test_split(settings, run)
+    selection = _selection(settings, loaded.models, test, root, loaded.data, loaded.device)
     selection.write(folder.selection)
-    images = stacked(selection.images, data.image_size)
-    maps = _maps(settings, models, checkpoints, images, list(selection.images.labels), device)
-    classes = list(test.classes)
-    labels = [classes[label] for label in selection.images.labels]
-    stimuli = _render(settings, images.permute(0, 2, 3, 1).numpy(), maps, labels, selection.ids, pairs, classes,
-                      folder)
+    shown = _shown(settings, loaded, selection, list(test.classes))
+    stimuli = _render(settings, shown, pairs, folder)
     _remove_stale(folder, study.experiments, stimuli)
-    _write_manifest(folder, settings, run, chosen, classes, stimuli)
+    _write_manifest(folder, settings, run, chosen, shown.classes, stimuli)
     counts = {key: sum(s.experiment == key for s in stimuli) for key in study.experiments}
-    log.info("study: %d images, %s in %s", len(labels), counts, folder.root)
-    return StudyResult(folder.root, len(labels), counts)
+    log.info("study: %d images, %s in %s", len(shown.labels), counts, folder.root)
+    return StudyResult(folder.root, len(shown.labels), counts)
+
+
+def shown_again(settings: Settings, run: Run) -> Shown:
+    """The arrays the run's built study was drawn from, computed again from its models and its
+    `selection.csv` the way `build_study` computed them: for readers of the stimuli that need the
+    pictures as arrays (the model-based observers), not as PNGs.
+
+    The study must have been built from the checkpoints the run holds now (the manifest's SHA-256),
+    else its PNGs show other maps and this stops, asking for a new build.
+    """
+    manifest = read_manifest(run.study.manifest)
+    chosen = study_models(settings, run)
+    built = manifest.get("models", {})
+    if list(built) != list(chosen) or any(file_digest(path) != built[name].get("sha256")
+                                          for name, (_, path) in chosen.items()):
+        raise UserError(f"{run.study.manifest}: the study was built from other models than study.models names "
+                        f"now ({', '.join(built)}); run `prunexplain study build` again")
+    loaded = _load_models(settings, chosen)
+    _, test = _test_split(settings, run)
+    if list(test.classes) != list(manifest.get("classes", [])):
+        raise UserError(f"{run.study.manifest}: built for other classes than the run's dataset has; run "
+                        "`prunexplain study build` again")
+    return _shown(settings, loaded, read_selection(run.study.selection, test), list(test.classes))
 
 
 def _selection(settings: Settings, models, test, root: Path, data, device) -> Selection:
@@ -163,12 +229,12 @@ def _selection(settings: Settings, models, test, root: Path, data, device) -> Se
                   settings.runtime.progress, study.selection)
 
 
-def _render(settings: Settings, pictures: np.ndarray, maps: dict[str, np.ndarray], labels: list[str], ids: list[int],
-            pairs: dict[str, list[tuple[str, str]]], classes: list[str], folder: StudyFolder) -> list[Stimulus]:
+def _render(settings: Settings, shown: Shown, pairs: dict[str, list[tuple[str, str]]],
+            folder: StudyFolder) -> list[Stimulus]:
     """Every experiment's stimuli, input CSV and layout; the sides of the pairs drawn once for every
     experiment that compares (the same model on the same side of an image in both renderings)."""
     study, progress = settings.study, settings.runtime.progress
-    renderings = list(pairs)
+    renderings, labels, ids = list(pairs), shown.labels, shown.ids
     sides = dict(zip(renderings, shared_sides(len(labels), [pairs[r] for r in renderings], study.seed)))
     drawn: dict[str, dict[str, np.ndarray]] = {}
     stimuli: list[Stimulus] = []
@@ -176,16 +242,14 @@ def _render(settings: Settings, pictures: np.ndarray, maps: dict[str, np.ndarray
         experiment = EXPERIMENTS[key]
         rendering = experiment.rendering
         if rendering not in drawn:
-            drawn[rendering] = {n: draw_maps(rendering, pictures, maps[n], study.occlusion, study.heatmap_alpha,
-                                             study.occlusion_count, study.heatmap_exponent)
-                                for n in maps}
+            drawn[rendering] = shown.drawn(study, rendering)
         if experiment.kind.compares:
-            made = exp1_stimuli(experiment, pictures, drawn[rendering], labels, pairs[rendering], sides[rendering],
-                                folder, progress, ids, study.layout)
+            made = exp1_stimuli(experiment, shown.pictures, drawn[rendering], labels, pairs[rendering],
+                                sides[rendering], folder, progress, ids, study.layout)
         else:
             made = exp2_stimuli(experiment, drawn[rendering], labels, folder, progress, ids, study.layout)
         write_input(folder.input_csv(key), [s.file for s in made], study.url_prefix, study.seed)
-        write_layout(folder.layout(key), experiment, classes)
+        write_layout(folder.layout(key), experiment, shown.classes)
         stimuli += made
     return stimuli
 

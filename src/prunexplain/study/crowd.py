@@ -4,9 +4,11 @@ Real answers are MTurk batch-results CSVs put into `study/answers/` as `<experim
 `exp1_batch1.csv`, `exp1_heatmap.csv`; `experiments.answer_files_of` says which file is whose) and
 the self-hosted study's database `study/study.db` (exported to `study/export/`). An experiment
 without real answers is answered by a simulated crowd (`crowd.simulate`) under
-`study/simulated/<experiment>/`, with the study's published effects as its truth where the model
-names match. `study/crowd.json` lists, per experiment, its kind, the source (real or simulated), the
-files and, for a simulated crowd, the reason: the analysis stage reads only that.
+`study/simulated/<experiment>/`: by default (`crowd.mode = "observer"`) model-based observers that
+look at the run's own stimuli (`study.observers`), or (`"published"`) workers drawn from the study's
+published effects where the model names match, blind to the stimuli. `study/crowd.json` lists, per
+experiment, its kind, the source (real, observers or simulated), the files and, for a crowd that is
+not people, the reason: the analysis stage reads only that.
 
 Never a silent fallback: a database that exists but cannot be read whole (empty, corrupt, foreign,
 a directory or a dangling link, copied without its -wal while a server ran: see
@@ -23,10 +25,11 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunexplain.config import ModelTruth, PairTruth, Settings, SimulateSettings
+from prunexplain.config import ModelTruth, PairTruth, Settings, SimulateSettings, UserError
 from prunexplain.experiments import answer_files_of, kind
 from prunexplain.runs import Run, StudyFolder, write_json
 from prunexplain.study.build import read_manifest
+from prunexplain.study.observers import observe
 from prunexplain.study.simulate import simulate
 
 log = logging.getLogger(__name__)
@@ -106,19 +109,32 @@ def crowd_stage(settings: Settings, run: Run) -> CrowdResult:
     manifest = read_manifest(study.manifest)
     exported, said = _exported(study)
     names = sorted(path.name for path in study.answers.glob("*.csv"))
-    sources = {}
+    sources, missing = {}, {}
     for key, experiment in manifest["experiments"].items():
         real = [study.answers / name for name in answer_files_of(key, names)]
         real += [exported[key]] if key in exported else []
-        entry = {"kind": kind(experiment["kind"]).name}
+        sources[key] = {"kind": kind(experiment["kind"]).name}
         if real:
-            sources[key] = {**entry, "source": "real", "files": [str(p) for p in real]}
+            sources[key] |= {"source": "real", "files": [str(p) for p in real]}
         elif settings.crowd.simulate:
-            reason = _why_simulated(study, key, said)
-            log.info("crowd: %s: a simulated crowd answers (%s)", key, reason)
-            path = _simulated(settings, manifest, key, study.simulated(key))
-            sources[key] = {**entry, "source": "simulated", "files": [str(path)], "reason": reason}
+            missing[key] = _why_simulated(study, key, said)
         else:
             log.info("crowd: no answers to %s yet and crowd.simulate is off", key)
+            del sources[key]
+    if settings.crowd.mode == "observer" and missing:
+        for key, reason in missing.items():
+            log.info("crowd: %s: model-based observers answer (%s)", key, reason)
+        try:
+            answered = observe(settings, run, list(missing), study.simulated)
+        except UserError as error:
+            raise UserError(f"{error} (model-based observers answer from the run's models and data; "
+                            "crowd.mode = \"published\" simulates a crowd without them)") from None
+        for key, reason in missing.items():
+            sources[key] |= {"source": "observers", "files": [str(answered[key].results)], "reason": reason}
+    else:
+        for key, reason in missing.items():
+            log.info("crowd: %s: a simulated crowd answers (%s)", key, reason)
+            path = _simulated(settings, manifest, key, study.simulated(key))
+            sources[key] |= {"source": "simulated", "files": [str(path)], "reason": reason}
     write_json(study.crowd, sources)
     return CrowdResult(sources)

@@ -79,6 +79,30 @@ class Selection:
         return write_csv(path, self.rows())
 
 
+def read_selection(path: Path, test: ImageSet) -> Selection:
+    """The selection `Selection.write` wrote, on the run's test split: what later readers of a built
+    study (the observers) redraw its stimuli from. A file that does not fit the split stops here."""
+    schemes = {text: key for key, text in ID_SCHEMES.items()}
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        indices = tuple(int(row["test_index"]) for row in rows)
+        scheme = schemes[rows[0]["id_scheme"]] if rows else "random"
+        ids = [int(row["image"]) for row in rows]
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file; run `prunexplain study build` first") from None
+    except (KeyError, ValueError, OSError) as error:
+        raise UserError(f"{path}: not a study selection ({type(error).__name__}: {error})") from None
+    if any(not 0 <= index < len(test) for index in indices):
+        raise UserError(f"{path}: names test images the run's test split ({len(test)} images) does not have; "
+                        "run `prunexplain study build` again")
+    selection = Selection(indices, test.subset(list(indices)), scheme)
+    paths = [str(p) for p in selection.images.paths]
+    if selection.ids != ids or paths != [row["path"] for row in rows]:
+        raise UserError(f"{path}: its images are not the run's test split's; run `prunexplain study build` again")
+    return selection
+
+
 @torch.no_grad()
 def predictions(model: torch.nn.Module, dataset, data: DataSettings, batch_size: int, device) -> np.ndarray:
     """Predicted class of every image of a uint8 dataset, in order (float32, no autocast: the

@@ -143,7 +143,7 @@ def simulate_answers(settings: SimulateSettings, rng: np.random.Generator, crowd
     else:
         parts = [_exp2_model(kind, model, settings, crowd, rng) for model in settings.models]
     items = pd.concat(parts, ignore_index=True)
-    return _mturk_rows(items, settings, crowd, rng)
+    return mturk_rows(items, settings, crowd, rng)
 
 
 def _labels(settings: SimulateSettings) -> np.ndarray:
@@ -151,7 +151,7 @@ def _labels(settings: SimulateSettings) -> np.ndarray:
     return np.array(settings.classes)[np.arange(settings.images) % len(settings.classes)]
 
 
-def _assign_workers(items: int, settings: SimulateSettings, rng: np.random.Generator) -> np.ndarray:
+def assign_workers(items: int, settings: SimulateSettings, rng: np.random.Generator) -> np.ndarray:
     """`answers_per_item` different workers per item, uniformly from the pool: [items, k] indices."""
     keys = rng.random((items, settings.workers))
     return np.argpartition(keys, settings.answers_per_item - 1, axis=1)[:, : settings.answers_per_item]
@@ -169,7 +169,7 @@ def _exp1_pair(kind: Kind, pair: PairTruth, settings: SimulateSettings, crowd: C
                rng: np.random.Generator) -> pd.DataFrame:
     n, k = settings.images, settings.answers_per_item
     a_left = rng.random(n) < 0.5
-    workers = _assign_workers(n, settings, rng)
+    workers = assign_workers(n, settings, rng)
     preference = item_shares(pair.preference, n, settings.item_correlation, rng)[:, None]
     none_share = item_shares(pair.none_share, n, settings.item_correlation, rng)[:, None]
     draws = rng.random((4, n, k))
@@ -184,14 +184,14 @@ def _exp1_pair(kind: Kind, pair: PairTruth, settings: SimulateSettings, crowd: C
     labels = _labels(settings)
     urls = [kind.stimulus_name(i, label, pair) for i, (label, *pair) in enumerate(zip(labels, left, right))]
     options = np.array([*(kind.picking(side) for side in kind.shows), NONE])  # as indexed above
-    return _long(urls, workers, options[answer])
+    return answer_rows(urls, workers, options[answer])
 
 
 def _exp2_model(kind: Kind, model, settings: SimulateSettings, crowd: Crowd, rng: np.random.Generator) -> pd.DataFrame:
     n, k, classes = settings.images, settings.answers_per_item, np.array(settings.classes)
     labels = _labels(settings)
     truth = np.arange(n) % len(classes)
-    workers = _assign_workers(n, settings, rng)
+    workers = assign_workers(n, settings, rng)
     draws = rng.random((3, n, k))
     # a wrong class: shift the true index by 1..C-1, uniformly
     wrong = (truth[:, None] + 1 + (draws[1] * (len(classes) - 1)).astype(int)) % len(classes)
@@ -204,15 +204,17 @@ def _exp2_model(kind: Kind, model, settings: SimulateSettings, crowd: Crowd, rng
     random_answer = np.minimum((draws[2] * len(options)).astype(int), len(options) - 1)
     answer = np.where(crowd.spammer[workers], random_answer, attentive)
     urls = [kind.stimulus_name(i, c, (model.name,)) for i, c in enumerate(labels)]
-    return _long(urls, workers, options[answer])
+    return answer_rows(urls, workers, options[answer])
 
 
-def _long(urls: list[str], workers: np.ndarray, answers: np.ndarray) -> pd.DataFrame:
+def answer_rows(urls: list[str], workers: np.ndarray, answers: np.ndarray) -> pd.DataFrame:
+    """Long form of `[items, k]` workers and answers: one row per assignment, each item's k together
+    (the HIT blocks `mturk_rows` numbers). The observers (`study.observers`) answer through it too."""
     k = workers.shape[1]
     return pd.DataFrame({"url": np.repeat(urls, k), "worker": workers.ravel(), "answer": answers.ravel()})
 
 
-def _mturk_rows(items: pd.DataFrame, settings: SimulateSettings, crowd: Crowd, rng) -> pd.DataFrame:
+def mturk_rows(items: pd.DataFrame, settings: SimulateSettings, crowd: Crowd, rng) -> pd.DataFrame:
     """Answers in MTurk's batch-results layout: one HIT per item, one row per assignment."""
     k = settings.answers_per_item
     hit = np.arange(len(items)) // k
@@ -271,14 +273,16 @@ def expected_truth(settings: SimulateSettings) -> dict:
 # --- power --------------------------------------------------------------------------------------
 
 
-def power_analysis(settings: SimulateSettings) -> list[dict]:
+def power_analysis(settings: SimulateSettings, max_items: int | None = None) -> list[dict]:
     """Per pair: how many items (HITs of `answers_per_item`) detect its preference with the asked power.
 
     A first size comes from the normal approximation of the test of a proportion against 1/2 on the
     decided answers (times the design effect 1 + (k - 1) rho when items differ); it grows in 5 %
     steps until simulation confirms the power: `power_sims` studies of that size, each with a freshly
     drawn pool, tested with the study's chi-square (divided by the design effect when items differ,
-    a first-order Rao-Scott correction: the plain test would reject too often).
+    a first-order Rao-Scott correction: the plain test would reject too often). A first size above
+    `max_items` is reported as it is, not simulated: near-null effects (as predicted ones can be)
+    need studies too large to pay for, and simulating thousands of them costs minutes.
     """
     rng = np.random.default_rng(settings.seed + 1)
     pools = [draw_crowd(settings, rng) for _ in range(settings.power_sims)]
@@ -296,6 +300,10 @@ def power_analysis(settings: SimulateSettings) -> list[dict]:
         # answers on one item correlate: a design effect inflates the independent-answers size
         design = 1 + (settings.answers_per_item - 1) * settings.item_correlation
         first = items = math.ceil(needed * design / decided / settings.answers_per_item)
+        if max_items is not None and first > max_items:
+            rows.append(row | {"items_normal": first, "items": None, "answers": None, "power": None, "curve": [],
+                               "max_items": max_items})
+            continue
         items, power = _search(lambda n: _simulated_power(pair, n, settings, pools, rng), items, settings.power_target)
         curve = [{"items": n, "power": _simulated_power(pair, n, settings, pools, rng)}
                  for n in sorted({max(1, round(items * f)) for f in (0.25, 0.5, 0.75, 1.5, 2.0)})]
@@ -362,7 +370,10 @@ def power_markdown(rows: list[dict]) -> str:
     for row in rows:
         pair = f"{row['a']} vs {row['b']}"
         if row["items"] is None:
-            lines.append([pair, f"{row['expected_a_share']:.3f}", "-", "-", "-", "-", "no difference to detect"])
+            normal, note = row.get("items_normal"), "no difference to detect"
+            if normal is not None:
+                note = f"more than {row['max_items']} items: not simulated"
+            lines.append([pair, f"{row['expected_a_share']:.3f}", normal or "-", "-", "-", "-", note])
             continue
         curve = ", ".join(f"{c['items']}: {c['power']:.2f}" for c in row["curve"])
         lines.append([pair, f"{row['expected_a_share']:.3f}", row["items_normal"], row["items"], row["answers"],
