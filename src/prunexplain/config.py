@@ -52,9 +52,9 @@ class SyntheticSettings(_Section):
     seed: int = 0
     train_per_class: int = Field(360, ge=1)
     val_per_class: int = Field(120, ge=1)
-    distractors: int = Field(5, ge=0, le=30)
+    distractors: int = Field(2, ge=0, le=30, description="clutter items (lines, arcs, zigzags, dots) per image")
     object_size: list[float] = Field(
-        default_factory=lambda: [0.12, 0.21], description="[min, max] radius of the class object, share of the side"
+        default_factory=lambda: [0.16, 0.26], description="[min, max] radius of the class object, share of the side"
     )
 
     @field_validator("object_size")

@@ -7,11 +7,13 @@ from PIL import Image
 from prunexplain.config import SyntheticSettings, UserError
 from prunexplain.data.synthetic import CLASSES, generate, render
 
+SIZE = tuple(SyntheticSettings().object_size)
+
 
 def test_same_seed_same_image_other_seed_other_image():
-    a, mask_a = render(0, 0, 5, 3, 64, 5)
-    b, mask_b = render(0, 0, 5, 3, 64, 5)
-    c, _ = render(1, 0, 5, 3, 64, 5)
+    a, mask_a = render(0, 0, 5, 3, 64, 5, SIZE)
+    b, mask_b = render(0, 0, 5, 3, 64, 5, SIZE)
+    c, _ = render(1, 0, 5, 3, 64, 5, SIZE)
     assert np.array_equal(a, b) and np.array_equal(mask_a, mask_b)
     assert not np.array_equal(a, c)
 
@@ -19,7 +21,7 @@ def test_same_seed_same_image_other_seed_other_image():
 def test_the_class_object_is_a_minority_of_the_image_and_its_mask_is_exact():
     for index in range(40):
         label = index % 10
-        image, mask = render(0, 0, index, label, 64, 5)
+        image, mask = render(0, 0, index, label, 64, 5, SIZE)
         inside = mask == 255
         assert 0.01 < inside.mean() < 0.25, CLASSES[label]
         # the object is one flat colour: pixels deep inside the mask barely vary, the image does
@@ -27,6 +29,16 @@ def test_the_class_object_is_a_minority_of_the_image_and_its_mask_is_exact():
         if core.sum() >= 10:
             assert image[core].std(axis=0).max() < 12, CLASSES[label]
         assert image.reshape(-1, 3).std(axis=0).max() > 20
+
+
+def test_the_middle_of_every_class_object_lies_on_it():
+    """What the pointing game needs: a map peaking at the middle of the object peaks on its mask
+    (a ring's hole or a crescent's hollow would not)."""
+    for label in range(len(CLASSES)):
+        for index in range(5):
+            _, mask = render(0, 0, index, label, 64, 0, SIZE)
+            ys, xs = np.nonzero(mask)
+            assert mask[round(ys.mean()), round(xs.mean())] == 255, CLASSES[label]
 
 
 def _erode():
@@ -38,7 +50,7 @@ def _erode():
 def test_object_place_scale_and_colour_vary_within_a_class():
     centres, areas, colours = [], [], []
     for index in range(30):
-        image, mask = render(0, 0, index, 1, 64, 5)
+        image, mask = render(0, 0, index, 1, 64, 5, SIZE)
         ys, xs = np.nonzero(mask)
         centres.append((xs.mean(), ys.mean()))
         areas.append(len(xs))
@@ -69,7 +81,7 @@ def test_generate_writes_an_image_folder_with_masks_and_skips_when_present(tmp_p
 
 def test_written_files_are_the_rendered_ones(tmp_path):
     generate(SyntheticSettings(train_per_class=2, val_per_class=1), 32, tmp_path, progress=False)
-    image, mask = render(0, 0, 2 * 4 + 1, 4, 32, 5)
+    image, mask = render(0, 0, 2 * 4 + 1, 4, 32, SyntheticSettings().distractors, SIZE)
     stored = tmp_path / "train" / CLASSES[4] / "00009.png"
     assert np.array_equal(np.asarray(Image.open(stored)), image)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "masks" / "train" / CLASSES[4] / "00009.png")), mask)

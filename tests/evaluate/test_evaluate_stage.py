@@ -41,6 +41,9 @@ def test_every_metric_of_every_model_lands_in_the_long_table(tmp_path, tiny_data
     assert pruned == dense | {"spearman_to_dense", "top10_iou_dense", "ssim_to_dense"}
     assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) and r["n"] == "4" for r in rows)
     assert result.plot.exists() and result.plot.stat().st_size > 10_000
+    hit = next(r for r in rows if r["method"] == "dense" and r["metric"] == "pointing_game_hit")
+    assert f"pointing-game hit {float(hit['mean']):.2f} [" in result.summary()
+    assert f"dense model at {settings.explain.target_layer or 'the last layer of features'}:" in result.summary()
     assert kernels == {"pil"}  # the sanity check's maps are made as the explain stage's
 
 
@@ -53,5 +56,7 @@ def test_datasets_without_masks_skip_localisation(tmp_path, tiny_dataset):
     run = Run(settings.run_dir)
     train_stage(settings, run)
     explain_stage(settings, run)
-    metrics = {r["metric"] for r in evaluate_stage(settings, run).rows}
+    result = evaluate_stage(settings, run)
+    metrics = {r["metric"] for r in result.rows}
+    assert "pointing" not in result.summary()
     assert "energy_pointing_game" not in metrics and "deletion_auc" in metrics and "entropy" in metrics

@@ -23,7 +23,7 @@ from prunexplain.study.server.catalog import load_study
 from prunexplain.study.stimuli import draw_sides
 from tests.study.conftest import copy_run
 
-SHAPES = ["disk", "square", "triangle", "plus", "star", "ring", "hexagon", "crescent", "arrow", "heart"]
+SHAPES = ["disk", "square", "triangle", "plus", "star", "target", "hexagon", "semicircle", "rectangle", "heart"]
 
 
 def _rows(path):

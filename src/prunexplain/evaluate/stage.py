@@ -35,10 +35,22 @@ class EvaluateResult:
     plot: Path
     rows: list[dict]
     flagged: list[str]
+    layer: str = ""
 
     def summary(self) -> str:
         flagged = f"; maps that survive randomisation: {', '.join(self.flagged)}" if self.flagged else ""
-        return f"{len(self.rows)} rows in {self.table}, plot {self.plot}{flagged}"
+        return f"{len(self.rows)} rows in {self.table}, plot {self.plot}{self.localisation()}{flagged}"
+
+    def localisation(self) -> str:
+        """The dense model's pointing game and energy pointing game (what says whether its maps find
+        the object at all, before pruning changes them); empty without object masks."""
+        dense = {r["metric"]: r for r in self.rows if r["method"] == DENSE}
+        if "pointing_game_hit" not in dense:
+            return ""
+        hit, energy = dense["pointing_game_hit"], dense["energy_pointing_game"]
+        return (f"; dense model at {self.layer}: pointing-game hit {hit['mean']:.2f} "
+                f"[{hit['ci_low']:.2f}, {hit['ci_high']:.2f}], energy pointing game {energy['mean']:.2f} "
+                f"[{energy['ci_low']:.2f}, {energy['ci_high']:.2f}] (n = {hit['n']})")
 
 
 def _object_masks(images, size: int) -> np.ndarray | None:
@@ -105,7 +117,7 @@ def evaluate_stage(settings: Settings, run: Run) -> EvaluateResult:
     plot = plot_metrics(rows, _accuracies(run), run.metrics_plot)
     if flagged:
         log.warning("maps that survive model randomisation (not explaining the model): %s", ", ".join(flagged))
-    return EvaluateResult(table, plot, rows, flagged)
+    return EvaluateResult(table, plot, rows, flagged, settings.explain.target_layer or "the last layer of features")
 
 
 def _accuracies(run: Run) -> dict[str, list[tuple[float, float]]]:
