@@ -703,6 +703,12 @@ class RunSettings(_Section):
         return name
 
 
+def json_digest(value: Any) -> str:
+    """16 hex digits of SHA-256 over `value` as JSON (keys sorted): the fingerprint of what decides
+    an output, so an unchanged one need not be computed again."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class Settings(_Section):
     run: RunSettings = RunSettings()
     data: DataSettings = DataSettings()
@@ -723,8 +729,7 @@ class Settings(_Section):
 
     def fingerprint(self, *sections: str) -> str:
         """Hash of the named sections: a stage whose sections are unchanged need not run again."""
-        dump = {name: getattr(self, name).model_dump(mode="json") for name in sections}
-        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
+        return json_digest({name: getattr(self, name).model_dump(mode="json") for name in sections})
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))

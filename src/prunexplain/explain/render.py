@@ -75,6 +75,14 @@ def occlude(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (image * np.clip(mask, 0, 1)[..., None]).astype(np.uint8)
 
 
+def heat_weights(maps: np.ndarray, exponent: float = 1.0) -> np.ndarray:
+    """Maps `[..., H, W]` each scaled to 0..1 (a constant map to 0), then raised to `exponent`: how
+    strongly a heatmap colours each pixel. The model-based observers weight pictures by the same."""
+    low, high = maps.min(axis=(-2, -1), keepdims=True), maps.max(axis=(-2, -1), keepdims=True)
+    scaled = (maps - low) / np.maximum(high - low, 1e-12)
+    return scaled**exponent if exponent != 1 else scaled
+
+
 def heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, exponent: float = 1.0) -> np.ndarray:
     """Jet colour map of the map (scaled to 0..1, then raised to `exponent`) blended over the image
     with weight `alpha` for the colours.
@@ -85,10 +93,7 @@ def heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, exponent: fl
     before blending; here the map is scaled first and the colours blend unrounded (at most one level
     brighter), which keeps the default pictures as they were.
     """
-    scaled = (cam - cam.min()) / max(float(cam.max() - cam.min()), 1e-12)
-    if exponent != 1:
-        scaled = scaled**exponent
-    colours = matplotlib.colormaps["jet"](scaled)[..., :3] * 255
+    colours = matplotlib.colormaps["jet"](heat_weights(cam, exponent))[..., :3] * 255
     return np.clip(alpha * colours + (1 - alpha) * image, 0, 255).astype(np.uint8)
 
 

@@ -15,7 +15,6 @@ no longer in the settings are moved under `retired/`, so they are never listed a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunexplain.config import Settings, UserError
+from prunexplain.config import Settings, UserError, json_digest
 from prunexplain.models import check_fits, file_digest, load_checkpoint, model_settings, save_checkpoint
 from prunexplain.pruning.masks import apply_masks, channel_masks, count_nonzero
 from prunexplain.pruning.methods import compute_masks, get_method, prunable_weights
@@ -95,7 +94,7 @@ def _finetune_settings(settings: Settings, step: int):
 def rate_fingerprint(base: str, name: str, rates: list[float]) -> str:
     """What makes a method's checkpoint at rates[-1]: `base` (dense checkpoint and settings), the
     method and the schedule up to that rate; later rates do not change it."""
-    return hashlib.sha256(json.dumps([base, name, [f"{r:g}" for r in rates]]).encode()).hexdigest()[:16]
+    return json_digest([base, name, [f"{r:g}" for r in rates]])
 
 
 def prune_method(

@@ -54,8 +54,6 @@ averaging many noisy perceptions per stimulus), the input of a power analysis (`
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -78,10 +76,12 @@ from prunexplain.config import (
     SimulateSettings,
     TrainSettings,
     UserError,
+    json_digest,
 )
 from prunexplain.data import class_names, dataset_root
 from prunexplain.data.loaders import image_dataset, load_splits, object_masks, prepare
 from prunexplain.experiments import EXPERIMENTS, NONE, Kind, kind
+from prunexplain.explain.render import heat_weights
 from prunexplain.models import file_digest
 from prunexplain.runs import Run, SimulationFolder, atomic_open, write_json, write_with
 from prunexplain.study.build import Shown, read_manifest, shown_again
@@ -242,7 +242,7 @@ def fingerprint(settings: Settings, run: Run) -> str:
                "data": settings.data.model_dump(mode="json"), "dense": dense,
                "epochs": settings.crowd.observer_epochs, "seed": settings.crowd.seed,
                "occlusion": settings.study.occlusion}
-    return hashlib.sha256(json.dumps(decided, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(decided)
 
 
 @dataclass
@@ -330,7 +330,7 @@ def _train(settings: Settings, run: Run, wanted: str, data: DataSettings, device
 def weighted(pictures: np.ndarray, maps: np.ndarray, exponent: float = 1.0) -> np.ndarray:
     """Pictures `[N, H, W, 3]` weighted by their maps scaled to 0..1 and raised to `exponent`: how the
     observer reads a heatmap (red stays, blue fades to black)."""
-    weights = scaled(torch.from_numpy(np.asarray(maps, np.float32))).numpy() ** exponent
+    weights = heat_weights(np.asarray(maps, np.float32), exponent)
     return (pictures * weights[..., None]).astype(np.uint8)
 
 
