@@ -85,7 +85,11 @@ class DataSettings(_Section):
 class ModelSettings(_Section):
     arch: str = "vgg16"
     width: float = Field(0.125, gt=0, le=1, description="channel width multiplier (1 = torchvision)")
-    pool_size: int = Field(2, ge=1, le=7, description="side of the pooled map fed to the classifier")
+    pool_size: int = Field(
+        1, ge=1, le=7,
+        description="side of the pooled map fed to the classifier (7: torchvision's VGG-16; 1: global average "
+        "pooling, whose translation-invariant head makes the compact model's Grad-CAM maps find the object)",
+    )
     batch_norm: bool = Field(
         True, description="BN after each conv: the narrow model does not train from scratch without it"
     )

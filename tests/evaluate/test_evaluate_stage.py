@@ -1,7 +1,9 @@
 import csv
 import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from prunexplain.config import UserError
 from prunexplain.evaluate import stage
@@ -44,6 +46,9 @@ def test_every_metric_of_every_model_lands_in_the_long_table(tmp_path, tiny_data
     hit = next(r for r in rows if r["method"] == "dense" and r["metric"] == "pointing_game_hit")
     assert f"pointing-game hit {float(hit['mean']):.2f} [" in result.summary()
     assert f"dense model at {settings.explain.target_layer or 'the last layer of features'}:" in result.summary()
+    masks = [r["mask"] for r in csv.DictReader(open(run.explained_images))]
+    share = sum((np.asarray(Image.open(m)) > 0).mean() for m in masks) / len(masks)  # what a uniform map scores
+    assert f"the object covers {share:.0%} of the image" in result.summary()
     assert kernels == {"pil"}  # the sanity check's maps are made as the explain stage's
 
 

@@ -127,3 +127,6 @@ def test_the_sanity_check_flags_maps_that_ignore_the_model():
     assert np.allclose(survived[-1][1], 1)  # a model-blind map: identical after full randomisation
     assert changed[-1][1].mean() < 0.5
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is untouched
+    ends = randomisation_similarity(model, inputs, gradcam, steps={0, -1})  # explains twice, not 16 times
+    assert [name for name, _ in ends] == ["classifier.6", changed[-1][0]]
+    assert np.array_equal(ends[0][1], changed[0][1]) and np.array_equal(ends[1][1], changed[-1][1])

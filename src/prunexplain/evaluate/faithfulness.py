@@ -69,20 +69,28 @@ def _layers_top_down(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def randomisation_similarity(
-    model: nn.Module, inputs: torch.Tensor, explainer: Explainer, seed: int = 0
+    model: nn.Module, inputs: torch.Tensor, explainer: Explainer, seed: int = 0, steps: set[int] | None = None
 ) -> list[tuple[str, np.ndarray]]:
-    """Spearman similarity of the maps after re-initialising the layers cumulatively from the top,
-    one entry per layer: [(layer name, per-image similarity), ...]. The model itself is untouched."""
+    """Spearman similarity of the maps after re-initialising the layers cumulatively from the top:
+    [(layer name, per-image similarity), ...] for the cascade's `steps` (0 = the top layer alone, -1 =
+    every layer; None: each step). Every layer is re-initialised in turn whichever steps are explained,
+    so a step's weights do not depend on which others are asked for. The model itself is untouched.
+
+    Explaining is the cost of the check: the evaluate stage asks for the top layer and the whole
+    cascade only, two explanations instead of one per layer."""
     original = explainer(model, inputs)
     randomised = copy.deepcopy(model)
+    layers = _layers_top_down(randomised)
+    wanted = set(range(len(layers))) if steps is None else {s % len(layers) for s in steps}
     generator = torch.Generator().manual_seed(seed)
     results = []
-    for name, layer in _layers_top_down(randomised):
+    for step, (name, layer) in enumerate(layers):
         with torch.no_grad():
             scale = layer.weight.std().clamp(min=1e-3)
             layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * scale)
             if layer.bias is not None:
                 layer.bias.zero_()
-        maps = explainer(randomised, inputs)
-        results.append((name, spearman_to_dense(MetricInputs(maps=maps, reference=original))))
+        if step in wanted:
+            maps = explainer(randomised, inputs)
+            results.append((name, spearman_to_dense(MetricInputs(maps=maps, reference=original))))
     return results

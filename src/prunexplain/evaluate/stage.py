@@ -36,6 +36,7 @@ class EvaluateResult:
     rows: list[dict]
     flagged: list[str]
     layer: str = ""
+    object_share: float | None = None  # mean share of the image the object covers: a uniform map's energy
 
     def summary(self) -> str:
         flagged = f"; maps that survive randomisation: {', '.join(self.flagged)}" if self.flagged else ""
@@ -50,7 +51,8 @@ class EvaluateResult:
         hit, energy = dense["pointing_game_hit"], dense["energy_pointing_game"]
         return (f"; dense model at {self.layer}: pointing-game hit {hit['mean']:.2f} "
                 f"[{hit['ci_low']:.2f}, {hit['ci_high']:.2f}], energy pointing game {energy['mean']:.2f} "
-                f"[{energy['ci_low']:.2f}, {energy['ci_high']:.2f}] (n = {hit['n']})")
+                f"[{energy['ci_low']:.2f}, {energy['ci_high']:.2f}] (n = {hit['n']}; the object covers "
+                f"{self.object_share:.0%} of the image, a uniform map's energy)")
 
 
 def _object_masks(images, size: int) -> np.ndarray | None:
@@ -81,7 +83,7 @@ def _per_image(
         explainer = lambda m, x: explain(  # noqa: E731
             m, x, "gradcam", target_layer=settings.explain.target_layer, upsample_kernel=settings.explain.upsample
         ).cpu().numpy()
-        cascade = randomisation_similarity(model, to_input(x01), explainer, settings.evaluate.seed)
+        cascade = randomisation_similarity(model, to_input(x01), explainer, settings.evaluate.seed, steps={0, -1})
         values["sanity_spearman_top_layer"] = cascade[0][1]
         values["sanity_spearman_all_layers"] = cascade[-1][1]
     return values
@@ -117,7 +119,8 @@ def evaluate_stage(settings: Settings, run: Run) -> EvaluateResult:
     plot = plot_metrics(rows, _accuracies(run), run.metrics_plot)
     if flagged:
         log.warning("maps that survive model randomisation (not explaining the model): %s", ", ".join(flagged))
-    return EvaluateResult(table, plot, rows, flagged, settings.explain.target_layer or "the last layer of features")
+    return EvaluateResult(table, plot, rows, flagged, settings.explain.target_layer or "the last layer of features",
+                          None if masks is None else float(masks.mean()))
 
 
 def _accuracies(run: Run) -> dict[str, list[tuple[float, float]]]:
