@@ -8,7 +8,7 @@ from prunexplain.config import DataSettings, RuntimeSettings, TrainSettings, Use
 from prunexplain.data.loaders import image_dataset, load_splits
 from prunexplain.models import build_model, load_checkpoint
 from prunexplain.runs import Run
-from prunexplain.train import evaluate, fit, make_loader, train_stage
+from prunexplain.train import evaluate, fit, make_loader, recalibrate_batch_norm, train_stage
 from tests.conftest import tiny_settings
 
 CPU = torch.device("cpu")
@@ -165,3 +165,29 @@ def test_onecycle_warms_up_to_the_learning_rate_and_anneals_over_all_epochs(tmp_
     assert max(rates) == pytest.approx(0.002, rel=0.05) and 0.2 * steps <= peak <= 0.4 * steps
     assert rates[0] < 0.002 / 3 and rates[-1] < 0.002 / 20
     assert TrainSettings().schedule == "constant"
+
+
+def test_batch_norm_recalibration_averages_the_statistics_of_its_batches(tmp_path, tiny_dataset):
+    settings = tiny_settings(tmp_path, tiny_dataset)
+    train, _, _ = _loaders(settings, tiny_dataset)
+    model = build_model(10, settings.model)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    handle = first.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+    try:
+        layers = recalibrate_batch_norm(model, train, settings.data, CPU, batches=2, seed=3)
+    finally:
+        handle.remove()
+    assert layers == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) and len(seen) == 2
+    means = torch.stack([x.mean((0, 2, 3)) for x in seen])
+    variances = torch.stack([x.transpose(0, 1).flatten(1).var(1, unbiased=True) for x in seen])
+    assert torch.allclose(first.running_mean, means.mean(0), atol=1e-5)  # an equal-weight average of the batches
+    assert torch.allclose(first.running_var, variances.mean(0), rtol=1e-4, atol=1e-6)
+    assert first.momentum == 0.1 and not model.training  # the layers' momentum and eval mode restored
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())  # no weight changed
+    again = build_model(10, settings.model)
+    again.load_state_dict(model.state_dict())
+    recalibrate_batch_norm(again, train, settings.data, CPU, batches=2, seed=3)
+    assert torch.equal(next(m for m in again.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean,
+                       first.running_mean)  # the seed decides the batches

@@ -163,6 +163,10 @@ class PruneSettings(_Section):
     patience: int | None = Field(None, ge=1, description="None: train.patience")
     learning_rate: float | None = Field(None, gt=0, description="None: train.learning_rate")
     seed: int = Field(0, description="seed of the random methods")
+    recalibrate_batches: int = Field(
+        0, ge=0, description="training batches that recompute the batch-norm statistics after each pruning step, "
+        "before fine-tuning (0: none, as the study)",
+    )
 
     @field_validator("rates")
     @classmethod

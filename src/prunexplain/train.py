@@ -121,6 +121,39 @@ def evaluate(
     return {"top1": correct1 / count, "top5": correct5 / count, "loss": loss / count, "n": int(count)}
 
 
+@torch.no_grad()
+def recalibrate_batch_norm(
+    model: nn.Module, loader: DataLoader, data: DataSettings, device: torch.device, batches: int, seed: int
+) -> int:
+    """Recompute every batch-norm layer's running statistics from `batches` training batches (no
+    augmentation, the shuffled order drawn from `seed`); returns the number of layers recalibrated.
+
+    Pruning changes what each layer outputs, while the running statistics still describe the dense
+    model: the pruned model then fails in eval mode although its weights still carry the signal. The
+    statistics are an equal-weight average over the batches (momentum None), only the batch-norm layers
+    run in training mode (dropout stays off), and no weight changes.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches <= 0:
+        return 0
+    if getattr(loader, "generator", None) is not None:
+        loader.generator.manual_seed(seed)  # the same batches on a resumed schedule
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.train()
+    try:
+        for _, (images, _labels) in zip(range(batches), loader):
+            model(prepare(images.to(device, non_blocking=True), data))
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        model.eval()
+    return len(norms)
+
+
 def _freeze(model: nn.Module, parts: list[str]) -> None:
     """Stop training whole parts of the model (the study's vgg_no_train_parts, e.g. features)."""
     check_parts(model, parts)

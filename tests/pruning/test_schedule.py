@@ -182,3 +182,16 @@ def test_finetuning_reports_the_original_restore_rule(tmp_path, tiny_dataset, tr
     assert (row["early_stopping_epoch"], row["training_accuracy"], row["validation_accuracy"]) == (3, 0.90, 0.70)
     _, checkpoint = load_checkpoint(run.checkpoint(ModelKey.pruned("local_magnitude_unstructured", 2)))
     assert all(torch.equal(checkpoint["state_dict"][k], v) for k, v in states[3].items())
+
+
+def test_batch_norm_recalibration_is_scored_between_pruning_and_finetuning(tmp_path, tiny_dataset, trained):
+    run = _copy_run(trained, tmp_path)
+    settings = tiny_settings(tmp_path, tiny_dataset, "prune.max_epochs=0", "prune.rates=[2]",
+                             "prune.recalibrate_batches=2", 'prune.methods=["local_magnitude_unstructured"]')
+    [dense, row] = prune_stage(settings, run).rows["local_magnitude_unstructured"]
+    assert dense["accuracy_after_recalibration"] == "-"
+    assert row["test_top1_accuracy"] == row["accuracy_after_recalibration"]  # no fine-tuning after it
+    _, before = load_checkpoint(run.dense_checkpoint)
+    _, after = load_checkpoint(run.checkpoint(ModelKey.pruned("local_magnitude_unstructured", 2)))
+    stats = [k for k in before["state_dict"] if k.endswith("running_mean")]
+    assert stats and all(not torch.equal(before["state_dict"][k], after["state_dict"][k]) for k in stats)

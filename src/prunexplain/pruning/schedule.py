@@ -32,7 +32,7 @@ from prunexplain.pruning.masks import apply_masks, channel_masks, count_nonzero
 from prunexplain.pruning.methods import compute_masks, get_method, prunable_weights
 from prunexplain.pruning.plot import plot_accuracy
 from prunexplain.runs import ModelKey, Run, fault_point, write_csv
-from prunexplain.train import device_for, evaluate, fit, run_loaders
+from prunexplain.train import device_for, evaluate, fit, recalibrate_batch_norm, run_loaders
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ STUDY_COLUMNS = (
     "max_epochs_finetuned", "early_stopping_epoch", "training_accuracy", "validation_accuracy", "time_elapsed",
     "test_top1_accuracy", "test_top5_accuracy",
 )
-MEASURED_COLUMNS = ("measured_rate_scope", "measured_rate_model", "nonzero_params", "accuracy_before_finetune")
+MEASURED_COLUMNS = ("measured_rate_scope", "measured_rate_model", "nonzero_params", "accuracy_before_finetune",
+                    "accuracy_after_recalibration")
 
 
 @dataclass
@@ -130,6 +131,10 @@ def prune_method(
         apply_masks(model, masks)
         amp = settings.runtime.amp
         before = evaluate(model, loaders["test"], settings.data, device, amp)
+        recalibrated = "-"
+        if recalibrate_batch_norm(model, loaders["train"], settings.data, device, prune.recalibrate_batches,
+                                  _step_seed(settings.train.seed, step)):
+            recalibrated = evaluate(model, loaders["test"], settings.data, device, amp)["top1"]
         fitted = None
         if prune.max_epochs > 0:
             fitted = fit(model, loaders["train"], loaders["valid"], _finetune_settings(settings, step), settings.data,
@@ -149,7 +154,7 @@ def prune_method(
             "training_accuracy": fitted.train_accuracy if fitted else "-", "validation_accuracy": valid,
             "time_elapsed": _elapsed(time.perf_counter() - start), "test_top1_accuracy": test["top1"],
             "test_top5_accuracy": test["top5"], **count_nonzero(model, weights),
-            "accuracy_before_finetune": before["top1"],
+            "accuracy_before_finetune": before["top1"], "accuracy_after_recalibration": recalibrated,
         }
         save_checkpoint(path, model, model_settings(checkpoint), checkpoint["num_classes"], masks,
                         {**meta, "prune": {"method": name, "rate": rate, "step": step}, "row": row,
