@@ -136,8 +136,6 @@ def recalibrate_batch_norm(
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or batches <= 0:
         return 0
-    if getattr(loader, "generator", None) is not None:
-        loader.generator.manual_seed(seed)  # the same batches on a resumed schedule
     momenta = [m.momentum for m in norms]
     model.eval()
     for norm in norms:
@@ -145,8 +143,9 @@ def recalibrate_batch_norm(
         norm.momentum = None
         norm.train()
     try:
-        for _, (images, _labels) in zip(range(batches), loader):
-            model(prepare(images.to(device, non_blocking=True), data))
+        with _seeded(seed, device, loader):  # the same batches on a resumed schedule
+            for _, (images, _labels) in zip(range(batches), loader):
+                model(prepare(images.to(device, non_blocking=True), data))
     finally:
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum

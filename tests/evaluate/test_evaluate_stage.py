@@ -46,7 +46,8 @@ def test_every_metric_of_every_model_lands_in_the_long_table(tmp_path, tiny_data
     hit = next(r for r in rows if r["method"] == "dense" and r["metric"] == "pointing_game_hit")
     assert f"pointing-game hit {float(hit['mean']):.2f} [" in result.summary()
     assert f"dense model at {settings.explain.target_layer or 'the last layer of features'}:" in result.summary()
-    masks = [r["mask"] for r in csv.DictReader(open(run.explained_images))]
+    with open(run.explained_images) as handle:
+        masks = [r["mask"] for r in csv.DictReader(handle)]
     share = sum((np.asarray(Image.open(m)) > 0).mean() for m in masks) / len(masks)  # what a uniform map scores
     assert f"the object covers {share:.0%} of the image" in result.summary()
     assert kernels == {"pil"}  # the sanity check's maps are made as the explain stage's
