@@ -1,4 +1,5 @@
-"""Grad-CAM throughput on the CPU: VGG-16 at 224 px, batch 16, images per second (median of runs).
+"""Grad-CAM throughput on the CPU: VGG-16 and ResNet-50 at 224 px, batch 16, images per second
+(median of runs), each at its default target layer (VGG-16: features.30, ResNet-50: layer4.2).
 
 - plain forward: the floor, one inference pass of the batch;
 - prunexplain GradCAM: one forward, gradient only down to the target activation;
@@ -17,31 +18,31 @@ from pytorch_grad_cam import GradCAM as LibraryGradCAM
 
 from prunexplain.config import ModelSettings
 from prunexplain.explain.cam import GradCAM
-from prunexplain.models import build_model
+from prunexplain.models import build_model, default_target_layer
 
 BATCH, SIZE, REPEATS = 16, 224, 3
 
 
-def _plain_forward(model, images):
+def _plain_forward(model, images, layer):
     with torch.no_grad():
         model(images)
 
 
-def _ours(model, images):
-    with GradCAM(model) as cam:
+def _ours(model, images, layer):
+    with GradCAM(model, layer) as cam:
         cam(images)
 
 
-def _library(model, images):
-    with LibraryGradCAM(model=model, target_layers=[model.features[-1]]) as cam:
+def _library(model, images, layer):
+    with LibraryGradCAM(model=model, target_layers=[model.get_submodule(layer)]) as cam:
         cam(input_tensor=images, targets=None)
 
 
-def _per_image_loop(model, images):
+def _per_image_loop(model, images, layer_name):
     """One image at a time, hooks registered and removed around each, full backward."""
     for image in images:
         store = {}
-        layer = model.features[-1]
+        layer = model.get_submodule(layer_name)
         forward = layer.register_forward_hook(lambda m, i, out: store.update(activation=out))
         backward = layer.register_full_backward_hook(lambda m, gi, go: store.update(gradient=go[0]))
         logits = model(image[None])
@@ -53,14 +54,38 @@ def _per_image_loop(model, images):
         backward.remove()
 
 
-def _images_per_second(function, model, images) -> float:
-    function(model, images)  # warm-up
+def _images_per_second(function, model, images, layer) -> float:
+    function(model, images, layer)  # warm-up
     times = []
     for _ in range(REPEATS):
         start = time.perf_counter()
-        function(model, images)
+        function(model, images, layer)
         times.append(time.perf_counter() - start)
     return len(images) / statistics.median(times)
+
+
+MODELS = {
+    "VGG-16": ModelSettings(width=1, pool_size=7, batch_norm=False),
+    "ResNet-50": ModelSettings(arch="resnet50"),
+}
+
+
+def _compare(name: str, model, images) -> None:
+    layer = default_target_layer(model, SIZE)
+    print(f"{name} at {layer}, {SIZE} px, batch {BATCH}, {images.device} ({torch.get_num_threads()} threads), "
+          f"median of {REPEATS}")
+    rates = {
+        "plain forward (floor)": _images_per_second(_plain_forward, model, images, layer),
+        "prunexplain GradCAM": _images_per_second(_ours, model, images, layer),
+        "grad-cam library GradCAM": _images_per_second(_library, model, images, layer),
+        "per-image loop (as the study)": _images_per_second(_per_image_loop, model, images, layer),
+    }
+    for label, rate in rates.items():
+        print(f"{label:<34} {rate:8.2f} img/s")
+    ours = rates["prunexplain GradCAM"]
+    print(f"prunexplain time / plain forward time: {rates['plain forward (floor)'] / ours:.2f}x (goal <= 1.15x)")
+    print(f"prunexplain vs library: {ours / rates['grad-cam library GradCAM']:.2f}x faster (goal >= 2.5x)")
+    print(f"prunexplain vs per-image loop: {ours / rates['per-image loop (as the study)']:.2f}x faster (goal >= 3x)")
 
 
 def main() -> None:
@@ -68,21 +93,9 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(2)
-    model = build_model(10, ModelSettings(width=1, pool_size=7, batch_norm=False)).to(device).eval()
     images = torch.rand(BATCH, 3, SIZE, SIZE, device=device)
-    print(f"VGG-16, {SIZE} px, batch {BATCH}, {device} ({torch.get_num_threads()} threads), median of {REPEATS}")
-    rates = {
-        "plain forward (floor)": _images_per_second(_plain_forward, model, images),
-        "prunexplain GradCAM": _images_per_second(_ours, model, images),
-        "grad-cam library GradCAM": _images_per_second(_library, model, images),
-        "per-image loop (as the study)": _images_per_second(_per_image_loop, model, images),
-    }
-    for name, rate in rates.items():
-        print(f"{name:<34} {rate:8.2f} img/s")
-    ours = rates["prunexplain GradCAM"]
-    print(f"prunexplain time / plain forward time: {rates['plain forward (floor)'] / ours:.2f}x (goal <= 1.15x)")
-    print(f"prunexplain vs library: {ours / rates['grad-cam library GradCAM']:.2f}x faster (goal >= 2.5x)")
-    print(f"prunexplain vs per-image loop: {ours / rates['per-image loop (as the study)']:.2f}x faster (goal >= 3x)")
+    for name, settings in MODELS.items():
+        _compare(name, build_model(10, settings).to(device).eval(), images)
 
 
 if __name__ == "__main__":

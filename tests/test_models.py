@@ -36,7 +36,7 @@ def test_weights_errors_name_the_setting(tmp_path):
         build_model(10, FULL.model_copy(update={"weights": str(tmp_path / "missing.pth")}))
     with pytest.raises(UserError, match="fit only the full VGG-16"):
         build_model(10, ModelSettings(weights="imagenet"))
-    with pytest.raises(UserError, match=r"unknown architecture 'resnet' \(known: vgg16\)"):
+    with pytest.raises(UserError, match=r"unknown architecture 'resnet' \(did you mean resnet50, resnet34"):
         build_model(10, ModelSettings(arch="resnet"))
 
 

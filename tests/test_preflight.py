@@ -61,7 +61,7 @@ def test_a_missing_imagenette_folder_is_named_with_the_command_that_downloads_it
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["model.arch=resnet"], ["model.arch: unknown architecture 'resnet'", "known: vgg16"]),
+        (["model.arch=resnet"], ["model.arch: unknown architecture 'resnet'", "did you mean resnet50"]),
         (["model.weights=imagenet"], ["model.weights='imagenet'", "fit only the full VGG-16", "width=0.125"]),
         ([*FULL, "model.weights=missing.pth"], ["model.weights: no such file 'missing.pth'", "or none"]),
         (["runtime.device=tpu"], ["runtime.device: unknown device 'tpu'"]),

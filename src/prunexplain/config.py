@@ -83,7 +83,13 @@ class DataSettings(_Section):
 
 
 class ModelSettings(_Section):
-    arch: str = "vgg16"
+    """`width`, `pool_size` and `batch_norm` shape prunexplain's `vgg16` only; other architectures are
+    torchvision's or timm's as published, with the head replaced for the dataset's classes."""
+
+    arch: str = Field(
+        "vgg16", description="vgg16 (prunexplain's, shaped by width/pool_size/batch_norm), any torchvision "
+        "classification model (resnet18, mobilenet_v3_small, ...), or timm/<name> with the timm extra",
+    )
     width: float = Field(0.125, gt=0, le=1, description="channel width multiplier (1 = torchvision)")
     pool_size: int = Field(
         1, ge=1, le=7,
@@ -189,7 +195,9 @@ class ExplainSettings(_Section):
     method: str = Field("gradcam", description="gradcam (own, batched) or a grad-cam library method")
     images: int = Field(40, ge=1, description="the first N images of the test split")
     models: list[str] = Field(default_factory=list, description="[]: all; else 'dense', '<method>/cr_<rate>'")
-    target_layer: str | None = Field(None, description="None: the last layer of model.features")
+    target_layer: str | None = Field(
+        None, description="None: the last layer that outputs a spatial map (traced; VGG-16: the last of features)"
+    )
     batch_size: int = Field(32, ge=1)
     render: bool = Field(False, description="also write occlusion and heatmap PNGs")
     occlusion: float = Field(0.10, gt=0, le=1, description="share of pixels left visible")

@@ -1,8 +1,14 @@
-"""The one model factory and the checkpoint format.
+"""The one model factory, the default explanation layer of any CNN, and the checkpoint format.
 
-`build_model("vgg16", ...)` at width 1 and pool 7 is torchvision's VGG-16 with its last classifier
-layer replaced for the number of classes, as the study did. A width multiplier and a smaller pooled
-map give the compact VGG-16 (same 13 conv + 3 FC topology) the demo trains on a CPU.
+`build_model(num_classes, settings)` builds `settings.arch`:
+- `vgg16`: prunexplain's VGG-16. At width 1 and pool 7 it is torchvision's VGG-16 with its last
+  classifier layer replaced for the number of classes, as the study did; a width multiplier and a
+  smaller pooled map give the compact VGG-16 (same 13 conv + 3 FC topology) the demo trains on a CPU.
+- any other classification model torchvision knows (`resnet18`, `mobilenet_v3_small`, `densenet121`,
+  `convnext_tiny`, ...), built with its 1000 ImageNet outputs first so ImageNet weights load, then
+  its head (the last layer with 1000 outputs, whatever its name) replaced for the number of classes;
+- `timm/<name>`: a timm model (the optional `timm` extra), its head reset through timm's own API.
+Vision transformers are refused: Grad-CAM and channel pruning as built here need convolutional maps.
 
 Checkpoints are `{"arch", "num_classes", "state_dict", "masks", "meta"}` saved with `torch.save`
 and read with `weights_only=True`: never a pickled module. `meta["model"]` holds the settings that
@@ -11,6 +17,7 @@ rebuild the architecture, so any stage can load any checkpoint without being tol
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import http.client
 import logging
@@ -71,12 +78,84 @@ def _classifier(inputs: int, hidden: int, outputs: int, dropout: float) -> nn.Se
     return head
 
 
+TIMM_PREFIX = "timm/"
+# googlenet and inception_v3 train with auxiliary classifiers whose outputs are no plain logits tensor;
+# torchvision drops them from ImageNet weights when asked to, as here.
+_BUILD_OPTIONS: dict[str, dict[str, Any]] = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
+IMAGENET_OUTPUTS = 1000
+
+
+def _create_torchvision(num_classes: int, settings: ModelSettings) -> nn.Module:
+    """torchvision's model of that name with 1000 outputs (ImageNet's weights, a local state dict, or
+    random), then its head replaced for `num_classes`."""
+    options = _BUILD_OPTIONS.get(settings.arch, {})
+    if settings.weights == "imagenet":
+        imagenet_weights_file(settings)  # in torch's cache now, where torchvision looks before downloading
+        model = tv.get_model(settings.arch, weights="DEFAULT", **options)
+    else:
+        model = tv.get_model(settings.arch, weights=None, **options)
+        if settings.weights is not None:
+            _load_pretrained(model, settings)
+    replace_head(model, num_classes, settings.arch)
+    return model
+
+
+def _create_timm(num_classes: int, settings: ModelSettings) -> nn.Module:
+    """timm's model `timm/<name>`: ImageNet weights through timm (from the Hugging Face hub), or a
+    local state dict of the 1000-class model; the head reset by timm's `reset_classifier`."""
+    timm = _import_timm(settings.arch)
+    name = settings.arch[len(TIMM_PREFIX):]
+    try:
+        model = timm.create_model(name, pretrained=settings.weights == "imagenet")
+    except (OSError, RuntimeError, ValueError) as error:
+        raise UserError(f"model.weights='imagenet': timm cannot load the weights of {name!r} "
+                        f"({_first_line(error)}); set model.weights to a local state dict instead") from None
+    if settings.weights not in (None, "imagenet"):
+        _load_pretrained(model, settings)
+    model.reset_classifier(num_classes)
+    return model
+
+
+def _import_timm(arch: str):
+    try:
+        import timm
+    except ImportError:
+        raise UserError(f"model.arch={arch!r}: timm is not installed (pip install 'prunexplain[timm]')") from None
+    return timm
+
+
+def classifier_head(model: nn.Module) -> str:
+    """The name of the layer that outputs the ImageNet logits: the last Linear (or 1x1-conv, as
+    SqueezeNet's) with 1000 outputs, whatever the model calls it (`fc`, `classifier.6`, `head`)."""
+    for name, module in reversed(list(model.named_modules())):
+        outputs = getattr(module, "out_features", None) or getattr(module, "out_channels", None)
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and outputs == IMAGENET_OUTPUTS:
+            return name
+    raise UserError("model.arch: the model has no layer with 1000 outputs (ImageNet's classes) to replace")
+
+
+def replace_head(model: nn.Module, num_classes: int, arch: str) -> None:
+    """A fresh last layer with `num_classes` outputs in place of the ImageNet head, as the study did."""
+    name = classifier_head(model)
+    head = model.get_submodule(name)
+    if isinstance(head, nn.Linear):
+        new: nn.Module = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
+    else:
+        new = nn.Conv2d(head.in_channels, num_classes, head.kernel_size, head.stride, head.padding)
+    model.set_submodule(name, new)
+    log.debug("%s: head %s replaced for %d classes", arch, name, num_classes)
+
+
 def check_weights(settings: ModelSettings) -> None:
     """Refuse `model.weights` that cannot load, before any data or weights are read: ImageNet
-    weights (torchvision's or a local copy) fit only the full VGG-16, and a local file must exist."""
+    weights of prunexplain's vgg16 (torchvision's or a local copy) fit only the full VGG-16, and a
+    local file must exist."""
     if settings.weights is None:
         return
-    if (settings.width, settings.pool_size) != (1, 7):
+    if settings.arch == "vgg16" and (settings.width, settings.pool_size) != (1, 7):
         raise UserError(
             f"model.weights={settings.weights!r}: ImageNet weights fit only the full VGG-16 "
             f"(model.width=1, model.pool_size=7), not width={settings.width}, pool_size={settings.pool_size}"
@@ -111,7 +190,7 @@ def imagenet_weights_file(settings: ModelSettings, progress: bool = True) -> Pat
     is one line saying which file was wanted and the two ways round it: the file put in the cache,
     or `model.weights` set to a local copy; torchvision's own failure is a long traceback.
     """
-    url = _IMAGENET_WEIGHTS[settings.batch_norm].url
+    url = _imagenet_url(settings)
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     path = folder / Path(urllib.parse.urlparse(url).path).name
     if path.is_file():
@@ -127,6 +206,12 @@ def imagenet_weights_file(settings: ModelSettings, progress: bool = True) -> Pat
             f"(torch's cache), or set model.weights to a local copy (--set model.weights=\"path/to/{path.name}\")"
         ) from None
     return path
+
+
+def _imagenet_url(settings: ModelSettings) -> str:
+    if settings.arch == "vgg16":
+        return _IMAGENET_WEIGHTS[settings.batch_norm].url
+    return tv.get_model_weights(settings.arch).DEFAULT.url
 
 
 def _load_pretrained(model: nn.Module, settings: ModelSettings) -> None:
@@ -162,6 +247,55 @@ def _first_line(error: BaseException) -> str:
 ARCHITECTURES: dict[str, Callable[[int, ModelSettings], nn.Module]] = {"vgg16": _create_vgg16}
 
 
+_GLOBAL_POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def default_target_layer(model: nn.Module, image_size: int) -> str:
+    """The layer Grad-CAM explains by default: the last module whose output is a spatial map
+    `[B, C, H, W]` with H, W > 1, before the head's (adaptive) pooling, found by tracing one forward
+    pass of an `image_size` input (on the model's device; the meta device traces shapes only).
+
+    A container's output is its last child's, so the trace descends from the last such module into
+    the last child of each `nn.Sequential` while that child runs once: VGG-16's `features` becomes
+    `features.30` (the study's layer: after the last ReLU and pooling), ResNet's `layer4` becomes
+    `layer4.1` (the last block), DenseNet's `features` `features.norm5`. Modules called more than
+    once (a ReLU reused in a block) are never chosen: a hook on them sees several activations.
+    """
+    finished: list[tuple[str, tuple[int, ...]]] = []
+    calls: dict[str, int] = {}
+
+    def record(name: str):
+        def hook(module, inputs, output) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if isinstance(output, torch.Tensor) and not isinstance(module, _GLOBAL_POOLING):
+                finished.append((name, tuple(output.shape)))
+        return hook
+
+    modules = dict(model.named_modules())
+    handles = [module.register_forward_hook(record(name)) for name, module in modules.items() if name]
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        model.train(training)
+        for handle in handles:
+            handle.remove()
+    spatial = [name for name, shape in finished if len(shape) == 4 and shape[2] > 1 and shape[3] > 1]
+    if not spatial:
+        raise UserError(f"explain.target_layer: no layer of the model outputs a spatial map at {image_size} px; "
+                        "name a layer, or use larger images (data.image_size)")
+    name = spatial[-1]
+    while isinstance(modules[name], nn.Sequential) and len(modules[name]):
+        child = f"{name}.{list(modules[name]._modules)[-1]}"
+        if calls.get(child) != 1:
+            break
+        name = child
+    return name
+
+
 def check_parts(model: nn.Module, parts: list[str]) -> None:
     """`train.frozen_parts` names top-level parts of the model (the study froze `features`)."""
     known = [name for name, _ in model.named_children()]
@@ -171,14 +305,39 @@ def check_parts(model: nn.Module, parts: list[str]) -> None:
 
 
 def build_model(num_classes: int, settings: ModelSettings = ModelSettings()) -> nn.Module:
-    """The model of `settings.arch`; unknown names fail with the list of known ones."""
+    """The model of `settings.arch` (see the module's docstring); unknown names fail with the close
+    matches, vision transformers with one line."""
     check_arch(settings)
-    return ARCHITECTURES[settings.arch](num_classes, settings)
+    create = ARCHITECTURES.get(settings.arch)
+    if create is None:
+        create = _create_timm if settings.arch.startswith(TIMM_PREFIX) else _create_torchvision
+    model = create(num_classes, settings)
+    _refuse_transformer(model, settings.arch)
+    return model
 
 
 def check_arch(settings: ModelSettings) -> None:
-    if settings.arch not in ARCHITECTURES:
-        raise UserError(f"model.arch: unknown architecture {settings.arch!r} (known: {', '.join(ARCHITECTURES)})")
+    """`model.arch` names prunexplain's vgg16, a torchvision classifier or `timm/<name>`."""
+    arch = settings.arch
+    if arch in ARCHITECTURES:
+        return
+    if arch.startswith(TIMM_PREFIX):
+        known = [TIMM_PREFIX + name for name in _import_timm(arch).list_models()]
+    else:
+        known = [*ARCHITECTURES, *tv.list_models(module=tv)]
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known, n=4, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else (
+            "any torchvision classification model, e.g. resnet18, or timm/<name> with the timm extra")
+        raise UserError(f"model.arch: unknown architecture {arch!r} ({hint})")
+
+
+def _refuse_transformer(model: nn.Module, arch: str) -> None:
+    """Attention layers (ViT, Swin, MaxViT, ...) mean token maps, not the convolutional feature maps
+    Grad-CAM and channel pruning work on here."""
+    if any(isinstance(m, nn.MultiheadAttention) or type(m).__name__.endswith("Attention") for m in model.modules()):
+        raise UserError(f"model.arch={arch!r}: a vision transformer (attention layers); prunexplain explains and "
+                        "prunes convolutional networks only for now")
 
 
 def save_checkpoint(
@@ -229,14 +388,29 @@ def with_weights(num_classes: int, settings: ModelSettings, state: dict[str, tor
     compact model), on every checkpoint load. A model with a buffer the state does not hold is
     built as usual, so nothing is left uninitialised.
     """
-    with torch.device("meta"):
-        model = build_model(num_classes, settings.model_copy(update={"weights": None}))
-    if {name for name, _ in model.named_buffers()} - set(model.state_dict()):
-        model = build_model(num_classes, settings.model_copy(update={"weights": None}))
-    else:
-        model = model.to_empty(device="cpu")
+    model = skeleton(num_classes, settings)
+    if _on_meta(model):
+        if {name for name, _ in model.named_buffers()} - set(model.state_dict()):
+            model = build_model(num_classes, settings.model_copy(update={"weights": None}))
+        else:
+            model = model.to_empty(device="cpu")
     model.load_state_dict(state)
     return model
+
+
+def skeleton(num_classes: int, settings: ModelSettings) -> nn.Module:
+    """The model of `settings` without weights: on the meta device (shapes only, milliseconds even for
+    the full VGG-16), or on the CPU for the few builders that compute with tensors (RegNet's widths)."""
+    settings = settings.model_copy(update={"weights": None})
+    try:
+        with torch.device("meta"):
+            return build_model(num_classes, settings)
+    except NotImplementedError:  # "Cannot copy out of meta tensor": the builder read a tensor's value
+        return build_model(num_classes, settings)
+
+
+def _on_meta(model: nn.Module) -> bool:
+    return any(p.is_meta for p in model.parameters())
 
 
 def check_fits(checkpoint: dict[str, Any], path: Path, classes: list[str], image_size: int) -> None:

@@ -53,9 +53,9 @@ def check_device(settings: Settings) -> None:
 
 
 def check_architecture(settings: Settings) -> None:
-    from prunexplain.models import check_arch
+    from prunexplain.models import skeleton
 
-    check_arch(settings.model)
+    skeleton(10, settings.model)  # unknown names and vision transformers fail here, in milliseconds
 
 
 def check_weights(settings: Settings) -> None:
@@ -131,22 +131,19 @@ def check_frozen_parts(settings: Settings) -> None:
 
 
 def check_target_layer(settings: Settings) -> None:
-    from prunexplain.explain.cam import default_target_layer, find_layer
+    from prunexplain.explain.cam import find_layer
+    from prunexplain.models import default_target_layer
 
     model = _shapes_only(settings)
-    find_layer(model, settings.explain.target_layer or default_target_layer(model))
+    find_layer(model, settings.explain.target_layer or default_target_layer(model, settings.data.image_size))
 
 
 def _shapes_only(settings: Settings):
     """The run's model on the meta device (shapes, no memory, no weights): the full VGG-16 in milliseconds,
     to check names of its parts and layers."""
-    import torch
+    from prunexplain.models import skeleton
 
-    from prunexplain.models import build_model
-
-    check_architecture(settings)
-    with torch.device("meta"):
-        return build_model(10, settings.model.model_copy(update={"weights": None}))
+    return skeleton(10, settings.model)
 
 
 CHECKS: tuple[Check, ...] = (

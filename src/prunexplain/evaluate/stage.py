@@ -22,7 +22,7 @@ from prunexplain.data.loaders import normalise, object_masks, read_image_rows, s
 from prunexplain.evaluate.faithfulness import deletion_insertion, randomisation_similarity
 from prunexplain.evaluate.metrics import METRICS, MetricInputs, bootstrap_mean
 from prunexplain.evaluate.plot import plot_metrics
-from prunexplain.explain.cam import explain
+from prunexplain.explain.cam import explain, target_layer
 from prunexplain.models import load_checkpoint, select_device
 from prunexplain.runs import DENSE, ModelKey, Run, write_csv
 
@@ -96,12 +96,14 @@ def evaluate_stage(settings: Settings, run: Run) -> EvaluateResult:
     if dense not in models:
         raise UserError("evaluate: no Grad-CAM maps of the dense model; run `prunexplain explain` first")
     dense_maps = np.load(run.maps(dense))
-    _, checkpoint = load_checkpoint(models[dense])
+    dense_model, checkpoint = load_checkpoint(models[dense])
     images = read_image_rows(run.explained_images, checkpoint["meta"]["classes"])
     if len(images) != len(dense_maps):
         raise UserError(f"{run.explained_images}: lists {len(images)} images, the dense maps hold "
                         f"{len(dense_maps)}; run `prunexplain explain` again")
     size = dense_maps.shape[-1]
+    layer = target_layer(dense_model, settings.explain.target_layer, size)  # traced once, as explain did
+    settings = settings.model_copy(update={"explain": settings.explain.model_copy(update={"target_layer": layer})})
     device = select_device(settings.runtime.device)
     x01, masks = stacked(images, size).to(device).float() / 255, _object_masks(images, size)
     rows, flagged = [], []
@@ -119,7 +121,7 @@ def evaluate_stage(settings: Settings, run: Run) -> EvaluateResult:
     plot = plot_metrics(rows, _accuracies(run), run.metrics_plot)
     if flagged:
         log.warning("maps that survive model randomisation (not explaining the model): %s", ", ".join(flagged))
-    return EvaluateResult(table, plot, rows, flagged, settings.explain.target_layer or "the last layer of features",
+    return EvaluateResult(table, plot, rows, flagged, layer,
                           None if masks is None else float(masks.mean()))
 
 

@@ -10,6 +10,7 @@ after an exception.
 
 from __future__ import annotations
 
+import difflib
 import functools
 from collections.abc import Callable
 
@@ -18,22 +19,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunexplain.config import UserError
-
-
-def default_target_layer(model: nn.Module) -> str:
-    """The study's choice: the last layer of `model.features` (after VGG's last ReLU and pooling)."""
-    features = getattr(model, "features", None)
-    if not isinstance(features, nn.Sequential):
-        raise UserError("explain.target_layer: the model has no `features` block; name a layer")
-    return f"features.{len(features) - 1}"
+from prunexplain.models import default_target_layer
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:
     layers = dict(model.named_modules())
     if name not in layers:
-        known = ", ".join(n for n in layers if n.startswith("features."))
-        raise UserError(f"explain.target_layer: no layer {name!r} (e.g. {known})")
+        close = difflib.get_close_matches(name, [n for n in layers if n], n=6, cutoff=0.5)
+        raise UserError(f"explain.target_layer: no layer {name!r} (close: {', '.join(close) or 'none'})")
     return layers[name]
+
+
+def target_layer(model: nn.Module, name: str | None, image_size: int) -> str:
+    """`name` (explain.target_layer), or the model's default traced at `image_size`."""
+    return name or default_target_layer(model, image_size)
 
 
 class GradCAM:
@@ -44,9 +43,9 @@ class GradCAM:
     to the image size (bicubic, as the study; `kernel="pil"` exactly as the study's PIL resize).
     """
 
-    def __init__(self, model: nn.Module, target_layer: str | None = None) -> None:
+    def __init__(self, model: nn.Module, target_layer: str | None = None, image_size: int = 224) -> None:
         self.model = model
-        self.layer = find_layer(model, target_layer or default_target_layer(model))
+        self.layer = find_layer(model, target_layer or default_target_layer(model, image_size))
         self._activation: torch.Tensor | None = None
         self._restore: list[Callable[[], None]] = []
 
@@ -176,7 +175,7 @@ def explain(
     """
     size = tuple(images.shape[-2:])
     if method == "gradcam":
-        with GradCAM(model, target_layer) as cam:
+        with GradCAM(model, target_layer, images.shape[-1]) as cam:
             maps = upsample(cam(images, classes), size, upsample_kernel)
         peak = maps.flatten(1).amax(1).view(-1, 1, 1)
         # the clamp keeps tiny peaks from blowing up (as before); no positive value: nothing to scale
@@ -185,7 +184,7 @@ def explain(
         raise UserError(f"explain.method: unknown CAM method {method!r} (known: {', '.join(METHODS)})")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    layer = find_layer(model, target_layer or default_target_layer(model))
+    layer = find_layer(model, target_layer or default_target_layer(model, images.shape[-1]))
     training = model.training
     model.eval()
     try:

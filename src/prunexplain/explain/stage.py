@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from prunexplain.config import Settings, UserError
+from prunexplain.config import ExplainSettings, Settings, UserError
 from prunexplain.data import class_names, dataset_root
 from prunexplain.data.loaders import ImageSet, image_rows, load_splits, stacked
 from prunexplain.explain.batched import maps_and_predictions
 from prunexplain.explain.cam import METHODS
 from prunexplain.explain.render import heatmap, occlude, save_png, top_pixels
-from prunexplain.models import check_fits, load_checkpoint, select_device
+from prunexplain.models import check_fits, default_target_layer, load_checkpoint, select_device
 from prunexplain.runs import ModelKey, Run, write_csv, write_with
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,17 @@ def _render(run: Run, key: ModelKey, images: torch.Tensor, maps: np.ndarray, set
         save_png(heatmap(image, cam, settings.heatmap_alpha), run.render(key, i, "heatmap"))
 
 
+def _with_layer(settings: Settings, checkpoint: Path, image_size: int) -> ExplainSettings:
+    """`explain` settings naming the target layer: the given one, or the default traced once on one
+    model (pruning keeps every layer, so all of a run's models share it), logged."""
+    if settings.explain.target_layer is not None:
+        return settings.explain
+    layer = default_target_layer(load_checkpoint(checkpoint)[0], image_size)
+    log.info("explain.target_layer: %s (the model's last spatial feature map at %d px; set it to choose another)",
+             layer, image_size)
+    return settings.explain.model_copy(update={"target_layer": layer})
+
+
 def explain_stage(settings: Settings, run: Run) -> ExplainResult:
     """Explain every chosen model of the run on the same first N test images."""
     if settings.explain.method not in METHODS:
@@ -78,11 +89,12 @@ def explain_stage(settings: Settings, run: Run) -> ExplainResult:
     check_fits(first, next(iter(models.values())), list(test.classes), settings.data.image_size)
     images = stacked(test, first["meta"]["data"]["image_size"])
     write_csv(run.explained_images, image_rows(test))
+    explain = _with_layer(settings, next(iter(models.values())), images.shape[-1])
     written = {}
     for key, path in tqdm(models.items(), desc="explain", unit="model", disable=not settings.runtime.progress):
         model, checkpoint = load_checkpoint(path, device)
         data = settings.data.model_copy(update={"normalize": checkpoint["meta"]["data"]["normalize"]})
-        maps, predictions = maps_and_predictions(model, images, data, settings.explain, device)
+        maps, predictions = maps_and_predictions(model, images, data, explain, device)
         written[str(key)] = write_with(run.maps(key, settings.explain.method), lambda handle: np.save(handle, maps))
         write_with(run.predictions(key), lambda handle: np.save(handle, predictions))
         if settings.explain.render:
