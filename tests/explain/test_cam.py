@@ -8,7 +8,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from prunexplain.config import ModelSettings, UserError
 from prunexplain.explain.cam import GradCAM, explain, upsample
-from prunexplain.models import build_model
+from prunexplain.models import build_model, default_target_layer
 from prunexplain.pruning.masks import apply_masks
 from prunexplain.pruning.methods import METHODS, compute_masks, prunable_weights
 
@@ -44,6 +44,22 @@ def test_maps_match_the_grad_cam_library(layer):
         ours = cam(images, classes)
     reference = _library_maps(model, images, dict(model.named_modules())[layer], classes)
     assert np.abs(_same_normalisation(ours, 64) - reference).max() < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "convnext_tiny", "densenet121"])
+def test_maps_of_any_architecture_at_its_last_block_match_the_library(arch):
+    """At the default layer, except DenseNet's: its forward applies an in-place functional ReLU to
+    features.norm5's output, which overwrites the library's stored activation (as for VGG above), so
+    the library is compared at the dense block before it."""
+    torch.manual_seed(0)
+    model = build_model(10, ModelSettings(arch=arch)).eval()
+    images, classes = torch.rand(4, 3, 96, 96), torch.tensor([0, 3, 5, 9])
+    layer = "features.denseblock4" if arch == "densenet121" else default_target_layer(model, 96)
+    with GradCAM(model, layer) as cam:
+        ours = cam(images, classes)
+    assert ours.shape[-1] == 3 and ours.abs().sum() > 0  # 96 px / 32: the last stage's 3x3 maps
+    reference = _library_maps(model, images, model.get_submodule(layer), classes)
+    assert np.abs(_same_normalisation(ours, 96) - reference).max() < 1e-4
 
 
 def test_default_class_is_the_prediction_and_pruned_models_work():
