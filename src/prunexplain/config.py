@@ -66,10 +66,16 @@ class SyntheticSettings(_Section):
 
 
 class DataSettings(_Section):
-    dataset: Literal["synthetic", "imagenette"] = "synthetic"
+    dataset: Literal["synthetic", "imagenette", "imagefolder"] = Field(
+        "synthetic", description="synthetic (embedded), imagenette, or imagefolder: any folder of class folders"
+    )
     root: PathSetting | None = Field(None, description="dataset folder; None: <run>/data/synthetic")
     image_size: int = Field(64, ge=32, le=512, description="square side the model sees, pixels")
     split_seed: int = Field(69, description="seed of the val/ -> test/valid split (the study's 69)")
+    split: list[float] = Field(
+        default_factory=lambda: [0.7, 0.1, 0.2],
+        description="train, valid, test shares of an imagefolder root without train/ and val/ (per class)",
+    )
     hflip: bool = True
     vflip: bool = True
     rotation: float = Field(10.0, ge=0, le=180, description="max random rotation, degrees")
@@ -80,6 +86,13 @@ class DataSettings(_Section):
         "full_size: per image before resizing, rotation nearest with black fill (the original's)",
     )
     synthetic: SyntheticSettings = SyntheticSettings()
+
+    @field_validator("split")
+    @classmethod
+    def _shares(cls, value: list[float]) -> list[float]:
+        if len(value) != 3 or min(value) <= 0 or abs(sum(value) - 1) > 1e-6:
+            raise ValueError(f"give three positive shares (train, valid, test) that sum to 1, not {value}")
+        return value
 
 
 class ModelSettings(_Section):
@@ -140,7 +153,7 @@ class RuntimeSettings(_Section):
     num_workers: int = Field(0, ge=0, description="data loader worker processes")
     threads: int | None = Field(None, ge=1, description="CPU threads of torch; None: torch's default")
     cache: bool = Field(True, description="decode images once into a memory-mapped uint8 array")
-    cache_dir: PathSetting | None = Field(None, description="None: <dataset root>/.cache")
+    cache_dir: PathSetting | None = Field(None, description="None: <run>/cache")
     model_path: PathSetting | None = Field(
         None, description="also save the trained checkpoint here (study: model_path)"
     )
@@ -165,6 +178,9 @@ class PruneSettings(_Section):
     )
     rates: list[float] = Field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
     scope: Literal["conv", "conv_linear"] = Field("conv", description="Conv2d layers (the study), or Linear too")
+    exclude: list[str] = Field(
+        default_factory=list, description="module name patterns (fnmatch) never pruned, e.g. ['conv1', 'fc']"
+    )
     max_epochs: int = Field(50, ge=0, description="fine-tuning epochs after each step, at most")
     patience: int | None = Field(None, ge=1, description="None: train.patience")
     learning_rate: float | None = Field(None, gt=0, description="None: train.learning_rate")
@@ -172,6 +188,9 @@ class PruneSettings(_Section):
     recalibrate_batches: int = Field(
         0, ge=0, description="training batches that recompute the batch-norm statistics after each pruning step, "
         "before fine-tuning (0: none, as the study)",
+    )
+    save_removed: bool = Field(
+        True, description="for structured methods, also save the physically smaller model (model_removed.pt)"
     )
 
     @field_validator("rates")

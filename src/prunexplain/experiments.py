@@ -20,7 +20,9 @@ MTurk layouts and `study/server/templates` for the self-hosted study).
 
 from __future__ import annotations
 
+import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from prunexplain.errors import UserError
@@ -82,7 +84,7 @@ class Kind:
         """The study's file name of a stimulus showing `models` (study names) on image `image`."""
         if len(models) != len(self.shows):
             raise ValueError(f"{self.name} shows {len(self.shows)} model(s), got {models}")
-        fields = dict(zip(self.shows, models), i=image, classlabel=label)
+        fields = dict(zip(self.shows, models), i=image, classlabel=file_label(label))
         return self.scheme.format(**fields)
 
     def parse_name(self, name: str) -> dict[str, str] | None:
@@ -219,11 +221,34 @@ def class_name(label: str) -> str:
 
 def display_name(label: str) -> str:
     """The words a participant reads for a class label: Imagenette's as the study showed them
-    ('2-cassetteplayer' -> 'Cassette Player'), any other label without its index, capitalised
-    ('3-plus' -> 'Plus'). Panel titles, HIT layouts and the study server all show this."""
+    ('2-cassetteplayer' -> 'Cassette Player'), an indexed label without its index, capitalised
+    ('3-plus' -> 'Plus'), any other (a dataset's own folder name) with its first letter capitalised
+    and underscores as spaces ('golden_retriever' -> 'Golden retriever', 'iPod' -> 'IPod'). Panel
+    titles, HIT layouts and the study server show this."""
     from prunexplain.data.imagenette import DISPLAY_NAMES  # here: data imports config, which imports this module
 
-    return DISPLAY_NAMES.get(label) or class_name(label).capitalize()
+    if label in DISPLAY_NAMES:
+        return DISPLAY_NAMES[label]
+    name = class_name(label)
+    if name != label:
+        return name.capitalize()
+    return label[:1].upper() + label[1:].replace("_", " ")
+
+
+SAFE_LABEL = re.compile(r"[A-Za-z0-9.+-]+")
+
+
+def file_label(label: str) -> str:
+    """A class label as it appears in stimulus file names and URLs: the label itself where it is
+    safe there (`0-fish`, `3-plus`: the study's names), else its ASCII letters and digits with '-'
+    for the rest, plus 6 hex digits of its SHA-256 so two labels never share a name
+    ('Golden Retriever' -> 'Golden-Retriever-3f2a1b'); the analysis maps it back through the labels."""
+    if SAFE_LABEL.fullmatch(label):
+        return label
+    folded = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9.+]+", "-", folded).strip("-") or "class"
+    return f"{slug}-{hashlib.sha256(label.encode()).hexdigest()[:6]}"
+
 
 
 def answer_files_of(key: str, names: list[str]) -> list[str]:

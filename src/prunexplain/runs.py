@@ -294,6 +294,12 @@ class Run:
         """Where the embedded dataset is generated when `data.root` is not set."""
         return self.root / "data" / "synthetic"
 
+    @property
+    def cache_dir(self) -> Path:
+        """The decoded-image cache of the run (unless `runtime.cache_dir`): never inside a dataset
+        folder, which may be read-only or shared."""
+        return self.root / "cache"
+
     # train
     @property
     def dense_checkpoint(self) -> Path:
@@ -310,6 +316,10 @@ class Run:
     # prune
     def checkpoint(self, key: ModelKey) -> Path:
         return self.dense_checkpoint if key.dense else self.root / "prune" / key.method / key.rate_folder / "model.pt"
+
+    def removed_checkpoint(self, key: ModelKey) -> Path:
+        """The physically smaller model of a structured method's rate, beside its masked checkpoint."""
+        return self.checkpoint(key).with_name("model_removed.pt")
 
     def prune_results(self, method: str) -> Path:
         return self.root / "prune" / method / "results.csv"

@@ -23,8 +23,8 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from prunexplain.config import DataSettings, RuntimeSettings, Settings, TrainSettings
-from prunexplain.data import class_names, dataset_root
-from prunexplain.data.loaders import Splits, image_dataset, load_splits, prepare
+from prunexplain.data import dataset_root, splits_of
+from prunexplain.data.loaders import Splits, image_dataset, prepare
 from prunexplain.models import build_model, check_parts, imagenet_weights_file, save_checkpoint, select_device
 from prunexplain.runs import Run, append_json_array, fault_point, write_csv, write_json
 
@@ -398,10 +398,11 @@ def _datasets_on_main_first(settings: Settings, run: Run, procs: Processes):
 
     def prepare_all(runtime: RuntimeSettings):
         root = dataset_root(settings.data, run, runtime.progress)
-        splits = load_splits(root, settings.data.split_seed, class_names(settings.data))
+        splits = splits_of(settings.data, root)
         names = ("train", "valid", "test")
         datasets = {
-            name: image_dataset(getattr(splits, name), settings.data, root, name, runtime, train=name == "train")
+            name: image_dataset(getattr(splits, name), settings.data, run.cache_dir, name, runtime,
+                                train=name == "train")
             for name in names
         }
         return splits, datasets

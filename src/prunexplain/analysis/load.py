@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from prunexplain.config import AnalysisSettings, UserError
-from prunexplain.experiments import DENSE_NAME, KINDS, NONE, STUDY_MODEL_HINT, Kind, study_model_rate
+from prunexplain.experiments import DENSE_NAME, KINDS, NONE, STUDY_MODEL_HINT, Kind, file_label, study_model_rate
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +292,8 @@ def _names(kind: Kind, table, labels, settings, flag) -> pd.DataFrame:
     url = lambda i: table.at[i, "Input.image_url"]  # noqa: E731
     flag(parts["image"].isna(), "Input.image_url", lambda i: f"{url(i)!r} does not follow {kind.scheme}")
     parts = parts.fillna("")
+    by_file = {file_label(label): label for label in labels}  # stimulus names hold file-name safe labels
+    parts["label"] = parts["label"].map(lambda name: by_file.get(name, name))
     known = set(settings.models)
     is_model = (lambda n: n in known) if known else (lambda n: study_model_rate(n) is not None)
     hint = ", ".join(settings.models) if known else STUDY_MODEL_HINT

@@ -14,20 +14,23 @@ from prunexplain.config import UserError
 
 
 def scan_image_folder(
-    split_dir: Path, class_names: dict[str, str] | None = None
+    split_dir: Path, class_names: dict[str, str] | None = None, skip: tuple[str, ...] = ()
 ) -> tuple[list[tuple[str, int]], list[str]]:
     """(path, label index) of every image, in torchvision's ImageFolder order, and the class labels.
 
-    A missing folder, a class folder without images or (with `class_names`) an unknown or missing
+    `skip` names folders that are no classes. A missing folder, a class folder without images or
+    (with `class_names`) an unknown or missing
     class folder is a UserError naming the folder.
     """
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise UserError(f"{split_dir}: no such folder")
     try:
-        folders, class_to_idx = find_classes(split_dir)
+        folders, _ = find_classes(split_dir)
     except FileNotFoundError:
         raise UserError(f"{split_dir}: no class folders inside") from None
+    folders = [folder for folder in folders if folder not in skip]  # masks/ beside the class folders
+    class_to_idx = {folder: index for index, folder in enumerate(folders)}
     if class_names is not None:
         unknown = sorted(set(folders) - set(class_names))
         missing = sorted(set(class_names) - set(folders))

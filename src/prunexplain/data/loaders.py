@@ -8,7 +8,7 @@ split's dataset (`AugmentedImages`) flips and rotates each decoded image at its 
 resizes it, and `prepare` leaves those batches as they are.
 
 The decoded-image cache decodes and resizes every image once into a memory-mapped uint8 array
-(`<root>/.cache/<split>-<size>-<key>.npy`), so epochs never decode a JPEG again.
+(`<run>/cache/<split>-<size>-<key>.npy`, or `runtime.cache_dir`), so epochs never decode a JPEG again.
 """
 
 from __future__ import annotations
@@ -74,11 +74,22 @@ def scan_split(root: Path, split: str, class_names: dict[str, str] | None = None
 
     `class_names` maps folder names to labels (Imagenette's WordNet ids); None: folders are labels.
     """
-    samples, classes = scan_image_folder(Path(root) / split, class_names)
+    folder = Path(root) / split
+    samples, classes = scan_image_folder(folder, class_names, skip=("masks",) if split == "" else ())
     paths = tuple(Path(p) for p, _ in samples)
     mask_root = Path(root) / "masks" / split
-    masks = tuple(mask_root / p.relative_to(Path(root) / split) for p in paths) if mask_root.is_dir() else None
+    masks = tuple(_mask_of(mask_root, p.relative_to(folder)) for p in paths) if mask_root.is_dir() else None
     return ImageSet(paths, tuple(label for _, label in samples), tuple(classes), masks)
+
+
+def _mask_of(mask_root: Path, relative: Path) -> Path:
+    """The mask of an image: the same relative path as a PNG (`a/001.jpg` -> `a/001.png`), or the
+    same file name; a masks/ tree missing one image's mask is refused, naming the file."""
+    for path in (mask_root / relative.with_suffix(".png"), mask_root / relative):
+        if path.is_file():
+            return path
+    raise UserError(f"{mask_root / relative.with_suffix('.png')}: no object mask for this image (a masks/ tree "
+                    "needs one per image, or none at all)")
 
 
 def stacked(images: ImageSet, size: int) -> torch.Tensor:
@@ -116,12 +127,38 @@ def split_sizes(n: int) -> tuple[int, int]:
     return test, n - test
 
 
-def load_splits(root: Path, split_seed: int = 69, class_names: dict[str, str] | None = None) -> Splits:
-    """train/ for training; val/ split into test and valid with `random_split` seeded as the study."""
+def load_splits(
+    root: Path, split_seed: int = 69, class_names: dict[str, str] | None = None,
+    shares: Sequence[float] | None = None,
+) -> Splits:
+    """train/ for training; val/ split into test and valid with `random_split` seeded as the study.
+    With `shares` (imagefolder), a root without train/ is one folder of class folders, divided per
+    class by them."""
+    if shares is not None and not (Path(root) / "train").is_dir():
+        return _divided(scan_split(root, "", class_names), shares, split_seed)
     train, val = scan_split(root, "train", class_names), scan_split(root, "val", class_names)
     generator = torch.Generator().manual_seed(split_seed)
     test_idx, valid_idx = torch.utils.data.random_split(range(len(val)), split_sizes(len(val)), generator)
     return Splits(train, val.subset(list(valid_idx)), val.subset(list(test_idx)))
+
+
+def _divided(images: ImageSet, shares: Sequence[float], seed: int) -> Splits:
+    """Train, valid and test of one folder: each class shuffled from `seed` and cut by `shares`, so
+    every class is in every split in the same proportions (at least one image each)."""
+    generator = torch.Generator().manual_seed(seed)
+    parts: list[list[int]] = [[], [], []]
+    for label, name in enumerate(images.classes):
+        members = [i for i, y in enumerate(images.labels) if y == label]
+        if len(members) < 3:
+            raise UserError(f"{images.paths[members[0]].parent if members else name}: {len(members)} image(s); "
+                            "data.split needs at least 3 per class (train, valid, test)")
+        order = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
+        valid = max(1, round(len(order) * shares[1]))
+        test = max(1, min(len(order) - valid - 1, round(len(order) * shares[2])))
+        parts[0] += order[valid + test:]
+        parts[1] += order[:valid]
+        parts[2] += order[valid:valid + test]
+    return Splits(*(images.subset(sorted(part)) for part in parts))
 
 
 def decode(path: Path, size: int) -> np.ndarray:
@@ -135,7 +172,7 @@ def decode(path: Path, size: int) -> np.ndarray:
 
 
 def read_mask(mask: Path, image: Path, size: int) -> np.ndarray:
-    """An object mask as bool `[size, size]`, True on the object (stored 0 or 255).
+    """An object mask as bool `[size, size]`, True on the object (stored non-zero: 255, or a label).
 
     A mask of another size than its image is refused, not resized: it belongs to another image, or
     was cut differently, and a stretched mask would score explanations against the wrong pixels.
@@ -146,8 +183,8 @@ def read_mask(mask: Path, image: Path, size: int) -> np.ndarray:
         if opened.size != expected:
             raise UserError(f"{mask}: object mask is {opened.size[0]}x{opened.size[1]} pixels, its image {image} "
                             f"is {expected[0]}x{expected[1]}; a mask must match its image")
-        grey = _converted(opened, "L", mask).resize((size, size), Image.BILINEAR)
-    return np.array(grey) >= 128
+        grey = _converted(opened, "L", mask).point(lambda v: 255 if v else 0)  # any non-zero value: object
+    return np.array(grey.resize((size, size), Image.BILINEAR)) >= 128
 
 
 def object_masks(images: ImageSet, size: int) -> np.ndarray | None:
@@ -178,11 +215,26 @@ def _opened(path: Path) -> Image.Image:
 
 
 def _converted(image: Image.Image, mode: str, path: Path) -> Image.Image:
-    """`image.convert(mode)`, which decodes the pixels: a truncated or corrupt file fails here."""
+    """`image.convert(mode)`, which decodes the pixels: a truncated or corrupt file fails here.
+
+    Integer and float greyscale (16-bit scans: modes I;16, I, F) are scaled from their own range to
+    8 bits first: PIL's convert clips them at 255, which turns a 16-bit image white. Alpha is
+    dropped (RGBA, LA, palettes with transparency keep their colours), CMYK is converted by PIL.
+    """
     try:
+        if image.mode.startswith(("I", "F")):
+            image = _eight_bit(image)
         return image.convert(mode)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise UserError(f"{path}: cannot read image ({error})") from None
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A 16/32-bit integer or float greyscale image as 8-bit L, scaled by its type's range
+    (16-bit: 0..65535; 32-bit integer and float: the image's own maximum)."""
+    values = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1e-12)
+    return Image.fromarray(np.clip(values / top * 255 + 0.5, 0, 255).astype(np.uint8), mode="L")
 
 
 class FolderImages(Dataset):
@@ -280,7 +332,7 @@ class AugmentedImages(Dataset):
 def image_dataset(
     images: ImageSet,
     data: DataSettings,
-    root: Path,
+    cache_dir: Path,
     name: str,
     runtime: RuntimeSettings = RuntimeSettings(),
     train: bool = False,
@@ -296,8 +348,8 @@ def image_dataset(
         return AugmentedImages(images, data)
     if not runtime.cache:
         return FolderImages(images, data.image_size)
-    cache_dir = runtime.cache_dir or Path(root) / ".cache"
-    return CachedImages(images, decoded_cache(images, data.image_size, cache_dir, name, runtime.progress))
+    folder = runtime.cache_dir or Path(cache_dir)
+    return CachedImages(images, decoded_cache(images, data.image_size, folder, name, runtime.progress))
 
 
 def prepare(batch: torch.Tensor, data: DataSettings, generator: torch.Generator | None = None) -> torch.Tensor:

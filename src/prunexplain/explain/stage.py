@@ -18,8 +18,8 @@ import torch
 from tqdm import tqdm
 
 from prunexplain.config import ExplainSettings, Settings, UserError
-from prunexplain.data import class_names, dataset_root
-from prunexplain.data.loaders import ImageSet, image_rows, load_splits, stacked
+from prunexplain.data import dataset_root, splits_of
+from prunexplain.data.loaders import ImageSet, image_rows, stacked
 from prunexplain.explain.batched import maps_and_predictions
 from prunexplain.explain.cam import METHODS
 from prunexplain.explain.render import heatmap, occlude, save_png, top_pixels
@@ -51,7 +51,7 @@ def _chosen(available: dict[ModelKey, Path], wanted: list[str]) -> dict[ModelKey
 def explained_images(settings: Settings, run: Run) -> ImageSet:
     """The images every model is explained on: the first `explain.images` of the test split."""
     root = dataset_root(settings.data, run, progress=False)
-    test = load_splits(root, settings.data.split_seed, class_names(settings.data)).test
+    test = splits_of(settings.data, root).test
     if settings.explain.images > len(test):
         raise UserError(f"explain.images={settings.explain.images}: the test split has only {len(test)} images")
     return test.subset(range(settings.explain.images))

@@ -19,24 +19,6 @@ def apply_masks(model: nn.Module, masks: Masks) -> None:
             params[name].mul_(mask.to(params[name].device, params[name].dtype))
 
 
-def channel_masks(model: nn.Module, masks: Masks) -> Masks:
-    """Masks for the rest of each removed filter's channel: the layer's bias and the affine parameters
-    of the batch norm right after it. With them a removed channel outputs exactly zero, so the
-    filter can also be taken out of the network (`shrink.py`) without changing what it computes."""
-    modules = list(model.named_modules())
-    extra: Masks = {}
-    for (name, module), (next_name, following) in zip(modules, modules[1:] + [("", None)]):
-        key = f"{name}.weight"
-        if key not in masks or not isinstance(module, (nn.Conv2d, nn.Linear)):
-            continue
-        alive = masks[key].flatten(1).any(1)
-        if module.bias is not None:
-            extra[f"{name}.bias"] = alive
-        if isinstance(following, nn.BatchNorm2d):
-            extra[f"{next_name}.weight"] = extra[f"{next_name}.bias"] = alive
-    return extra
-
-
 def count_nonzero(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, float]:
     """Compression measured from the tensors, never assumed: all / non-zero, in scope and overall."""
     scope_all = sum(w.numel() for w in weights.values())

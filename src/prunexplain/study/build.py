@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from prunexplain.config import DataSettings, Settings, StudySettings, UserError, read_json
-from prunexplain.data import class_names, dataset_root
-from prunexplain.data.loaders import ImageSet, image_dataset, load_splits, stacked
+from prunexplain.data import dataset_root, splits_of
+from prunexplain.data.loaders import ImageSet, image_dataset, stacked
 from prunexplain.experiments import EXPERIMENTS, RENDERINGS, study_model_name
 from prunexplain.explain import maps_and_predictions
 from prunexplain.models import file_digest, load_checkpoint, select_device
@@ -166,7 +166,7 @@ def _load_models(settings: Settings, chosen: dict[str, tuple[ModelKey, Path]]) -
 
 def _test_split(settings: Settings, run: Run) -> tuple[Path, ImageSet]:
     root = dataset_root(settings.data, run, progress=False)
-    return root, load_splits(root, settings.data.split_seed, class_names(settings.data)).test
+    return root, splits_of(settings.data, root).test
 
 
 def _shown(settings: Settings, loaded: _Models, selection: Selection, classes: list[str]) -> Shown:
@@ -185,7 +185,7 @@ def build_study(settings: Settings, run: Run, out: Path | None = None) -> StudyR
     pairs = _pairs(settings, list(chosen))
     loaded = _load_models(settings, chosen)
     root, test = _test_split(settings, run)
-    selection = _selection(settings, loaded.models, test, root, loaded.data, loaded.device)
+    selection = _selection(settings, run, loaded.models, test, root, loaded.data, loaded.device)
     selection.write(folder.selection)
     shown = _shown(settings, loaded, selection, list(test.classes))
     stimuli = _render(settings, shown, pairs, folder)
@@ -219,12 +219,12 @@ def shown_again(settings: Settings, run: Run) -> Shown:
     return _shown(settings, loaded, read_selection(run.study.selection, test), list(test.classes))
 
 
-def _selection(settings: Settings, models, test, root: Path, data, device) -> Selection:
+def _selection(settings: Settings, run: Run, models, test, root: Path, data, device) -> Selection:
     """The images to show: those `study.images_csv` lists, else chosen as `study.selection` says."""
     study = settings.study
     if study.images_csv is not None:
         return from_csv(study.images_csv, test, root)
-    dataset = image_dataset(test, data, root, "test", settings.runtime)
+    dataset = image_dataset(test, data, run.cache_dir, "test", settings.runtime)
     return select(models, test, dataset, data, study.per_class, study.seed, study.batch_size, device,
                   settings.runtime.progress, study.selection)
 

@@ -78,8 +78,8 @@ from prunexplain.config import (
     UserError,
     json_digest,
 )
-from prunexplain.data import class_names, dataset_root
-from prunexplain.data.loaders import image_dataset, load_splits, object_masks, prepare
+from prunexplain.data import dataset_root, splits_of
+from prunexplain.data.loaders import image_dataset, object_masks, prepare
 from prunexplain.experiments import EXPERIMENTS, NONE, Kind, kind
 from prunexplain.explain.render import heat_weights
 from prunexplain.models import file_digest
@@ -290,11 +290,11 @@ def _read(path: Path) -> dict | None:
 
 def _train(settings: Settings, run: Run, wanted: str, data: DataSettings, device: torch.device) -> Observer:
     root = dataset_root(settings.data, run, settings.runtime.progress)
-    splits = load_splits(root, settings.data.split_seed, class_names(settings.data))
+    splits = splits_of(settings.data, root)
     size, share, seed = settings.data.image_size, settings.study.occlusion, settings.crowd.seed + SEED_OFFSET
     runtime = settings.runtime
-    train = image_dataset(splits.train, settings.data, root, "train", runtime)
-    valid = image_dataset(splits.valid, settings.data, root, "valid", runtime)
+    train = image_dataset(splits.train, settings.data, run.cache_dir, "train", runtime)
+    valid = image_dataset(splits.valid, settings.data, run.cache_dir, "valid", runtime)
     masks = {name: None if split.masks is None else torch.from_numpy(object_masks(split, size))
              for name, split in (("train", splits.train), ("valid", splits.valid))}
     with torch.random.fork_rng():
