@@ -35,6 +35,6 @@ def test_torchrun_two_processes_on_gloo(tmp_path, tiny_dataset):
     settings = tiny_settings(tmp_path, tiny_dataset)
     model, _ = load_checkpoint(tmp_path / "runs" / "ddp" / "train" / "model.pt")
     test = load_splits(tiny_dataset).test
-    dataset = image_dataset(test, settings.data, tiny_dataset, "test", settings.runtime)
+    dataset = image_dataset(test, settings.data, tmp_path / "cache", "test", settings.runtime)
     loader = make_loader(dataset, 16, torch.device("cpu"))
     assert evaluate(model, loader, settings.data, torch.device("cpu"))["top1"] == pytest.approx(result["test_top1"])

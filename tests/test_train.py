@@ -17,7 +17,8 @@ CPU = torch.device("cpu")
 def _loaders(settings, dataset):
     splits = load_splits(dataset)
     make = lambda name, seed=None: make_loader(  # noqa: E731
-        image_dataset(getattr(splits, name), settings.data, dataset, name, settings.runtime), 16, CPU, seed
+        image_dataset(getattr(splits, name), settings.data, Run(settings.run_dir).cache_dir, name, settings.runtime),
+        16, CPU, seed,
     )
     return make("train", 0), make("valid"), make("test")
 

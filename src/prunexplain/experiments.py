@@ -10,7 +10,9 @@ with both (`exp1`, `exp1_heatmap`) and `exp2` with occlusion maps. Adding one is
 
 File names of stimuli follow the study's scheme (DESIGN.md): experiment 1
 `{i}_{left}_{classlabel}_{right}.png`, experiment 2 `{i}_{classlabel}_{model}.png`, where a model is
-`nonpruned` or `<rate>pruned`.
+`nonpruned` or `<rate>pruned`. A class label goes in as `file_label(label)`: itself where it is
+file-name and URL safe (`0-fish`, the study's), else a safe form with a short hash; readers map it
+back through the known classes (`label_of_file`).
 
 What people see comes from here too: the question, each option's label and keyboard keys in the
 order the pages lay them out (`Kind.choices`), and the words for each rendering (`SHOWN_AS`); the
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prunexplain.errors import UserError
@@ -242,13 +245,18 @@ def file_label(label: str) -> str:
     """A class label as it appears in stimulus file names and URLs: the label itself where it is
     safe there (`0-fish`, `3-plus`: the study's names), else its ASCII letters and digits with '-'
     for the rest, plus 6 hex digits of its SHA-256 so two labels never share a name
-    ('Golden Retriever' -> 'Golden-Retriever-3f2a1b'); the analysis maps it back through the labels."""
+    ('Golden Retriever' -> 'Golden-Retriever-2eb35b'); the analysis maps it back through the labels."""
     if SAFE_LABEL.fullmatch(label):
         return label
     folded = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^A-Za-z0-9.+]+", "-", folded).strip("-") or "class"
     return f"{slug}-{hashlib.sha256(label.encode()).hexdigest()[:6]}"
 
+
+def label_of_file(name: str, classes: Iterable[str]) -> str:
+    """The class label a stimulus file name carries (`file_label` undone through the known classes);
+    the name itself where no class has it (the study's labels are their own file labels)."""
+    return next((label for label in classes if file_label(label) == name), name)
 
 
 def answer_files_of(key: str, names: list[str]) -> list[str]:

@@ -71,7 +71,7 @@ def test_first_selection_of_a_run_follows_the_loader_order_of_its_test_split(stu
     test = load_splits(settings.data.root, settings.data.split_seed).test
     models = {key: load_checkpoint(run.checkpoint(ModelKey.parse(key)))[0] for key in settings.study.models}
     data = settings.data.model_copy(update={"image_size": 32})
-    dataset = image_dataset(test, data, settings.data.root, "test", settings.runtime)
+    dataset = image_dataset(test, data, run.cache_dir, "test", settings.runtime)
     chosen = select(models, test, dataset, data, 1, 69, 16, "cpu", progress=False, how="first")
     order = loader_order(len(test), 69)
     # the fixture's models get every test image right: the first image of each class in loader order

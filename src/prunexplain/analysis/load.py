@@ -7,7 +7,9 @@ derived columns are only checked against the answers, never trusted in their pla
 
 The item, model names and class label come from the stimulus file name in `Input.image_url`, parsed
 with the scheme of the experiment's kind (`prunexplain.experiments`; DESIGN.md): experiment 1
-`{i}_{left}_{classlabel}_{right}.png`, experiment 2 `{i}_{classlabel}_{model}.png`. The answer
+`{i}_{left}_{classlabel}_{right}.png`, experiment 2 `{i}_{classlabel}_{model}.png`; a label that is
+not file-name safe is there as `file_label(label)`, mapped back through the classes the answer
+columns, a preprocessed class column or the study's manifest name (`label_of_file`). The answer
 columns, options and preprocessed columns come from the same spec. Rows are numbered as a
 spreadsheet shows them: the header is row 1.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from prunexplain.config import AnalysisSettings, UserError
-from prunexplain.experiments import DENSE_NAME, KINDS, NONE, STUDY_MODEL_HINT, Kind, file_label, study_model_rate
+from prunexplain.experiments import DENSE_NAME, KINDS, NONE, STUDY_MODEL_HINT, Kind, label_of_file, study_model_rate
 
 log = logging.getLogger(__name__)
 
@@ -97,27 +99,33 @@ def sort_models(names) -> list[str]:
     return sorted(set(names), key=model_sort_key)
 
 
-def read_answers(experiment: str, paths: Sequence[Path], settings: AnalysisSettings | None = None) -> Answers:
-    """Read, validate and join the answer files of one experiment."""
+def read_answers(
+    experiment: str, paths: Sequence[Path], settings: AnalysisSettings | None = None, classes: Sequence[str] = ()
+) -> Answers:
+    """Read, validate and join the answer files of one experiment; `classes` (a study manifest's) turn
+    the file-name forms of labels back into the labels where the files alone do not name them (exp1)."""
     if not paths:
         raise UserError(f"analyze {experiment}: give at least one CSV file")
     tables = [(str(path), _read_csv(Path(path))) for path in paths]
-    return parse_tables(experiment, tables, settings)
+    return parse_tables(experiment, tables, settings, classes)
 
 
 def parse_tables(
-    experiment: str, tables: Sequence[tuple[str, pd.DataFrame]], settings: AnalysisSettings | None = None
+    experiment: str, tables: Sequence[tuple[str, pd.DataFrame]], settings: AnalysisSettings | None = None,
+    classes: Sequence[str] = (),
 ) -> Answers:
-    """Validate tables read as strings (name, table) and join their good rows."""
+    """Validate tables read as strings (name, table) and join their good rows; `classes` as in
+    `read_answers`."""
     settings = settings or AnalysisSettings()
     if experiment not in KINDS:
         raise UserError(f"unknown experiment {experiment!r} (known: {', '.join(KINDS)})")
     kind = KINDS[experiment]
-    tables = [(name, _expand_label_column(table.copy())) for name, table in tables]
+    tables = [(name, _expand_label_column(table.copy(), classes)) for name, table in tables]
     labels = _answer_labels(kind, tables)
+    known = _known_classes(kind, tables, [*labels, *classes])
     parts, problems, files = [], [], []
     for name, table in tables:
-        part, found = _parse_table(kind, name, table, labels, settings)
+        part, found = _parse_table(kind, name, table, labels, settings, known)
         parts.append(part)
         problems += found
         files.append(SourceFile(name, _format(table), len(table)))
@@ -154,12 +162,12 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return table
 
 
-def _expand_label_column(table: pd.DataFrame) -> pd.DataFrame:
+def _expand_label_column(table: pd.DataFrame, known: Sequence[str] = ()) -> pd.DataFrame:
     """A crowd-classifier layout answers in one column, `Answer.<group>.label`, holding the option:
     spread it into the study's true/false column per option, so both layouts read alike.
 
-    Where a kind asks for the class, its options are the labels chosen or named in the stimulus file
-    names, and none.
+    Where a kind asks for the class, its options are the labels chosen, named in the stimulus file
+    names (through `label_of_file`, by the chosen and `known` labels) or `known`, and none.
     """
     for kind in KINDS.values():
         column = kind.prefix + "label"
@@ -169,11 +177,20 @@ def _expand_label_column(table: pd.DataFrame) -> pd.DataFrame:
         classes = []
         if kind.asks_class:
             urls = table.get("Input.image_url", pd.Series(dtype=str))
-            named = _file_names(urls).str.extract(kind.pattern)["label"].dropna()
-            classes = sorted({*chosen[chosen != ""], *named} - {NONE}, key=_label_key)
+            named = _file_names(urls).str.extract(kind.pattern)["label"].dropna().unique()
+            given = {*chosen[chosen != ""], *known} - {NONE}
+            classes = sorted({*given, *(label_of_file(n, given) for n in named)} - {NONE}, key=_label_key)
         for option, answer_column in zip(kind.options(classes), kind.columns(classes)):
             table[answer_column] = (chosen == option).map({True: "true", False: "false"})
     return table
+
+
+def _known_classes(kind: Kind, tables, given: Sequence[str]) -> list[str]:
+    """The class labels the files or the caller know: `given` (answer columns, a manifest's classes) and
+    a preprocessed file's own class column, which holds the labels themselves."""
+    column = next((c for c, ours in kind.preprocessed.items() if ours == "label"), None)
+    found = [label for _, table in tables if column in table for label in table[column].str.strip().unique()]
+    return list(dict.fromkeys(label for label in [*given, *found] if label))
 
 
 def _format(table: pd.DataFrame) -> str:
@@ -219,7 +236,7 @@ def _check_columns(kind: Kind, name: str, table: pd.DataFrame) -> None:
         raise UserError(f"{name}: missing column(s) {', '.join(missing)} (is this an MTurk batch-results file?)")
 
 
-def _parse_table(kind: Kind, name, table, labels, settings) -> tuple[pd.DataFrame, list[Problem]]:
+def _parse_table(kind: Kind, name, table, labels, settings, classes) -> tuple[pd.DataFrame, list[Problem]]:
     """The table's rows in the common layout, and the problems of its bad rows (left out)."""
     rows = pd.Series(range(2, len(table) + 2), index=table.index)
     problems: dict[int, list[Problem]] = {}
@@ -246,7 +263,7 @@ def _parse_table(kind: Kind, name, table, labels, settings) -> tuple[pd.DataFram
     flag(frame["hit"] == "", "HITId", "empty")
     _check_rejected(table, flag)
     frame["answer"] = _answers(kind, table, labels, flag)
-    frame = frame.join(_names(kind, table, labels, settings, flag))
+    frame = frame.join(_names(kind, table, labels, settings, flag, classes))
     _check_derived(kind, table, frame, flag)
     if problems and len(problems) == len(table):
         _wrong_scheme_hint(kind, name, table)
@@ -285,15 +302,15 @@ def _answers(kind: Kind, table: pd.DataFrame, labels: list[str], flag) -> pd.Ser
     return chosen.idxmax(axis=1).where(count == 1, "")
 
 
-def _names(kind: Kind, table, labels, settings, flag) -> pd.DataFrame:
-    """Image id, class label and model name(s) parsed from each row's stimulus file name."""
+def _names(kind: Kind, table, labels, settings, flag, classes) -> pd.DataFrame:
+    """Image id, class label and model name(s) parsed from each row's stimulus file name; the label as
+    the one of `classes` it stands for (file names hold `file_label`s)."""
     item = _file_names(table["Input.image_url"])
     parts = item.str.extract(kind.pattern)
     url = lambda i: table.at[i, "Input.image_url"]  # noqa: E731
     flag(parts["image"].isna(), "Input.image_url", lambda i: f"{url(i)!r} does not follow {kind.scheme}")
     parts = parts.fillna("")
-    by_file = {file_label(label): label for label in labels}  # stimulus names hold file-name safe labels
-    parts["label"] = parts["label"].map(lambda name: by_file.get(name, name))
+    parts["label"] = parts["label"].map({name: label_of_file(name, classes) for name in parts["label"].unique()})
     known = set(settings.models)
     is_model = (lambda n: n in known) if known else (lambda n: study_model_rate(n) is not None)
     hint = ", ".join(settings.models) if known else STUDY_MODEL_HINT

@@ -33,9 +33,18 @@ def analyze_run(settings: Settings, run: Run) -> RunAnalysis:
     if not listing.is_file():
         raise UserError(f"{listing}: no answers listed yet; run `prunexplain run` (its crowd stage) first")
     sources = read_json(listing)
+    classes = _study_classes(run)
     answers = {}
     for key, source in sources.items():
-        result = analyze(source["kind"], [Path(f) for f in source["files"]], settings.analysis, run.analysis(key))
+        files = [Path(f) for f in source["files"]]
+        result = analyze(source["kind"], files, settings.analysis, run.analysis(key), classes=classes)
         answers[key] = result.summary["answers"]
     write_json(run.analysis_source, sources)
     return RunAnalysis(sources, answers)
+
+
+def _study_classes(run: Run) -> list[str]:
+    """The class labels of the run's study (its manifest), through which stimulus file names map back to
+    labels that are not file-name safe; [] without a manifest (the names then stay as they are)."""
+    manifest = run.study.manifest
+    return list(read_json(manifest).get("classes", [])) if manifest.is_file() else []

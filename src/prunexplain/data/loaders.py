@@ -153,7 +153,7 @@ def _divided(images: ImageSet, shares: Sequence[float], seed: int) -> Splits:
             raise UserError(f"{images.paths[members[0]].parent if members else name}: {len(members)} image(s); "
                             "data.split needs at least 3 per class (train, valid, test)")
         order = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
-        valid = max(1, round(len(order) * shares[1]))
+        valid = min(len(order) - 2, max(1, round(len(order) * shares[1])))  # leaves one for train and test
         test = max(1, min(len(order) - valid - 1, round(len(order) * shares[2])))
         parts[0] += order[valid + test:]
         parts[1] += order[:valid]
@@ -183,8 +183,22 @@ def read_mask(mask: Path, image: Path, size: int) -> np.ndarray:
         if opened.size != expected:
             raise UserError(f"{mask}: object mask is {opened.size[0]}x{opened.size[1]} pixels, its image {image} "
                             f"is {expected[0]}x{expected[1]}; a mask must match its image")
-        grey = _converted(opened, "L", mask).point(lambda v: 255 if v else 0)  # any non-zero value: object
+        grey = _object_pixels(opened, mask)
     return np.array(grey.resize((size, size), Image.BILINEAR)) >= 128
+
+
+def _object_pixels(mask: Image.Image, path: Path) -> Image.Image:
+    """The mask as 0/255 greyscale, 255 wherever a stored value is non-zero, judged before any scaling
+    or resizing: a label 1 in an 8- or 16-bit PNG counts as much as 255 (a 0/255 mask passes unchanged,
+    so it resizes to the pixels it always did). Colour and palette masks count by their colour (black
+    is background); alpha is ignored."""
+    values_as_stored = mask.mode in ("1", "L", "I", "F") or mask.mode.startswith("I;16")
+    try:
+        values = np.asarray(mask if values_as_stored else mask.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise UserError(f"{path}: cannot read image ({error})") from None
+    found = values.any(axis=2) if values.ndim == 3 else values != 0
+    return Image.fromarray(np.where(found, 255, 0).astype(np.uint8))
 
 
 def object_masks(images: ImageSet, size: int) -> np.ndarray | None:
