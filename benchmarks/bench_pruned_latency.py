@@ -1,75 +1,79 @@
-"""CPU latency and parameter count of dense, unstructured-pruned (masked) and structurally pruned
-(filters physically removed) VGG-16 at 224 px, batch 1, at each compression rate of the study.
+"""CPU latency, parameters and MACs of dense, unstructured-pruned (masked) and structurally pruned
+(channels physically removed through Torch-Pruning) VGG-16 and ResNet-50 at 224 px, batch 1, at each
+compression rate of the study.
 
-Masks zero weights but keep every tensor's shape, so a masked model costs what the dense one
-costs; removing whole filters shrinks the tensors themselves. All medians, measured in one run.
+Masks zero weights but keep every tensor's shape, so a masked model costs what the dense one costs;
+removing whole channels shrinks the tensors themselves. Each rate prunes the dense model in one step
+(local magnitude, local L1 channels). Latencies are medians, measured in one run, the dense model's
+again beside each rate as the machine's speed drifts; MACs from Torch-Pruning's counter.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
+import copy
 
 import torch
+import torchvision
 
 from prunexplain.config import ModelSettings
 from prunexplain.models import build_model
-from prunexplain.pruning.masks import apply_masks, channel_masks
-from prunexplain.pruning.methods import METHODS, compute_masks, prunable_weights
-from prunexplain.pruning.shrink import shrink_vgg
+from prunexplain.pruning.cost import cpu_latency_ms, macs_and_params
+from prunexplain.pruning.masks import apply_masks
+from prunexplain.pruning.methods import METHODS, compute_masks, prunable_groups, prunable_weights, structured_masks
+from prunexplain.pruning.remove import remove_pruned
 
 RATES, REPEATS, SIZE = (2, 4, 8, 16, 32, 64), 5, 224
 
 
-@torch.no_grad()
-def _latency_ms(model: torch.nn.Module, x: torch.Tensor) -> float:
-    model.eval()
-    for _ in range(3):  # warm-up: kernel selection and allocation happen in the first calls
-        model(x)
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+def _latency(model: torch.nn.Module) -> float:
+    return cpu_latency_ms(model, SIZE, repeats=REPEATS)
 
 
-def _pruned(dense: torch.nn.Module, method: str, rate: float) -> tuple[torch.nn.Module, dict]:
-    model = build_model(10, ModelSettings(width=1, pool_size=7, batch_norm=False))
-    model.load_state_dict(dense.state_dict())
+def _unstructured(dense: torch.nn.Module, rate: float) -> torch.nn.Module:
+    model = copy.deepcopy(dense)
     weights = prunable_weights(model, "conv")
     ones = {k: torch.ones_like(w, dtype=torch.bool) for k, w in weights.items()}
-    masks = compute_masks(METHODS[method], weights, ones, rate, torch.Generator().manual_seed(0))
-    if METHODS[method].unit == "filter":
-        masks.update(channel_masks(model, masks))
-    apply_masks(model, masks)
-    return model, masks
+    apply_masks(model, compute_masks(METHODS["local_magnitude_unstructured"], weights, ones, rate, torch.Generator()))
+    return model
+
+
+def _structured(dense: torch.nn.Module, groups, rate: float) -> torch.nn.Module:
+    masks = structured_masks(METHODS["local_l1_structured"], dense, {}, rate, torch.Generator(), groups)
+    return remove_pruned(dense, masks, SIZE)
 
 
 def _nonzero(model: torch.nn.Module) -> int:
     return sum(int(p.count_nonzero()) for p in model.parameters())
 
 
-def main() -> None:
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    dense = build_model(10, ModelSettings(width=1, pool_size=7, batch_norm=False)).eval()
-    x = torch.rand(1, 3, SIZE, SIZE)
-    base = _latency_ms(dense, x)
-    print(f"VGG-16, {SIZE} px, batch 1, {torch.get_num_threads()} threads, median of {REPEATS}")
-    print(f"{'rate':>5} {'model':<28} {'params (non-zero)':>18} {'latency ms':>11} {'dense ms':>9} {'speed-up':>9}")
-    print(f"{1:>5} {'dense':<28} {_nonzero(dense):>18,} {base:>11.1f} {base:>9.1f} {1:>8.2f}x")
+def _line(rate, label: str, model: torch.nn.Module, latency: float, dense: float) -> str:
+    macs, params = macs_and_params(model, SIZE)
+    return (f"{rate:>5} {label:<30} {params:>13,} {_nonzero(model):>13,} {macs / 1e9:>8.3f} {latency:>10.1f} "
+            f"{dense:>9.1f} {dense / latency:>8.2f}x")
+
+
+def _architecture(name: str, dense: torch.nn.Module) -> None:
+    dense.eval()
+    groups = prunable_groups(dense, SIZE, "conv")
+    print(f"\n{name}, {SIZE} px, batch 1, {torch.get_num_threads()} threads, median of {REPEATS}")
+    print(f"{'rate':>5} {'model':<30} {'params':>13} {'non-zero':>13} {'GMACs':>8} {'latency ms':>10} "
+          f"{'dense ms':>9} {'speed-up':>9}")
+    base = _latency(dense)
+    print(_line(1, "dense", dense, base, base))
     for rate in RATES:
-        base = _latency_ms(dense, x)  # again beside each rate: the machine's speed drifts
-        masked, _ = _pruned(dense, "local_magnitude_unstructured", rate)
-        latency = _latency_ms(masked, x)
-        label = "unstructured (masked)"
-        print(f"{rate:>5} {label:<28} {_nonzero(masked):>18,} {latency:>11.1f} {base:>9.1f} {base / latency:>8.2f}x")
-        structured, masks = _pruned(dense, "local_l1_structured", rate)
-        small = shrink_vgg(structured, masks)
-        latency = _latency_ms(small, x)
-        label = "structured (filters removed)"
-        print(f"{rate:>5} {label:<28} {_nonzero(small):>18,} {latency:>11.1f} {base:>9.1f} {base / latency:>8.2f}x")
+        base = _latency(dense)
+        masked = _unstructured(dense, rate)
+        print(_line(rate, "unstructured (masked)", masked, _latency(masked), base))
+        del masked
+        small = _structured(dense, groups, rate)
+        print(_line(rate, "structured (channels removed)", small, _latency(small), base), flush=True)
+
+
+def main() -> None:
+    torch.set_num_threads(1)  # a shared 2-core machine: two threads wait on each other when one core is busy
+    torch.manual_seed(0)
+    _architecture("VGG-16", build_model(10, ModelSettings(width=1, pool_size=7, batch_norm=False)))
+    _architecture("ResNet-50", torchvision.models.resnet50(num_classes=10))
 
 
 if __name__ == "__main__":

@@ -1,38 +1,82 @@
+import copy
+import functools
+
 import pytest
 import torch
+import torchvision
 from torch.nn.utils import prune
 
 from prunexplain.config import ModelSettings, UserError
 from prunexplain.models import build_model
 from prunexplain.pruning.masks import apply_masks, count_nonzero
-from prunexplain.pruning.methods import METHODS, compute_masks, get_method, prunable_weights
+from prunexplain.pruning.methods import (
+    METHODS,
+    compute_masks,
+    get_method,
+    prunable_groups,
+    prunable_weights,
+    structured_masks,
+)
+
+SIZE = 32
 
 
-def _model(seed: int = 0):
+@functools.cache
+def _built(seed: int, batch_norm: bool):
     torch.manual_seed(seed)
-    return build_model(10, ModelSettings(width=0.125, pool_size=1))
+    return build_model(10, ModelSettings(width=0.125, pool_size=1, batch_norm=batch_norm))
 
 
-def _run_schedule(name: str, rates, seed: int = 0, scope: str = "conv"):
-    model = _model()
-    weights = prunable_weights(model, scope)
+def _model(seed: int = 0, batch_norm: bool = False):
+    """A fresh copy of the compact VGG-16 (built once: torchvision draws the full VGG head first)."""
+    return copy.deepcopy(_built(seed, batch_norm))
+
+
+def _step(model, name, masks, rate, seed, scope="conv", exclude=()):
+    """One pruning step of any method, as the schedule takes it."""
+    generator = torch.Generator().manual_seed(seed)
+    if METHODS[name].unit == "filter":
+        groups = prunable_groups(model, SIZE, scope, exclude)
+        return structured_masks(METHODS[name], model, masks, rate, generator, groups)
+    return compute_masks(METHODS[name], prunable_weights(model, scope, exclude), masks, rate, generator)
+
+
+def _run_schedule(name: str, rates, seed: int = 0, scope: str = "conv", model=None, exclude=()):
+    model = model if model is not None else _model()
+    weights = prunable_weights(model, scope, exclude)
     masks = {k: torch.ones_like(w, dtype=torch.bool) for k, w in weights.items()}
     measured = []
     for step, rate in enumerate(rates):
-        masks = compute_masks(METHODS[name], weights, masks, rate, torch.Generator().manual_seed(seed * 100 + step))
+        masks = _step(model, name, masks, rate, seed * 100 + step, scope, exclude)
         apply_masks(model, masks)
         measured.append(count_nonzero(model, weights)["measured_rate_scope"])
     return model, masks, measured
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+def _alive_filters(mask: torch.Tensor) -> torch.Tensor:
+    return mask.flatten(1).any(1)
+
+
+@pytest.mark.parametrize("name", [n for n, m in METHODS.items() if m.unit == "weight"])
 @pytest.mark.parametrize("rates", [(2, 4, 8, 16, 32, 64), (2, 8, 32), (3.5,)])
-def test_every_method_lands_on_every_rate(name, rates):
-    _, masks, measured = _run_schedule(name, rates)
-    # to rounding: one unit (a weight, or a filter of the smallest layer) per layer at most
-    tolerance = 0.002 if METHODS[name].unit == "weight" else 0.2
+def test_every_weight_method_lands_on_every_rate(name, rates):
+    _, _, measured = _run_schedule(name, rates)
     for rate, got in zip(rates, measured):
-        assert got == pytest.approx(rate, rel=tolerance)
+        assert got == pytest.approx(rate, rel=0.002)  # to rounding: one weight per layer at most
+
+
+@pytest.mark.parametrize("name", [n for n, m in METHODS.items() if m.unit == "filter"])
+@pytest.mark.parametrize("rates", [(2, 4, 8, 16, 32, 64), (3.5,)])
+def test_every_filter_method_keeps_its_share_of_each_layers_filters(name, rates):
+    """Rows and input columns both leave, so the weights in scope shrink by more than the rate."""
+    model = _model()
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    _, masks, measured = _run_schedule(name, rates, model=model)
+    for index, conv in enumerate(model.features):
+        if isinstance(conv, torch.nn.Conv2d):
+            alive = _alive_filters(masks[f"features.{index}.weight"])
+            assert alive.sum() == max(1, round(conv.out_channels / rates[-1]))
+    assert measured[-1] > rates[-1] and len(convs) == 13
 
 
 def test_masks_only_shrink_and_structured_masks_remove_whole_filters():
@@ -40,8 +84,24 @@ def test_masks_only_shrink_and_structured_masks_remove_whole_filters():
     _, masks_b, _ = _run_schedule("local_l1_structured", (2, 4))
     for name, mask in masks_b.items():
         assert not (mask & ~masks_a[name]).any()
-        per_filter = mask.flatten(1)
-        assert (per_filter.all(1) | ~per_filter.any(1)).all()
+        if mask.dim() == 4:  # a filter is whole or gone, and so is each input channel of the kept ones
+            rows, columns = mask.flatten(1).any(1), mask.transpose(0, 1).flatten(1).any(1)
+            assert torch.equal(mask, (rows[:, None] & columns[None, :])[..., None, None].expand_as(mask))
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize("rate", [2, 8])
+def test_l1_structured_chooses_the_filters_of_per_layer_ln_structured(rate, batch_norm):
+    """What local_l1_structured chose before it became group-aware, on every conv of the VGG-16: the
+    filters torch.nn.utils.prune.ln_structured (n=1, dim 0) keeps, layer by layer. The reproduced
+    study's structured models do not change."""
+    ours = _run_schedule("local_l1_structured", (rate,), model=_model(batch_norm=batch_norm))[1]
+    reference = _model(batch_norm=batch_norm)
+    for index, layer in enumerate(reference.features):
+        if isinstance(layer, torch.nn.Conv2d):
+            prune.ln_structured(layer, "weight", amount=layer.out_channels - max(1, round(layer.out_channels / rate)),
+                                n=1, dim=0)
+            assert torch.equal(_alive_filters(ours[f"features.{index}.weight"]), _alive_filters(layer.weight_mask))
 
 
 def test_local_methods_prune_every_layer_by_the_same_share():
@@ -56,6 +116,35 @@ def test_linear_layers_join_the_scope_on_request():
     assert model.classifier[0].weight.count_nonzero() == round(model.classifier[0].weight.numel() / 4)
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small"])
+@pytest.mark.parametrize("name", ["local_magnitude_unstructured", "global_magnitude_unstructured"])
+def test_weight_methods_land_exactly_on_any_architecture(arch, name):
+    """Every Conv2d counts, depthwise and 1x1 included: the measured rate is the scheduled one."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch, num_classes=10)
+    weights = prunable_weights(model, "conv")
+    assert len(weights) == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    _, _, measured = _run_schedule(name, (2, 8), model=model)
+    assert measured == pytest.approx([2, 8], rel=1e-3)
+
+
+def test_excluded_layers_keep_every_weight_and_the_rest_lands_on_the_rate():
+    model, masks, measured = _run_schedule("local_magnitude_unstructured", (4,), exclude=["features.0", "features.2*"])
+    assert "features.0.weight" not in masks and "features.21.weight" not in masks
+    assert model.features[0].weight.count_nonzero() == model.features[0].weight.numel()
+    assert measured[0] == pytest.approx(4, rel=1e-3)
+    _, masks, _ = _run_schedule("local_l1_structured", (4,), exclude=["features.2"])
+    # features.0 feeds features.2 (its input columns) and features.2's own filters stay: both groups whole
+    assert masks["features.0.weight"].all() and "features.2.weight" not in masks
+    assert not masks["features.5.weight"].all()
+
+
+def test_exclusion_that_names_no_layer_is_a_user_error():
+    with pytest.raises(UserError, match=r"prune.exclude: 'feature.0' matches no layer of the model "
+                                        r"\(layers: features.0, features.2, features.5, \.\.\., classifier.6\)"):
+        prunable_weights(_model(), "conv", ["feature.0"])
+
+
 def test_random_methods_are_reproducible_from_their_seed():
     for name in ("local_random_unstructured", "local_random_structured"):
         _, a, _ = _run_schedule(name, (2, 4), seed=3)
@@ -66,21 +155,15 @@ def test_random_methods_are_reproducible_from_their_seed():
 
 
 def test_magnitude_masks_match_torch_prune():
-    """One step of our magnitude and L1-filter methods equals torch.nn.utils.prune's masks."""
+    """One step of our magnitude method equals torch.nn.utils.prune's masks."""
     model = _model()
     weights = prunable_weights(model, "conv")
     ones = {k: torch.ones_like(w, dtype=torch.bool) for k, w in weights.items()}
-    generator = torch.Generator().manual_seed(0)
-    ours = compute_masks(METHODS["local_magnitude_unstructured"], weights, ones, 4, generator)
-    filters = compute_masks(METHODS["local_l1_structured"], weights, ones, 4, generator)
+    ours = compute_masks(METHODS["local_magnitude_unstructured"], weights, ones, 4, torch.Generator())
     conv = model.features[0]
     reference = _model()
     prune.l1_unstructured(reference.features[0], "weight", amount=conv.weight.numel() - round(conv.weight.numel() / 4))
     assert torch.equal(ours["features.0.weight"], reference.features[0].weight_mask.bool())
-    reference = _model()
-    layer = reference.features[3]  # 8 filters: 6 pruned
-    prune.ln_structured(layer, "weight", amount=6, n=1, dim=0)
-    assert torch.equal(filters["features.3.weight"], layer.weight_mask.bool())
 
 
 def test_global_magnitude_ranks_all_layers_together():

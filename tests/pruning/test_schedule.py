@@ -12,6 +12,7 @@ from prunexplain.config import UserError
 from prunexplain.models import load_checkpoint
 from prunexplain.pipeline import run_pipeline
 from prunexplain.pruning.methods import prunable_weights
+from prunexplain.pruning.remove import load_removed
 from prunexplain.pruning.schedule import MEASURED_COLUMNS, STUDY_COLUMNS, prune_stage
 from prunexplain.runs import KILL_AFTER, ModelKey, Run
 from prunexplain.train import train_stage
@@ -35,22 +36,48 @@ def _copy_run(trained, tmp_path):
     return Run(tmp_path / "runs" / "demo")
 
 
-def test_schedule_writes_the_studys_table_with_measured_rates(tmp_path, tiny_dataset, trained):
+def test_schedule_writes_the_studys_table_with_measured_rates_and_costs(tmp_path, tiny_dataset, trained):
     run = _copy_run(trained, tmp_path)
     methods = 'prune.methods=["local_magnitude_unstructured", "local_l1_structured"]'
     settings = tiny_settings(tmp_path, tiny_dataset, *PRUNE, methods)
     result = prune_stage(settings, run)
-    for method, tolerance in (("local_magnitude_unstructured", 0.002), ("local_l1_structured", 0.2)):
+    tables = {}
+    for method in ("local_magnitude_unstructured", "local_l1_structured"):
         with open(run.root.joinpath("prune", method, "results.csv")) as handle:
-            rows = list(csv.DictReader(handle))
+            rows = tables[method] = list(csv.DictReader(handle))
         assert tuple(rows[0]) == STUDY_COLUMNS + MEASURED_COLUMNS
         assert [r["sparsity"] for r in rows] == ["1", "2", "8"]
         assert rows[0]["pruned_model_path"] == "-" and rows[1]["max_epochs_finetuned"] == "1"
+        assert {r["modules_pruned_and_finetuned"] for r in rows[1:]} == {"features"}  # the study's VGG name
+        assert all(float(r["latency_ms"]) > 0 for r in rows)
         for row in rows[1:]:
-            assert float(row["measured_rate_scope"]) == pytest.approx(float(row["sparsity"]), rel=tolerance)
             assert 1 < float(row["measured_rate_model"]) < float(row["measured_rate_scope"])
             assert os.path.exists(row["pruned_model_path"])
+    for row in tables["local_magnitude_unstructured"][1:]:
+        assert float(row["measured_rate_scope"]) == pytest.approx(float(row["sparsity"]), rel=0.002)
+    for row in tables["local_l1_structured"][1:]:  # a filter's input columns leave with the filter before it
+        assert float(row["measured_rate_scope"]) > float(row["sparsity"])
+    macs = {method: [int(r["macs"]) for r in rows] for method, rows in tables.items()}
+    params = [int(r["params"]) for r in tables["local_l1_structured"]]
+    assert macs["local_magnitude_unstructured"] == [macs["local_l1_structured"][0]] * 3  # zeros shrink nothing
+    assert macs["local_l1_structured"][2] < macs["local_l1_structured"][1] < macs["local_l1_structured"][0] / 2
+    assert params[2] < params[1] < params[0]
     assert "local_l1_structured" in result.summary()
+
+    for rate in (2, 8):  # the smaller model beside each structured checkpoint computes what the masked one does
+        masked, _ = load_checkpoint(run.checkpoint(ModelKey.pruned("local_l1_structured", rate)))
+        small, _ = load_removed(run.removed_checkpoint(ModelKey.pruned("local_l1_structured", rate)))
+        x = torch.rand(2, 3, 32, 32)
+        with torch.no_grad():
+            assert (masked(x) - small(x)).abs().max() < 1e-4
+        assert not run.removed_checkpoint(ModelKey.pruned("local_magnitude_unstructured", rate)).exists()
+    removed = [run.removed_checkpoint(ModelKey.pruned("local_l1_structured", r)) for r in (2, 8)]
+    stamps = [run.checkpoint(ModelKey.pruned("local_l1_structured", r)).stat().st_mtime_ns for r in (2, 8)]
+    prune_stage(tiny_settings(tmp_path, tiny_dataset, *PRUNE, methods, "prune.save_removed=false"), run)
+    assert not any(path.exists() for path in removed)
+    prune_stage(settings, run)
+    assert all(path.exists() for path in removed)  # written again from the reused rates, not pruned again
+    assert [run.checkpoint(ModelKey.pruned("local_l1_structured", r)).stat().st_mtime_ns for r in (2, 8)] == stamps
 
 
 def test_pruned_weights_stay_zero_through_finetuning_and_a_round_trip(tmp_path, tiny_dataset, trained):

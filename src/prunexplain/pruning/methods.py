@@ -1,14 +1,25 @@
-"""The registry of pruning methods. A method scores weights (or whole filters) and returns masks;
+"""The registry of pruning methods. A method scores weights (or whole channels) and returns masks;
 the schedule applies them. Adding a method is one entry in `METHODS`.
 
-A method only says *what* to score and over which set it ranks (each layer on its own, or all
-layers together). Already-pruned weights score -inf so they stay pruned: masks only ever shrink.
-The number kept is given by the caller, so any compression schedule lands exactly on its rates.
+A method only says *what* to score and over which set it ranks (each layer or channel group on its
+own, or all layers together). Already-pruned units score -inf so they stay pruned: masks only ever
+shrink. The number kept is given by the caller, so any compression schedule lands exactly on its rates.
+
+Weight methods prune the weights of every layer in `prune.scope` (every Conv2d, depthwise and 1x1
+included; Linear too with `conv_linear`) except those `prune.exclude` names. Channel ("filter") methods
+remove whole channels of any architecture through the groups of coupled layers Torch-Pruning finds
+(`groups.py`): each group keeps max(1, round(channels / rate)) channels, ranked by a score of every
+filter that computes the channel; on a VGG a group is one convolution, so that is the per-layer
+L1 filter ranking (torch.nn.utils.prune.ln_structured, n=1, dim 0). Their masks cover every parameter
+the removal touches, so the masked model computes what the physically smaller one computes. Their
+rate is a channel rate: as the next layers' input columns leave with each channel, the measured weight
+rate of the layers in scope is about its square on a plain chain of convolutions (VGG-16 at 8: about 64).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fnmatch
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,17 +27,35 @@ import torch
 from torch import nn
 
 from prunexplain.config import UserError
+from prunexplain.pruning.groups import ChannelGroup, SlicesKept, channel_groups, dependency_graph
 
-Masks = dict[str, torch.Tensor]  # "<module>.weight" -> bool tensor of the weight's shape
+Masks = dict[str, torch.Tensor]  # state-dict parameter name -> bool tensor of the parameter's shape
 Score = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 LAYER_TYPES = {"conv": (nn.Conv2d,), "conv_linear": (nn.Conv2d, nn.Linear)}
 
 
-def prunable_weights(model: nn.Module, scope: str) -> dict[str, torch.Tensor]:
-    """The weights in scope, keyed like the state dict: Conv2d layers (the study), optionally Linear."""
-    types = LAYER_TYPES[scope]
-    return {f"{name}.weight": m.weight for name, m in model.named_modules() if isinstance(m, types)}
+def excluded_layers(model: nn.Module, patterns: Sequence[str]) -> set[str]:
+    """Names of the modules `prune.exclude` names (fnmatch patterns) and of every module inside them.
+    A pattern that names nothing is a typo that would silently prune a layer meant to stay whole."""
+    names = [name for name, _ in model.named_modules() if name]
+    excluded = set()
+    for pattern in patterns:
+        matched = fnmatch.filter(names, pattern)
+        if not matched:
+            layers = [n for n, m in model.named_modules() if isinstance(m, LAYER_TYPES["conv_linear"])]
+            examples = ", ".join(layers[:3] + ["...", layers[-1]] if len(layers) > 4 else layers)
+            raise UserError(f"prune.exclude: {pattern!r} matches no layer of the model (layers: {examples})")
+        excluded.update(n for n in names if any(n == m or n.startswith(f"{m}.") for m in matched))
+    return excluded
+
+
+def prunable_weights(model: nn.Module, scope: str, exclude: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """The weights in scope, keyed like the state dict: every Conv2d (the study), optionally every
+    Linear, whatever the architecture, minus the layers `exclude` names."""
+    types, excluded = LAYER_TYPES[scope], excluded_layers(model, exclude)
+    return {f"{name}.weight": m.weight for name, m in model.named_modules()
+            if isinstance(m, types) and name not in excluded}
 
 
 def magnitude(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -37,24 +66,22 @@ def uniform(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(weight.shape, generator=generator)
 
 
-def filter_l1(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return weight.detach().abs().flatten(1).sum(1)
+def filter_l1(filters: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """`filters` is `[channels, k]`: every weight computing each channel (`ChannelGroup.filters`)."""
+    return filters.detach().abs().flatten(1).sum(1)
 
 
-def filter_uniform(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return torch.rand(weight.shape[0], generator=generator)
+def filter_uniform(filters: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(filters.shape[0], generator=generator)
 
 
 @dataclass(frozen=True)
 class Method:
-    """How a pruning method ranks: per weight or per output filter, per layer or over all layers."""
+    """How a pruning method ranks: per weight or per channel ("filter"), per layer or over all layers."""
 
     unit: Literal["weight", "filter"]
     ranking: Literal["local", "global"]
     score: Score
-
-    def units(self, weight: torch.Tensor) -> int:
-        return weight.numel() if self.unit == "weight" else weight.shape[0]
 
 
 METHODS: dict[str, Method] = {
@@ -72,11 +99,6 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def _unit_mask(mask: torch.Tensor, unit: str) -> torch.Tensor:
-    """Which units are still alive: weights, or filters with any weight left."""
-    return mask if unit == "weight" else mask.flatten(1).any(1)
-
-
 def _keep_top(scores: torch.Tensor, alive: torch.Tensor, keep: int) -> torch.Tensor:
     """Boolean mask of the `keep` best-scoring alive units (ties: the earlier index wins)."""
     scores = scores.flatten().float().masked_fill(~alive.flatten(), float("-inf"))
@@ -85,26 +107,54 @@ def _keep_top(scores: torch.Tensor, alive: torch.Tensor, keep: int) -> torch.Ten
     return chosen.view(alive.shape)
 
 
-def _expand(units: torch.Tensor, weight: torch.Tensor, unit: str) -> torch.Tensor:
-    return units if unit == "weight" else units.view(-1, *[1] * (weight.dim() - 1)).expand_as(weight).clone()
-
-
 def compute_masks(
     method: Method, weights: dict[str, torch.Tensor], masks: Masks, rate: float, generator: torch.Generator
 ) -> Masks:
-    """New masks that keep 1/rate of the units of the layer set (at least one unit per layer)."""
+    """New masks of a weight method that keep 1/rate of the weights of the layer set (at least one
+    per layer)."""
     scores = {name: method.score(w.cpu(), generator) for name, w in weights.items()}
-    alive = {name: _unit_mask(masks[name], method.unit) for name in weights}
+    alive = {name: masks[name].cpu() for name in weights}
     if method.ranking == "local":
-        units = {
-            name: _keep_top(scores[name], alive[name], max(1, round(method.units(w) / rate)))
-            for name, w in weights.items()
-        }
-    else:
-        names = list(weights)
-        total = sum(method.units(weights[n]) for n in names)
-        flat = _keep_top(torch.cat([scores[n].flatten() for n in names]),
-                         torch.cat([alive[n].flatten() for n in names]), max(1, round(total / rate)))
-        sizes = [scores[n].numel() for n in names]
-        units = {n: part.view(scores[n].shape) for n, part in zip(names, flat.split(sizes))}
-    return {name: _expand(units[name], weights[name], method.unit) for name in weights}
+        return {name: _keep_top(scores[name], alive[name], max(1, round(w.numel() / rate)))
+                for name, w in weights.items()}
+    names = list(weights)
+    total = sum(weights[n].numel() for n in names)
+    flat = _keep_top(torch.cat([scores[n].flatten() for n in names]),
+                     torch.cat([alive[n].flatten() for n in names]), max(1, round(total / rate)))
+    return {n: part.view(scores[n].shape) for n, part in zip(names, flat.split([scores[n].numel() for n in names]))}
+
+
+def prunable_groups(model: nn.Module, image_size: int, scope: str, exclude: Sequence[str] = ()) -> list[ChannelGroup]:
+    """The channel groups a filter method prunes: those whose channels are computed by layers in scope
+    only and that touch no excluded layer (its weights stay whole, its input columns too)."""
+    types, excluded = LAYER_TYPES[scope], excluded_layers(model, exclude)
+    groups = [g for g in channel_groups(dependency_graph(model, image_size), model)
+              if not g.layers & excluded and all(isinstance(model.get_submodule(p), types) for p in g.producers)]
+    if not groups:
+        raise UserError(
+            f"prune.scope={scope!r}: no channel of this model can be removed by a structured method (every "
+            "group of coupled channels passes a LayerNorm or GroupNorm, a grouped convolution or an excluded "
+            "layer, or is computed by a layer out of scope; ConvNeXt: try prune.scope='conv_linear')"
+        )
+    return groups
+
+
+def structured_masks(
+    method: Method, model: nn.Module, masks: Masks, rate: float, generator: torch.Generator,
+    groups: list[ChannelGroup],
+) -> Masks:
+    """New masks of a filter method: each group keeps its max(1, round(channels / rate)) best alive
+    channels; every cut of the others is masked (`masks` plus the biases, norms and input columns).
+
+    Scores read the weights as they are: after a first step a filter's L1 norm no longer counts its
+    columns for the channels removed before (masked now, as they read nothing). The per-layer code
+    before channel groups left those columns and counted them, so on a VGG both choose the same
+    filters in one step from the dense model, and may differ in later steps of a schedule."""
+    params = dict(model.named_parameters())
+    kept = SlicesKept(masks, params)
+    new = {name: mask.cpu().clone() for name, mask in masks.items()}
+    for group in groups:
+        keep = _keep_top(method.score(group.filters(params), generator), group.alive(kept),
+                         max(1, round(group.size / rate)))
+        group.drop(new, ~keep, params)
+    return new

@@ -11,10 +11,16 @@ data, model, training and pruning, the method and the schedule *up to that rate*
 schedule (adding 128 after 64) therefore keeps every finished rate; a rate that is recomputed makes
 every later one recomputed too, as each starts from the one before. Checkpoints of rates or methods
 no longer in the settings are moved under `retired/`, so they are never listed as the run's models.
+
+Each row also says what the model costs as it would run: MACs and parameters (Torch-Pruning's counter)
+and CPU latency at batch 1. A structured method's model runs without its removed channels (saved
+beside the masked checkpoint as `model_removed.pt` with `prune.save_removed`); an unstructured one runs
+as the dense architecture, since its zeros shrink no tensor.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -28,9 +34,18 @@ from torch import nn
 
 from prunexplain.config import Settings, UserError, json_digest
 from prunexplain.models import check_fits, file_digest, load_checkpoint, model_settings, save_checkpoint
-from prunexplain.pruning.masks import apply_masks, channel_masks, count_nonzero
-from prunexplain.pruning.methods import compute_masks, get_method, prunable_weights
+from prunexplain.pruning.cost import model_cost
+from prunexplain.pruning.masks import apply_masks, count_nonzero
+from prunexplain.pruning.methods import (
+    Masks,
+    compute_masks,
+    get_method,
+    prunable_groups,
+    prunable_weights,
+    structured_masks,
+)
 from prunexplain.pruning.plot import plot_accuracy
+from prunexplain.pruning.remove import remove_pruned, save_removed
 from prunexplain.runs import ModelKey, Run, fault_point, write_csv
 from prunexplain.train import device_for, evaluate, fit, recalibrate_batch_norm, run_loaders
 
@@ -42,7 +57,7 @@ STUDY_COLUMNS = (
     "test_top1_accuracy", "test_top5_accuracy",
 )
 MEASURED_COLUMNS = ("measured_rate_scope", "measured_rate_model", "nonzero_params", "accuracy_before_finetune",
-                    "accuracy_after_recalibration")
+                    "accuracy_after_recalibration", "macs", "params", "latency_ms")
 
 
 @dataclass
@@ -80,6 +95,41 @@ def _dense_row(method: str, meta: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _part(arch: str, scope: str) -> str:
+    """The table's `modules_pruned_and_finetuned`: the study's VGG-16 names, else the kinds of layers."""
+    if arch == "vgg16":
+        return "features" if scope == "conv" else "features+classifier"
+    return "conv" if scope == "conv" else "conv+linear"
+
+
+def _removed(model: nn.Module, masks: Masks, image_size: int) -> tuple[nn.Module, float]:
+    """The physically smaller model (on the CPU) and the largest difference between its outputs and the
+    masked model's on two random images: float rounding, unless a coupling escaped the masks."""
+    masked = copy.deepcopy(model).cpu().eval()
+    removed = remove_pruned(masked, masks, image_size)
+    x = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = masked(x)
+        difference = (removed(x) - expected).abs().max().item()
+    if difference > 1e-4 * max(1.0, expected.abs().max().item()):
+        log.warning("the physically pruned model's outputs differ from the masked model's by %.3g", difference)
+    return removed, difference
+
+
+def _write_removed(
+    run: Run, key: ModelKey, removed: tuple[nn.Module, float] | None, checkpoint: dict[str, Any], masks: Masks,
+    image_size: int, meta: dict[str, Any],
+) -> None:
+    """Save the smaller model beside the rate's checkpoint, or delete one left by other settings."""
+    path = run.removed_checkpoint(key)
+    if removed is None:
+        path.unlink(missing_ok=True)
+        return
+    model, difference = removed
+    save_removed(path, model, model_settings(checkpoint), checkpoint["num_classes"], masks, image_size,
+                 {**meta, "removed": {"max_abs_difference": difference}})
+
+
 def _finetune_settings(settings: Settings, step: int):
     prune = settings.prune
     return settings.train.model_copy(
@@ -106,13 +156,16 @@ def prune_method(
     A saved rate is reused only if it carries the fingerprint of `base` and the schedule up to it,
     and no earlier rate was recomputed in this call.
     """
-    method, prune = get_method(name), settings.prune
+    method, prune, size = get_method(name), settings.prune, settings.data.image_size
     model, checkpoint = load_checkpoint(dense, device)
     meta = checkpoint["meta"]
-    weights = prunable_weights(model, prune.scope)
+    weights = prunable_weights(model, prune.scope, prune.exclude)
+    groups = prunable_groups(model, size, prune.scope, prune.exclude) if method.unit == "filter" else None
+    keep_removed = groups is not None and prune.save_removed
     masks = {k: torch.ones_like(w, dtype=torch.bool, device="cpu") for k, w in weights.items()}
-    rows = [{**_dense_row(name, meta), "nonzero_params": count_nonzero(model, weights)["nonzero_params"]}]
-    part = "features" if prune.scope == "conv" else "features+classifier"
+    rows = [{**_dense_row(name, meta), "nonzero_params": count_nonzero(model, weights)["nonzero_params"],
+             **model_cost(model, size)}]
+    part = _part(checkpoint["arch"], prune.scope)
     recomputed = False
     for step, rate in enumerate(prune.rates):
         key = ModelKey.pruned(name, rate)
@@ -120,14 +173,17 @@ def prune_method(
         finished = None if recomputed else _finished(path, fingerprint, device)
         if finished is not None:
             model, saved = finished
-            weights, masks = prunable_weights(model, prune.scope), saved["masks"]
+            weights, masks = prunable_weights(model, prune.scope, prune.exclude), saved["masks"]
+            if keep_removed != run.removed_checkpoint(key).exists():  # prune.save_removed changed since
+                _write_removed(run, key, _removed(model, masks, size) if keep_removed else None, checkpoint,
+                               masks, size, saved["meta"])
             rows.append(saved["meta"]["row"])
             log.info("%s %gx: done already", name, rate)
             continue
         recomputed, start = True, time.perf_counter()
-        masks = compute_masks(method, weights, masks, rate, torch.Generator().manual_seed(_step_seed(prune.seed, step)))
-        if method.unit == "filter":
-            masks.update(channel_masks(model, masks))
+        generator = torch.Generator().manual_seed(_step_seed(prune.seed, step))
+        masks = (compute_masks(method, weights, masks, rate, generator) if groups is None
+                 else structured_masks(method, model, masks, rate, generator, groups))
         apply_masks(model, masks)
         amp = settings.runtime.amp
         before = evaluate(model, loaders["test"], settings.data, device, amp)
@@ -156,9 +212,13 @@ def prune_method(
             "test_top5_accuracy": test["top5"], **count_nonzero(model, weights),
             "accuracy_before_finetune": before["top1"], "accuracy_after_recalibration": recalibrated,
         }
-        save_checkpoint(path, model, model_settings(checkpoint), checkpoint["num_classes"], masks,
-                        {**meta, "prune": {"method": name, "rate": rate, "step": step}, "row": row,
-                         "fingerprint": fingerprint})
+        removed = _removed(model, masks, size) if groups is not None else None
+        row.update(model_cost(removed[0] if removed else model, size))
+        saved_meta = {**meta, "prune": {"method": name, "rate": rate, "step": step}, "row": row,
+                      "fingerprint": fingerprint}
+        # the smaller model first: a run killed between the two recomputes the rate and rewrites both
+        _write_removed(run, key, removed if keep_removed else None, checkpoint, masks, size, saved_meta)
+        save_checkpoint(path, model, model_settings(checkpoint), checkpoint["num_classes"], masks, saved_meta)
         rows.append(row)
         write_csv(run.prune_results(name), rows)
         log.info("%s %gx: test top-1 %.4f (before fine-tuning %.4f)", name, rate, test["top1"], before["top1"])
@@ -201,7 +261,8 @@ def prune_stage(settings: Settings, run: Run) -> PruneResult:
     check_fits(torch.load(dense, map_location="cpu", weights_only=True), dense, splits.train.classes,
                settings.data.image_size)
     retire_unscheduled(settings, run)
-    prune = settings.prune.model_dump(mode="json", exclude={"methods", "rates"})
+    # save_removed only adds a file beside each checkpoint: finished rates stay valid when it changes
+    prune = settings.prune.model_dump(mode="json", exclude={"methods", "rates", "save_removed"})
     base = settings.fingerprint("data", "model", "train") + json.dumps(prune, sort_keys=True) + file_digest(dense)
     rows = {name: prune_method(name, settings, run, loaders, device, dense, base) for name in settings.prune.methods}
     tables = {name: run.prune_results(name) for name in rows}
