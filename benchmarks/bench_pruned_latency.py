@@ -38,7 +38,8 @@ def _unstructured(dense: torch.nn.Module, rate: float) -> torch.nn.Module:
 
 
 def _structured(dense: torch.nn.Module, groups, rate: float) -> torch.nn.Module:
-    masks = structured_masks(METHODS["local_l1_structured"], dense, {}, rate, torch.Generator(), groups)
+    weights = prunable_weights(dense, "conv")
+    masks = structured_masks(METHODS["local_l1_structured"], dense, weights, {}, rate, torch.Generator(), groups)
     return remove_pruned(dense, masks, SIZE)
 
 

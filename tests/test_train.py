@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from prunexplain.config import DataSettings, RuntimeSettings, TrainSettings, UserError
-from prunexplain.data.loaders import image_dataset, load_splits
+from prunexplain.data.loaders import as_trained, image_dataset, load_splits, with_dataset_statistics
 from prunexplain.models import build_model, load_checkpoint
-from prunexplain.runs import Run
+from prunexplain.pruning.schedule import prune_stage
+from prunexplain.runs import ModelKey, Run
 from prunexplain.train import evaluate, fit, make_loader, recalibrate_batch_norm, train_stage
 from tests.conftest import tiny_settings
 
@@ -192,3 +193,22 @@ def test_batch_norm_recalibration_averages_the_statistics_of_its_batches(tmp_pat
     recalibrate_batch_norm(again, train, settings.data, CPU, batches=2, seed=3)
     assert torch.equal(next(m for m in again.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean,
                        first.running_mean)  # the seed decides the batches
+
+
+def test_dataset_statistics_are_computed_once_kept_in_the_checkpoint_and_used_after(tmp_path, tiny_dataset):
+    settings = tiny_settings(tmp_path, tiny_dataset, 'data.normalize="dataset"',
+                             "prune.methods=['local_l1_structured']", "prune.rates=[2]")
+    run = Run(settings.run_dir)
+    result = train_stage(settings, run)
+    model, checkpoint = load_checkpoint(run.dense_checkpoint)
+    train, _, test = _loaders(settings, tiny_dataset)
+    expected = with_dataset_statistics(settings.data, train.dataset)
+    stored = checkpoint["meta"]["data"]
+    assert stored["normalize"] == "dataset" and stored["mean"] == expected.mean and stored["std"] == expected.std
+    assert 0.05 < min(stored["std"]) and len(set(stored["mean"])) == 3  # the images' own, not ImageNet's
+    trained = as_trained(settings.data, stored)
+    assert evaluate(model, test, trained, CPU)["top1"] == pytest.approx(result.test_top1)
+    # later stages read the statistics from the checkpoint: pruning fine-tunes and evaluates with them
+    prune_stage(settings, run)
+    _, pruned = load_checkpoint(run.checkpoint(ModelKey.pruned("local_l1_structured", 2)))
+    assert pruned["meta"]["data"] == stored

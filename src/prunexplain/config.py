@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prunexplain.errors import UserError
 from prunexplain.experiments import EXPERIMENTS, KINDS, first_of_each_kind
@@ -79,13 +79,40 @@ class DataSettings(_Section):
     hflip: bool = True
     vflip: bool = True
     rotation: float = Field(10.0, ge=0, le=180, description="max random rotation, degrees")
-    normalize: bool = Field(False, description="ImageNet mean/std normalisation")
+    normalize: bool | Literal["imagenet", "dataset"] = Field(
+        False,
+        description="mean/std normalisation: false (none, the study's), true or 'imagenet' (ImageNet's, for "
+        "ImageNet weights), or 'dataset' (the training split's, computed once when training; kept in the checkpoint)",
+    )
+    mean: list[float] | None = Field(
+        None, description="per-channel mean of normalize='dataset' (None: computed from the training split)"
+    )
+    std: list[float] | None = Field(
+        None, description="per-channel std of normalize='dataset' (None: computed from the training split)"
+    )
     augment_at: Literal["image_size", "full_size"] = Field(
         "image_size",
         description="image_size: flips and rotation (bilinear) on the resized images, batched on the device; "
         "full_size: per image before resizing, rotation nearest with black fill (the original's)",
     )
     synthetic: SyntheticSettings = SyntheticSettings()
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _per_channel(cls, value: list[float] | None, info) -> list[float] | None:
+        if value is not None and (len(value) != 3 or (info.field_name == "std" and min(value) <= 0)):
+            raise ValueError(f"give three values (red, green, blue){', all positive' * (info.field_name == 'std')}, "
+                             f"not {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _statistics_of_the_dataset(self) -> DataSettings:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("data.mean and data.std: give both or neither")
+        if self.mean is not None and self.normalize != "dataset":
+            raise ValueError(f"data.mean and data.std are the statistics of normalize='dataset', not of "
+                             f"normalize={self.normalize!r}")
+        return self
 
     @field_validator("split")
     @classmethod

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from prunexplain.config import DataSettings, RuntimeSettings, Settings, TrainSettings
 from prunexplain.data import dataset_root, splits_of
-from prunexplain.data.loaders import Splits, image_dataset, prepare
+from prunexplain.data.loaders import Splits, image_dataset, prepare, with_dataset_statistics
 from prunexplain.models import build_model, check_parts, imagenet_weights_file, save_checkpoint, select_device
 from prunexplain.runs import Run, append_json_array, fault_point, write_csv, write_json
 
@@ -353,6 +353,8 @@ def train_stage(settings: Settings, run: Run) -> TrainResult | None:
         if procs.main and settings.model.weights == "imagenet":  # offline, fail before the data is decoded
             imagenet_weights_file(settings.model, settings.runtime.progress)
         splits, loaders = run_loaders(settings, run, device, procs)
+        data = with_dataset_statistics(settings.data, loaders["train"].dataset, settings.runtime.progress)
+        settings = settings.model_copy(update={"data": data})
         torch.manual_seed(settings.train.seed)
         model = build_model(len(splits.train.classes), settings.model).to(device)
         if device.type == "cuda" and settings.runtime.channels_last:
@@ -417,7 +419,7 @@ def _datasets_on_main_first(settings: Settings, run: Run, procs: Processes):
 def _write_outputs(settings, run, model, classes, fitted: FitResult, result: TrainResult) -> None:
     meta = {
         "classes": list(classes),
-        "data": {"image_size": settings.data.image_size, "normalize": settings.data.normalize},
+        "data": settings.data.model_dump(mode="json", include={"image_size", "normalize", "mean", "std"}),
         "train": asdict(result),
     }
     path = save_checkpoint(run.dense_checkpoint, model, settings.model, len(classes), meta=meta)

@@ -19,6 +19,7 @@ from prunexplain.data.loaders import (
     read_mask,
     scan_split,
     split_sizes,
+    with_dataset_statistics,
 )
 
 
@@ -308,3 +309,34 @@ def test_run_loaders_augment_only_the_train_split_at_full_size(tmp_path, tiny_da
     _, loaders = run_loaders(settings, Run(settings.run_dir), torch.device("cpu"))
     assert isinstance(loaders["train"].dataset, AugmentedImages)
     assert isinstance(loaders["valid"].dataset, CachedImages) and isinstance(loaders["test"].dataset, CachedImages)
+
+
+def test_dataset_statistics_are_the_training_images_mean_and_std():
+    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images[:, 0] //= 4  # channels of different means
+    train = torch.utils.data.TensorDataset(images, torch.zeros(10, dtype=torch.long))
+    data = with_dataset_statistics(DataSettings(normalize="dataset"), train)
+    x = images.double() / 255
+    assert data.mean == pytest.approx(x.mean((0, 2, 3)).tolist(), abs=1e-9)
+    assert data.std == pytest.approx(x.std((0, 2, 3), unbiased=False).tolist(), abs=1e-9)
+    normalised = prepare(images, data).double()
+    assert normalised.mean((0, 2, 3)).abs().max() < 1e-5
+    assert (normalised.std((0, 2, 3), unbiased=False) - 1).abs().max() < 1e-5
+    for other in (DataSettings(normalize=True), DataSettings(normalize="imagenet"), DataSettings()):
+        assert with_dataset_statistics(other, train) is other  # only normalize='dataset' computes them
+    imagenet = prepare(images, DataSettings(normalize="imagenet"))
+    assert torch.equal(imagenet, prepare(images, DataSettings(normalize=True)))
+    with pytest.raises(UserError, match="computed by `prunexplain train`"):
+        prepare(images, DataSettings(normalize="dataset"))
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"normalize": True, "mean": [0.5] * 3, "std": [0.2] * 3}, "statistics of normalize='dataset'"),
+    ({"normalize": "dataset", "mean": [0.5] * 3}, "give both or neither"),
+    ({"normalize": "dataset", "mean": [0.5] * 3, "std": [0.2, 0, 0.2]}, "all positive"),
+    ({"normalize": "dataset", "mean": [0.5] * 2, "std": [0.2] * 3}, "three values"),
+    ({"normalize": "ImageNet"}, "normalize"),
+])
+def test_bad_normalisation_settings_say_what_is_wrong(fields, message):
+    with pytest.raises(ValueError, match=message):
+        DataSettings(**fields)

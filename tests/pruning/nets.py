@@ -7,7 +7,7 @@ import torchvision
 from torch import nn
 
 from prunexplain.pruning.masks import apply_masks
-from prunexplain.pruning.methods import METHODS, Masks, prunable_groups, structured_masks
+from prunexplain.pruning.methods import METHODS, Masks, prunable_groups, prunable_weights, structured_masks
 
 
 def trained_looking(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -35,9 +35,10 @@ def structurally_pruned(
     model: nn.Module, rates=(2, 4), size: int = 32, scope: str = "conv", method: str = "local_l1_structured"
 ) -> Masks:
     """The schedule's steps of a structured method, masks applied after each; returns the masks."""
-    groups = prunable_groups(model, size, scope)
+    groups, weights = prunable_groups(model, size, scope), prunable_weights(model, scope)
     masks: Masks = {}
     for step, rate in enumerate(rates):
-        masks = structured_masks(METHODS[method], model, masks, rate, torch.Generator().manual_seed(step), groups)
+        generator = torch.Generator().manual_seed(step)
+        masks = structured_masks(METHODS[method], model, weights, masks, rate, generator, groups)
         apply_masks(model, masks)
     return masks

@@ -10,7 +10,7 @@ from torchvision.models.convnext import LayerNorm2d
 from prunexplain.config import UserError
 from prunexplain.pruning.groups import SlicesKept, channel_groups, dependency_graph
 from prunexplain.pruning.masks import apply_masks
-from prunexplain.pruning.methods import METHODS, prunable_groups, structured_masks
+from prunexplain.pruning.methods import METHODS, prunable_groups, prunable_weights, structured_masks
 from prunexplain.pruning.remove import remove_pruned
 from tests.pruning.nets import structurally_pruned, torchvision_model
 
@@ -29,16 +29,23 @@ def test_masked_model_computes_what_the_smaller_one_computes(arch, scope):
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters()) / 3
 
 
-def test_each_group_keeps_its_share_and_the_class_outputs_stay():
+def _scope_rate(masks, weights) -> float:
+    return sum(w.numel() for w in weights.values()) / sum(int(masks[name].sum()) for name in weights)
+
+
+def test_groups_keep_the_same_share_and_land_on_the_weight_rate():
     model = torchvision_model("resnet18")
-    groups = prunable_groups(model, 32, "conv")
+    groups, weights = prunable_groups(model, 32, "conv"), prunable_weights(model, "conv")
     params = dict(model.named_parameters())
     masks_2 = structurally_pruned(model, (2,))
-    masks_8 = structured_masks(METHODS["local_l1_structured"], model, masks_2, 8, torch.Generator(), groups)
+    masks_8 = structured_masks(METHODS["local_l1_structured"], model, weights, masks_2, 8, torch.Generator(), groups)
+    assert _scope_rate(masks_2, weights) == pytest.approx(2, rel=0.02)  # rows and columns counted as they go
+    assert _scope_rate(masks_8, weights) == pytest.approx(8, rel=0.02)
+    for masks in (masks_2, masks_8):  # one share for all: a group is at most one channel off it
+        shares = [float(g.alive(SlicesKept(masks, params)).sum()) / g.size for g in groups]
+        assert max(shares) - min(shares) <= 1 / min(g.size for g in groups) + 1e-9
     for group in groups:
-        alive_2 = group.alive(SlicesKept(masks_2, params))
-        alive_8 = group.alive(SlicesKept(masks_8, params))
-        assert alive_2.sum() == round(group.size / 2) and alive_8.sum() == max(1, round(group.size / 8))
+        alive_2, alive_8 = group.alive(SlicesKept(masks_2, params)), group.alive(SlicesKept(masks_8, params))
         assert not (alive_8 & ~alive_2).any()  # removed channels stay removed; 8x ranks the ones 2x kept
     assert masks_8["fc.weight"].any(1).all() and "fc.bias" not in masks_8  # inputs go, the 10 classes stay
     assert all(not (masks_8[k] & ~masks_2[k]).any() for k in masks_2)
@@ -102,10 +109,11 @@ def test_tracing_leaves_the_model_as_it_was():
 
 def test_random_structured_draws_one_score_per_channel_from_the_generator():
     model = torchvision_model("mobilenet_v3_small")
-    groups = prunable_groups(model, 32, "conv")
-    a, b = (structured_masks(METHODS["local_random_structured"], model, {}, 4, torch.Generator().manual_seed(s),
-                             groups) for s in (0, 1))
-    again = structured_masks(METHODS["local_random_structured"], model, {}, 4, torch.Generator().manual_seed(0), groups)
+    groups, weights = prunable_groups(model, 32, "conv"), prunable_weights(model, "conv")
+    a, b, again = (structured_masks(METHODS["local_random_structured"], model, weights, {}, 4,
+                                    torch.Generator().manual_seed(seed), groups) for seed in (0, 1, 0))
     assert all(torch.equal(a[k], again[k]) for k in a) and any(not torch.equal(a[k], b[k]) for k in a)
+    assert _scope_rate(a, weights) == pytest.approx(4, rel=0.02) == _scope_rate(b, weights)
     apply_masks(model, a)
-    assert model.features[1].block[0][0].weight.flatten(1).any(1).sum() == 4  # depthwise: 16 channels / 4
+    depthwise = model.features[1].block[0][0].weight.flatten(1).any(1).sum()
+    assert depthwise == a["features.1.block.0.0.weight"].flatten(1).any(1).sum() < 16  # its channels left with it

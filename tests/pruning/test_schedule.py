@@ -53,14 +53,13 @@ def test_schedule_writes_the_studys_table_with_measured_rates_and_costs(tmp_path
         for row in rows[1:]:
             assert 1 < float(row["measured_rate_model"]) < float(row["measured_rate_scope"])
             assert os.path.exists(row["pruned_model_path"])
-    for row in tables["local_magnitude_unstructured"][1:]:
-        assert float(row["measured_rate_scope"]) == pytest.approx(float(row["sparsity"]), rel=0.002)
-    for row in tables["local_l1_structured"][1:]:  # a filter's input columns leave with the filter before it
-        assert float(row["measured_rate_scope"]) > float(row["sparsity"])
+    for method, tolerance in (("local_magnitude_unstructured", 0.002), ("local_l1_structured", 0.02)):
+        for row in tables[method][1:]:  # structured: to one channel's weights, its readers' columns counted
+            assert float(row["measured_rate_scope"]) == pytest.approx(float(row["sparsity"]), rel=tolerance)
     macs = {method: [int(r["macs"]) for r in rows] for method, rows in tables.items()}
     params = [int(r["params"]) for r in tables["local_l1_structured"]]
     assert macs["local_magnitude_unstructured"] == [macs["local_l1_structured"][0]] * 3  # zeros shrink nothing
-    assert macs["local_l1_structured"][2] < macs["local_l1_structured"][1] < macs["local_l1_structured"][0] / 2
+    assert macs["local_l1_structured"][2] < macs["local_l1_structured"][1] < macs["local_l1_structured"][0] / 1.5
     assert params[2] < params[1] < params[0]
     assert "local_l1_structured" in result.summary()
 

@@ -368,7 +368,7 @@ def image_dataset(
 
 def prepare(batch: torch.Tensor, data: DataSettings, generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 `[B,3,H,W]` to the model's float input: scaled to 0..1, augmented when a generator is
-    given (training) and `data.augment_at` is "image_size", then ImageNet-normalised if `data.normalize`.
+    given (training) and `data.augment_at` is "image_size", then normalised as `data.normalize` says.
 
     With "full_size" the train dataset (`AugmentedImages`) has augmented each image already, so the
     generator is ignored: no batch is augmented twice.
@@ -380,12 +380,50 @@ def prepare(batch: torch.Tensor, data: DataSettings, generator: torch.Generator 
 
 
 def normalise(x: torch.Tensor, data: DataSettings) -> torch.Tensor:
-    """A 0..1 batch as the model sees it: ImageNet mean/std applied if `data.normalize`."""
-    if not data.normalize:
+    """A 0..1 batch as the model sees it: `data.normalize`'s mean and std applied, if any."""
+    statistics = normalisation(data)
+    if statistics is None:
         return x
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(values, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) for values in statistics)
     return (x - mean) / std
+
+
+def normalisation(data: DataSettings) -> tuple[Sequence[float], Sequence[float]] | None:
+    """The mean and std `data.normalize` asks for: none, ImageNet's, or the training split's (which the
+    train stage computes once and the checkpoint keeps: `with_dataset_statistics`, `as_trained`)."""
+    if data.normalize is False:
+        return None
+    if data.normalize == "dataset":
+        if data.mean is None:
+            raise UserError("data.normalize='dataset': the training split's statistics are not known yet; they "
+                            "are computed by `prunexplain train` and kept in its checkpoint")
+        return data.mean, data.std
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def with_dataset_statistics(data: DataSettings, train: Dataset, progress: bool = False) -> DataSettings:
+    """`data` with `mean` and `std` of the training images filled in, when `normalize='dataset'` needs
+    them and they are not given: one pass over the decoded uint8 images, sums in float64."""
+    if data.normalize != "dataset" or data.mean is not None:
+        return data
+    sums, squares, pixels = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
+    loader = torch.utils.data.DataLoader(train, batch_size=256)
+    for batch, _ in tqdm(loader, desc="dataset statistics", unit="batch", disable=not progress):
+        x = batch.to(torch.float64).div_(255)
+        sums += x.sum((0, 2, 3))
+        squares += x.square().sum((0, 2, 3))
+        pixels += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = sums / pixels
+    std = (squares / pixels - mean.square()).clamp_min(1e-12).sqrt()
+    log.info("data.normalize='dataset': training split mean %s, std %s",
+             [round(v, 4) for v in mean.tolist()], [round(v, 4) for v in std.tolist()])
+    return data.model_copy(update={"mean": mean.tolist(), "std": std.tolist()})
+
+
+def as_trained(data: DataSettings, trained: dict) -> DataSettings:
+    """`data` with the input a checkpoint's model was trained on (`meta["data"]` of the checkpoint):
+    its normalisation and statistics, whatever the settings say now."""
+    return data.model_copy(update={key: trained.get(key) for key in ("normalize", "mean", "std")})
 
 
 def augment(x: torch.Tensor, data: DataSettings, generator: torch.Generator) -> torch.Tensor:

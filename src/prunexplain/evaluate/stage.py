@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from prunexplain.config import Settings, UserError
-from prunexplain.data.loaders import normalise, object_masks, read_image_rows, stacked
+from prunexplain.data.loaders import as_trained, normalise, object_masks, read_image_rows, stacked
 from prunexplain.evaluate.faithfulness import deletion_insertion, randomisation_similarity
 from prunexplain.evaluate.metrics import METRICS, MetricInputs, bootstrap_mean
 from prunexplain.evaluate.plot import plot_metrics
@@ -73,7 +73,7 @@ def _per_image(
         if metric.needs == "" or getattr(inputs, metric.needs) is not None
     }
     model, checkpoint = load_checkpoint(path, device)
-    data = settings.data.model_copy(update={"normalize": checkpoint["meta"]["data"]["normalize"]})
+    data = as_trained(settings.data, checkpoint["meta"]["data"])
     to_input = lambda x: normalise(x, data)  # noqa: E731
     classes = torch.from_numpy(np.load(run.predictions(key))).to(device)
     values["deletion_auc"], values["insertion_auc"] = deletion_insertion(

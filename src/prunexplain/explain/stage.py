@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from prunexplain.config import ExplainSettings, Settings, UserError
 from prunexplain.data import dataset_root, splits_of
-from prunexplain.data.loaders import ImageSet, image_rows, stacked
+from prunexplain.data.loaders import ImageSet, as_trained, image_rows, stacked
 from prunexplain.explain.batched import maps_and_predictions
 from prunexplain.explain.cam import METHODS
 from prunexplain.explain.render import heatmap, occlude, save_png, top_pixels
@@ -93,7 +93,7 @@ def explain_stage(settings: Settings, run: Run) -> ExplainResult:
     written = {}
     for key, path in tqdm(models.items(), desc="explain", unit="model", disable=not settings.runtime.progress):
         model, checkpoint = load_checkpoint(path, device)
-        data = settings.data.model_copy(update={"normalize": checkpoint["meta"]["data"]["normalize"]})
+        data = as_trained(settings.data, checkpoint["meta"]["data"])
         maps, predictions = maps_and_predictions(model, images, data, explain, device)
         written[str(key)] = write_with(run.maps(key, settings.explain.method), lambda handle: np.save(handle, maps))
         write_with(run.predictions(key), lambda handle: np.save(handle, predictions))

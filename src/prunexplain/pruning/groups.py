@@ -19,7 +19,7 @@ Torch-Pruning cannot cut per channel, and groups that reach the model's output (
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -89,11 +89,16 @@ class ChannelGroup:
             left.index_add_(0, cut.channels, kept(cut.name, cut.dim)[cut.positions].float())
         return left > 0
 
-    def drop(self, masks: dict[str, torch.Tensor], removed: torch.Tensor, params: dict[str, torch.Tensor]) -> None:
-        """Mask every cut of the `removed` channels, in place (missing masks start whole)."""
+    def drop_channel(self, masks: dict[str, torch.Tensor], channel: int, params: dict[str, torch.Tensor]) -> None:
+        """Mask every cut of one channel, in place (missing masks start whole)."""
         for cut in self.cuts:
             mask = masks.setdefault(cut.name, torch.ones_like(params[cut.name], dtype=torch.bool, device="cpu"))
-            mask.movedim(cut.dim, 0)[cut.positions[removed[cut.channels]]] = False
+            mask.movedim(cut.dim, 0)[cut.positions[cut.channels == channel]] = False
+
+    def live_entries(self, masks: dict[str, torch.Tensor], channel: int, counted: Container[str]) -> int:
+        """How many entries of the `counted` parameters removing `channel` would newly mask."""
+        return sum(int(masks[cut.name].movedim(cut.dim, 0)[cut.positions[cut.channels == channel]].sum())
+                   for cut in self.cuts if cut.name in counted)
 
 
 @contextmanager

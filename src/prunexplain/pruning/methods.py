@@ -8,17 +8,18 @@ shrink. The number kept is given by the caller, so any compression schedule land
 Weight methods prune the weights of every layer in `prune.scope` (every Conv2d, depthwise and 1x1
 included; Linear too with `conv_linear`) except those `prune.exclude` names. Channel ("filter") methods
 remove whole channels of any architecture through the groups of coupled layers Torch-Pruning finds
-(`groups.py`): each group keeps max(1, round(channels / rate)) channels, ranked by a score of every
-filter that computes the channel; on a VGG a group is one convolution, so that is the per-layer
-L1 filter ranking (torch.nn.utils.prune.ln_structured, n=1, dim 0). Their masks cover every parameter
-the removal touches, so the masked model computes what the physically smaller one computes. Their
-rate is a channel rate: as the next layers' input columns leave with each channel, the measured weight
-rate of the layers in scope is about its square on a plain chain of convolutions (VGG-16 at 8: about 64).
+(`groups.py`), ranked within each group by a score of every filter that computes the channel; on a VGG
+a group is one convolution, so that is the per-layer L1 filter ranking
+(torch.nn.utils.prune.ln_structured, n=1, dim 0). Their masks cover every parameter the removal
+touches, so the masked model computes what the physically smaller one computes. Their rate is the
+weight rate of DESIGN.md like every method's (all / non-zero weights in scope): a removed channel takes
+its filter and the input columns of its readers, so the channels removed are counted as they go.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +29,8 @@ from torch import nn
 
 from prunexplain.config import UserError
 from prunexplain.pruning.groups import ChannelGroup, SlicesKept, channel_groups, dependency_graph
+
+log = logging.getLogger(__name__)
 
 Masks = dict[str, torch.Tensor]  # state-dict parameter name -> bool tensor of the parameter's shape
 Score = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -140,21 +143,44 @@ def prunable_groups(model: nn.Module, image_size: int, scope: str, exclude: Sequ
 
 
 def structured_masks(
-    method: Method, model: nn.Module, masks: Masks, rate: float, generator: torch.Generator,
-    groups: list[ChannelGroup],
+    method: Method, model: nn.Module, weights: dict[str, torch.Tensor], masks: Masks, rate: float,
+    generator: torch.Generator, groups: list[ChannelGroup],
 ) -> Masks:
-    """New masks of a filter method: each group keeps its max(1, round(channels / rate)) best alive
-    channels; every cut of the others is masked (`masks` plus the biases, norms and input columns).
+    """New masks of a filter method that leave 1/rate of the `weights` in scope, to one channel's
+    weights: channels leave lowest score first within each group, the groups taking turns by the
+    share of their channels gone, so every group keeps about the same share (a local method) and at
+    least one channel. Every cut of a removed channel is masked (`masks` plus the biases, norms and
+    input columns), and each removal is counted by the weights in scope it zeroes, rows and columns.
 
     Scores read the weights as they are: after a first step a filter's L1 norm no longer counts its
-    columns for the channels removed before (masked now, as they read nothing). The per-layer code
-    before channel groups left those columns and counted them, so on a VGG both choose the same
-    filters in one step from the dense model, and may differ in later steps of a schedule."""
+    columns for the channels removed before (masked now, as they read nothing)."""
     params = dict(model.named_parameters())
-    kept = SlicesKept(masks, params)
     new = {name: mask.cpu().clone() for name, mask in masks.items()}
-    for group in groups:
-        keep = _keep_top(method.score(group.filters(params), generator), group.alive(kept),
-                         max(1, round(group.size / rate)))
-        group.drop(new, ~keep, params)
+    for name, weight in weights.items():
+        new.setdefault(name, torch.ones_like(weight, dtype=torch.bool, device="cpu"))
+    kept = SlicesKept(new, params)
+    turns = []
+    for index, group in enumerate(groups):
+        alive = group.alive(kept)
+        order = _removal_order(method.score(group.filters(params), generator), alive)
+        gone = group.size - int(alive.sum())
+        turns += [((gone + i + 1) / group.size, index, channel) for i, channel in enumerate(order)]
+    left, target = sum(int(new[n].sum()) for n in weights), sum(w.numel() for w in weights.values()) / rate
+    for _, index, channel in sorted(turns):
+        freed = groups[index].live_entries(new, channel, weights)
+        if left <= target or target - (left - freed) > left - target:  # there, or one more overshoots further
+            break
+        groups[index].drop_channel(new, channel, params)
+        left -= freed
+    if left > target * 1.02:
+        total = sum(w.numel() for w in weights.values())
+        log.warning("structured pruning reaches %.3gx of the weights in scope, not %gx: the layers whose channels "
+                    "cannot be removed keep theirs (see prunexplain.pruning.groups)", total / max(left, 1), rate)
     return new
+
+
+def _removal_order(scores: torch.Tensor, alive: torch.Tensor) -> list[int]:
+    """Alive channels worst first, the best one left out: removing the first m keeps what `_keep_top`
+    keeps with the rest (ties: the later index leaves first)."""
+    ranked = torch.argsort(scores.float().masked_fill(~alive, float("-inf")), descending=True, stable=True)
+    return ranked[: int(alive.sum())][1:].flip(0).tolist()

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from prunexplain.config import Settings, UserError, json_digest
+from prunexplain.data.loaders import as_trained
 from prunexplain.models import check_fits, file_digest, load_checkpoint, model_settings, save_checkpoint
 from prunexplain.pruning.cost import model_cost
 from prunexplain.pruning.masks import apply_masks, count_nonzero
@@ -183,7 +184,7 @@ def prune_method(
         recomputed, start = True, time.perf_counter()
         generator = torch.Generator().manual_seed(_step_seed(prune.seed, step))
         masks = (compute_masks(method, weights, masks, rate, generator) if groups is None
-                 else structured_masks(method, model, masks, rate, generator, groups))
+                 else structured_masks(method, model, weights, masks, rate, generator, groups))
         apply_masks(model, masks)
         amp = settings.runtime.amp
         before = evaluate(model, loaders["test"], settings.data, device, amp)
@@ -258,12 +259,13 @@ def prune_stage(settings: Settings, run: Run) -> PruneResult:
         raise UserError(f"{dense}: no trained model; run `prunexplain train` (or `prunexplain run`) first")
     device = device_for(settings.runtime)
     splits, loaders = run_loaders(settings, run, device)
-    check_fits(torch.load(dense, map_location="cpu", weights_only=True), dense, splits.train.classes,
-               settings.data.image_size)
+    trained = torch.load(dense, map_location="cpu", weights_only=True)
+    check_fits(trained, dense, splits.train.classes, settings.data.image_size)
     retire_unscheduled(settings, run)
     # save_removed only adds a file beside each checkpoint: finished rates stay valid when it changes
     prune = settings.prune.model_dump(mode="json", exclude={"methods", "rates", "save_removed"})
     base = settings.fingerprint("data", "model", "train") + json.dumps(prune, sort_keys=True) + file_digest(dense)
+    settings = settings.model_copy(update={"data": as_trained(settings.data, trained["meta"]["data"])})
     rows = {name: prune_method(name, settings, run, loaders, device, dense, base) for name in settings.prune.methods}
     tables = {name: run.prune_results(name) for name in rows}
     return PruneResult(tables, rows, plot_accuracy(rows, run.accuracy_plot))

@@ -20,7 +20,7 @@ import torch
 
 from prunexplain.config import DataSettings, Settings, StudySettings, UserError, read_json
 from prunexplain.data import dataset_root, splits_of
-from prunexplain.data.loaders import ImageSet, image_dataset, stacked
+from prunexplain.data.loaders import ImageSet, as_trained, image_dataset, stacked
 from prunexplain.experiments import EXPERIMENTS, RENDERINGS, study_model_name
 from prunexplain.explain import maps_and_predictions
 from prunexplain.models import file_digest, load_checkpoint, select_device
@@ -106,7 +106,7 @@ def _maps(settings: Settings, models, checkpoints, images, labels: list[int], de
     experiment 1's title would name the label: possible with `study.images_csv`)."""
     maps = {}
     for name, model in models.items():
-        data = settings.data.model_copy(update={"normalize": checkpoints[name]["meta"]["data"]["normalize"]})
+        data = as_trained(settings.data, checkpoints[name]["meta"]["data"])
         explain = settings.explain.model_copy(update={"batch_size": settings.study.batch_size})
         maps[name], predicted = maps_and_predictions(model, images, data, explain, device)
         wrong = int((predicted != np.asarray(labels)).sum())
@@ -160,7 +160,7 @@ def _load_models(settings: Settings, chosen: dict[str, tuple[ModelKey, Path]]) -
     loaded = {name: load_checkpoint(path, device) for name, (_, path) in chosen.items()}
     checkpoints = {name: checkpoint for name, (_, checkpoint) in loaded.items()}
     first = next(iter(checkpoints.values()))["meta"]["data"]
-    data = settings.data.model_copy(update={"normalize": first["normalize"], "image_size": first["image_size"]})
+    data = as_trained(settings.data, first).model_copy(update={"image_size": first["image_size"]})
     return _Models({name: model for name, (model, _) in loaded.items()}, checkpoints, data, device)
 
 
