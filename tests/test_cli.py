@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -14,6 +15,14 @@ def test_help_lists_one_command_per_stage():
     assert result.exit_code == 0
     for command in ("data", "train", "run"):
         assert command in result.output
+
+
+def test_prune_help_names_every_method():
+    from prunexplain.cli import prune
+    from prunexplain.pruning.methods import METHODS
+
+    listed = " ".join(prune.__doc__.split())
+    assert [name for name in METHODS if not re.search(rf"\b{name}\b", listed)] == []
 
 
 def test_train_from_the_studys_named_run_json(tmp_path, tiny_dataset):

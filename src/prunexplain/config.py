@@ -201,7 +201,7 @@ class PruneSettings(_Section):
 
     methods: list[str] = Field(
         default_factory=lambda: ["local_magnitude_unstructured", "local_random_unstructured"],
-        description="names in prunexplain.pruning.METHODS",
+        description="names in prunexplain.pruning.methods.METHODS (README, Pruning)",
     )
     rates: list[float] = Field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
     scope: Literal["conv", "conv_linear"] = Field("conv", description="Conv2d layers (the study), or Linear too")
@@ -215,6 +215,10 @@ class PruneSettings(_Section):
     recalibrate_batches: int = Field(
         0, ge=0, description="training batches that recompute the batch-norm statistics after each pruning step, "
         "before fine-tuning (0: none, as the study)",
+    )
+    calibration_images: int = Field(
+        64, ge=1, description="training images whose loss gradients the Taylor and SNIP criteria read, drawn "
+        "from prune.seed at each step",
     )
     save_removed: bool = Field(
         True, description="for structured methods, also save the physically smaller model (model_removed.pt)"

@@ -324,6 +324,9 @@ class Run:
     def prune_results(self, method: str) -> Path:
         return self.root / "prune" / method / "results.csv"
 
+    def prune_per_class(self, method: str) -> Path:
+        return self.root / "prune" / method / "per_class.csv"
+
     def prune_tables(self) -> dict[str, Path]:
         """Every pruning method's results table, by method."""
         return {p.parent.name: p for p in sorted((self.root / "prune").glob("*/results.csv"))}

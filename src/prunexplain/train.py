@@ -104,9 +104,11 @@ def _sum_over_processes(values: list[float], device: torch.device) -> list[float
 def evaluate(
     model: nn.Module, loader: DataLoader, data: DataSettings, device: torch.device, amp: bool = True
 ) -> dict[str, float]:
-    """Top-1 and top-5 accuracy and mean loss over the loader (summed over DDP processes)."""
+    """Top-1 and top-5 accuracy, mean loss and each class's top-1 accuracy (`per_class`, NaN for a class
+    without images) over the loader, summed over DDP processes."""
     model.eval()
     correct1 = correct5 = loss = count = 0.0
+    hits = seen = None
     for images, labels in loader:
         x, y = prepare(images.to(device, non_blocking=True), data), labels.to(device)
         with _autocast(device, amp):
@@ -116,9 +118,22 @@ def evaluate(
         correct5 += (top == y[:, None]).any(dim=1).sum().item()
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         count += len(y)
-    correct1, correct5, loss, count = _sum_over_processes([correct1, correct5, loss, count], device)
-    count = max(count, 1)
-    return {"top1": correct1 / count, "top5": correct5 / count, "loss": loss / count, "n": int(count)}
+        classes = logits.shape[1]
+        batch_hits = torch.bincount(y[top[:, 0] == y], minlength=classes).cpu()
+        hits = batch_hits if hits is None else hits + batch_hits
+        seen = torch.bincount(y, minlength=classes).cpu() + (0 if seen is None else seen)
+    totals = _sum_over_processes([correct1, correct5, loss, count, *_or_empty(hits), *_or_empty(seen)], device)
+    correct1, correct5, loss, count = totals[:4]
+    count, per_class = max(count, 1), []
+    if hits is not None:
+        classes = len(hits)
+        per_class = [h / s if s else float("nan") for h, s in zip(totals[4:4 + classes], totals[4 + classes:])]
+    return {"top1": correct1 / count, "top5": correct5 / count, "loss": loss / count, "n": int(count),
+            "per_class": per_class}
+
+
+def _or_empty(counts: torch.Tensor | None) -> list[float]:
+    return [] if counts is None else counts.tolist()
 
 
 @torch.no_grad()

@@ -5,13 +5,15 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from prunexplain.config import UserError
+from prunexplain.data.loaders import load_splits
 from prunexplain.models import load_checkpoint
 from prunexplain.pipeline import run_pipeline
-from prunexplain.pruning.methods import prunable_weights
+from prunexplain.pruning.methods import METHODS, prunable_weights
 from prunexplain.pruning.remove import load_removed
 from prunexplain.pruning.schedule import MEASURED_COLUMNS, STUDY_COLUMNS, prune_stage
 from prunexplain.runs import KILL_AFTER, ModelKey, Run
@@ -105,10 +107,11 @@ def test_bad_schedules_and_missing_models_fail_before_any_work(tmp_path, tiny_da
     assert not (tmp_path / "prune").exists()
 
 
-def test_a_killed_prune_resumes_at_the_first_unfinished_rate(tmp_path, tiny_dataset, trained):
-    """SIGKILL right after the first rate; the rerun keeps it and ends where an uninterrupted run does."""
-    options = ["--set", "prune.max_epochs=3", "--rate", "2", "--rate", "4", "--rate", "8",
-               "--method", "local_random_unstructured"]
+@pytest.mark.parametrize("method", ["local_random_unstructured", "local_taylor_structured"])
+def test_a_killed_prune_resumes_at_the_first_unfinished_rate(tmp_path, tiny_dataset, trained, method):
+    """SIGKILL right after the first rate; the rerun keeps it and ends where an uninterrupted run does
+    (a random draw, and a calibration batch's gradients scored on the reloaded weights)."""
+    options = ["--set", "prune.max_epochs=3", "--rate", "2", "--rate", "4", "--rate", "8", "--method", method]
 
     def prune(run, kill_after=None):
         env = {**os.environ, KILL_AFTER: kill_after or ""}
@@ -116,9 +119,9 @@ def test_a_killed_prune_resumes_at_the_first_unfinished_rate(tmp_path, tiny_data
         return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
     killed, whole = _copy_run(trained, tmp_path / "killed"), _copy_run(trained, tmp_path / "whole")
-    assert prune(killed, "rate:local_random_unstructured/cr_2").returncode == -signal.SIGKILL
-    first = killed.checkpoint(ModelKey("local_random_unstructured", 2.0))
-    last = killed.checkpoint(ModelKey("local_random_unstructured", 8.0))
+    assert prune(killed, f"rate:{method}/cr_2").returncode == -signal.SIGKILL
+    first = killed.checkpoint(ModelKey(method, 2.0))
+    last = killed.checkpoint(ModelKey(method, 8.0))
     assert first.exists() and not last.exists() and not killed.record("prune")
     stamp = first.stat().st_mtime_ns
     for run in (killed, whole):
@@ -126,10 +129,10 @@ def test_a_killed_prune_resumes_at_the_first_unfinished_rate(tmp_path, tiny_data
         assert done.returncode == 0, done.stderr[-2000:]
     assert first.stat().st_mtime_ns == stamp
     resumed = torch.load(last, weights_only=True)
-    straight = torch.load(whole.checkpoint(ModelKey("local_random_unstructured", 8.0)), weights_only=True)
+    straight = torch.load(whole.checkpoint(ModelKey(method, 8.0)), weights_only=True)
     assert all(torch.equal(resumed["state_dict"][k], straight["state_dict"][k]) for k in straight["state_dict"])
     assert all(torch.equal(resumed["masks"][k], straight["masks"][k]) for k in straight["masks"])
-    with open(killed.prune_results("local_random_unstructured")) as handle:
+    with open(killed.prune_results(method)) as handle:
         assert [r["sparsity"] for r in csv.DictReader(handle)] == ["1", "2", "4", "8"]
     assert not list(killed.root.rglob("*.tmp"))
 
@@ -221,3 +224,34 @@ def test_batch_norm_recalibration_is_scored_between_pruning_and_finetuning(tmp_p
     _, after = load_checkpoint(run.checkpoint(ModelKey.pruned("local_magnitude_unstructured", 2)))
     stats = [k for k in before["state_dict"] if k.endswith("running_mean")]
     assert stats and all(not torch.equal(before["state_dict"][k], after["state_dict"][k]) for k in stats)
+
+
+def test_every_method_runs_through_the_schedule_and_lands_on_its_rates(tmp_path, tiny_dataset, trained):
+    run = _copy_run(trained, tmp_path)
+    settings = tiny_settings(tmp_path, tiny_dataset, f"prune.methods={list(METHODS)}", "prune.rates=[2, 8]",
+                             "prune.max_epochs=0", "prune.calibration_images=16")
+    result = prune_stage(settings, run)
+    for method, rows in result.rows.items():
+        measured = [float(row["measured_rate_scope"]) for row in rows[1:]]
+        assert measured == pytest.approx([2, 8], rel=0.02), method
+
+
+def test_per_class_accuracy_names_the_classes_pruning_hurts_most(tmp_path, tiny_dataset, trained):
+    run = _copy_run(trained, tmp_path)
+    settings = tiny_settings(tmp_path, tiny_dataset, 'prune.methods=["local_random_unstructured"]',
+                             "prune.rates=[2, 8]", "prune.max_epochs=0")
+    result = prune_stage(settings, run)
+    with open(run.prune_per_class("local_random_unstructured")) as handle:
+        table = list(csv.DictReader(handle))
+    _, dense = load_checkpoint(run.dense_checkpoint)
+    assert list(table[0]) == ["class", "dense", "cr_2", "cr_8"]
+    assert sorted(row["class"] for row in table) == sorted(dense["meta"]["classes"])
+    drops = [float(row["cr_8"]) - float(row["dense"]) for row in table]
+    assert drops == sorted(drops)  # the hardest-hit class first
+    _, pruned = load_checkpoint(run.checkpoint(ModelKey.pruned("local_random_unstructured", 8)))
+    by_class = dict(zip(dense["meta"]["classes"], pruned["meta"]["per_class"]))
+    assert all(float(row["cr_8"]) == pytest.approx(by_class[row["class"]]) for row in table)
+    splits = load_splits(tiny_dataset)
+    counts = np.bincount(splits.test.labels, minlength=len(by_class))
+    top1 = float(result.rows["local_random_unstructured"][2]["test_top1_accuracy"])
+    assert np.dot(counts, pruned["meta"]["per_class"]) / counts.sum() == pytest.approx(top1)  # the classes add up

@@ -69,6 +69,7 @@ class ChannelGroup:
     cuts: tuple[Cut, ...]
     layers: frozenset[str]  # every module with a parameter the group cuts
     producers: tuple[str, ...]  # the conv and linear layers whose outputs are the channels
+    source: tp.dependency.Group | None = None  # Torch-Pruning's group, which its importances score
 
     def filters(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """`[size, k]`: each channel's row holds every weight of every filter that computes it (one
@@ -159,7 +160,7 @@ def _convert(graph: tp.DependencyGraph, group, names: _Names, final: set) -> Cha
     root = group[0].dep.target.module
     producers = tuple(dict.fromkeys(cut.name.rpartition(".")[0] for cut in cuts if cut.filters))
     layers = frozenset(cut.name.rpartition(".")[0] for cut in cuts)
-    return ChannelGroup(names.modules[root], len(group[0].idxs), tuple(cuts), layers, producers)
+    return ChannelGroup(names.modules[root], len(group[0].idxs), tuple(cuts), layers, producers, group)
 
 
 def _cuts(target, outputs: bool, names: _Names, positions: torch.Tensor, channels: torch.Tensor) -> list[Cut] | None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from prunexplain.config import UserError
@@ -33,7 +34,8 @@ from prunexplain.pruning.groups import ChannelGroup, SlicesKept, channel_groups,
 log = logging.getLogger(__name__)
 
 Masks = dict[str, torch.Tensor]  # state-dict parameter name -> bool tensor of the parameter's shape
-Score = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+Score = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # a weight (its .grad too) -> per entry
+ChannelScore = Callable[[ChannelGroup, dict[str, torch.Tensor], torch.Generator], torch.Tensor | None]
 
 LAYER_TYPES = {"conv": (nn.Conv2d,), "conv_linear": (nn.Conv2d, nn.Linear)}
 
@@ -69,30 +71,85 @@ def uniform(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(weight.shape, generator=generator)
 
 
-def filter_l1(filters: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """`filters` is `[channels, k]`: every weight computing each channel (`ChannelGroup.filters`)."""
-    return filters.detach().abs().flatten(1).sum(1)
+def taylor(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """|w * dL/dw| on the calibration batch (`calibration_gradients` sets `.grad`): the first-order
+    estimate of the loss change when the weight is removed (Molchanov et al. 2019). Ranked over all
+    layers it is SNIP's connection sensitivity (Lee et al. 2019), whose normalisation by the sum
+    leaves the ranking as it is."""
+    if weight.grad is None:
+        raise RuntimeError("a gradient-based score needs the calibration batch's gradients (calibration_gradients)")
+    return (weight.detach() * weight.grad).abs()
 
 
-def filter_uniform(filters: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return torch.rand(filters.shape[0], generator=generator)
+def lamp(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """LAMP (Lee et al. 2021): a weight's square over the sum of the squares of the weights of its
+    layer at least as large, so that one global ranking adapts each layer's rate (ties: the earlier
+    index counts as the smaller)."""
+    squares = weight.detach().flatten().double().square()
+    order = torch.argsort(squares, stable=True)
+    ascending = squares[order]
+    scores = torch.empty_like(squares)
+    scores[order] = ascending / ascending.flip(0).cumsum(0).flip(0)
+    return scores.view(weight.shape)
+
+
+def filter_l1(group: ChannelGroup, params: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    """The L1 norm of every filter weight computing each channel (`ChannelGroup.filters`)."""
+    return group.filters(params).abs().sum(1)
+
+
+def filter_uniform(group: ChannelGroup, params: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(group.size, generator=generator)
+
+
+def torch_pruning(importance: tp.importance.Importance) -> ChannelScore:
+    """A channel score by one of Torch-Pruning's importance criteria, computed over its whole group
+    (every layer the removal touches, reduced by its mean and normalised by its mean, its defaults);
+    None where the criterion has nothing to read in the group (batch-norm scales without a batch norm)."""
+
+    def score(group: ChannelGroup, params: dict[str, torch.Tensor], generator: torch.Generator):
+        with torch.no_grad():
+            value = importance(group.source)
+        return None if value is None else value.detach().float().cpu()
+
+    return score
+
+
+def group_norm(p: int) -> ChannelScore:
+    """The Lp norm of every weight the channel's removal takes, over the whole group (Li et al. 2017's
+    filter norm, extended to the coupled layers; Torch-Pruning's GroupMagnitudeImportance)."""
+    return torch_pruning(tp.importance.GroupMagnitudeImportance(p=p))
 
 
 @dataclass(frozen=True)
 class Method:
-    """How a pruning method ranks: per weight or per channel ("filter"), per layer or over all layers."""
+    """How a pruning method ranks: per weight or per channel ("filter"), per layer (per channel group)
+    or over all of them; `gradients`: its score reads `.grad` of a calibration batch."""
 
     unit: Literal["weight", "filter"]
     ranking: Literal["local", "global"]
-    score: Score
+    score: Score | ChannelScore
+    gradients: bool = False
 
 
 METHODS: dict[str, Method] = {
     "local_magnitude_unstructured": Method("weight", "local", magnitude),
     "local_random_unstructured": Method("weight", "local", uniform),
     "global_magnitude_unstructured": Method("weight", "global", magnitude),
+    "local_taylor_unstructured": Method("weight", "local", taylor, gradients=True),
+    "global_snip_unstructured": Method("weight", "global", taylor, gradients=True),
+    "global_lamp_unstructured": Method("weight", "global", lamp),
     "local_l1_structured": Method("filter", "local", filter_l1),
     "local_random_structured": Method("filter", "local", filter_uniform),
+    "local_l1_group_structured": Method("filter", "local", group_norm(1)),
+    "global_l1_group_structured": Method("filter", "global", group_norm(1)),
+    "local_l2_group_structured": Method("filter", "local", group_norm(2)),
+    "global_l2_group_structured": Method("filter", "global", group_norm(2)),
+    "local_fpgm_structured": Method("filter", "local", torch_pruning(tp.importance.FPGMImportance())),
+    "local_bn_scale_structured": Method("filter", "local", torch_pruning(tp.importance.BNScaleImportance())),
+    "local_taylor_structured": Method(
+        "filter", "local", torch_pruning(tp.importance.GroupTaylorImportance()), gradients=True
+    ),
 }
 
 
@@ -115,7 +172,7 @@ def compute_masks(
 ) -> Masks:
     """New masks of a weight method that keep 1/rate of the weights of the layer set (at least one
     per layer)."""
-    scores = {name: method.score(w.cpu(), generator) for name, w in weights.items()}
+    scores = {name: method.score(w, generator).cpu() for name, w in weights.items()}
     alive = {name: masks[name].cpu() for name in weights}
     if method.ranking == "local":
         return {name: _keep_top(scores[name], alive[name], max(1, round(w.numel() / rate)))
@@ -147,10 +204,14 @@ def structured_masks(
     generator: torch.Generator, groups: list[ChannelGroup],
 ) -> Masks:
     """New masks of a filter method that leave 1/rate of the `weights` in scope, to one channel's
-    weights: channels leave lowest score first within each group, the groups taking turns by the
-    share of their channels gone, so every group keeps about the same share (a local method) and at
-    least one channel. Every cut of a removed channel is masked (`masks` plus the biases, norms and
-    input columns), and each removal is counted by the weights in scope it zeroes, rows and columns.
+    weights: channels leave lowest score first within each group and every group keeps one at least;
+    near the target a channel that would overshoot further than stopping is skipped (with the rest of
+    its group) for a smaller one.
+    A local method's groups take turns by the share of their channels gone, so all keep about the same
+    share; a global one removes the lowest scores of all groups first (Torch-Pruning's scores are
+    normalised within each group, so they compare across groups). Every cut of a removed channel is
+    masked (`masks` plus the biases, norms and input columns), and each removal is counted by the
+    weights in scope it zeroes, rows and columns. A group the score cannot read stays whole.
 
     Scores read the weights as they are: after a first step a filter's L1 norm no longer counts its
     columns for the channels removed before (masked now, as they read nothing)."""
@@ -159,17 +220,32 @@ def structured_masks(
     for name, weight in weights.items():
         new.setdefault(name, torch.ones_like(weight, dtype=torch.bool, device="cpu"))
     kept = SlicesKept(new, params)
-    turns = []
+    turns, unscored = [], 0
     for index, group in enumerate(groups):
+        scores = method.score(group, params, generator)
+        if scores is None:
+            unscored += 1
+            continue
         alive = group.alive(kept)
-        order = _removal_order(method.score(group.filters(params), generator), alive)
+        order = _removal_order(scores, alive)
         gone = group.size - int(alive.sum())
-        turns += [((gone + i + 1) / group.size, index, channel) for i, channel in enumerate(order)]
+        turns += [((gone + i + 1) / group.size if method.ranking == "local" else float(scores[channel]), index,
+                   channel) for i, channel in enumerate(order)]
+    if unscored == len(groups):
+        raise UserError("no channel group has what this structured criterion reads (local_bn_scale_structured "
+                        "needs batch norms after the convolutions)")
+    if unscored:
+        log.info("%d of %d channel groups have nothing the score reads (no batch norm): kept whole",
+                 unscored, len(groups))
     left, target = sum(int(new[n].sum()) for n in weights), sum(w.numel() for w in weights.values()) / rate
+    closed = set()  # groups whose next channel would overshoot: their later (better) channels stay too
     for _, index, channel in sorted(turns):
-        freed = groups[index].live_entries(new, channel, weights)
-        if left <= target or target - (left - freed) > left - target:  # there, or one more overshoots further
+        if left <= target:
             break
+        freed = groups[index].live_entries(new, channel, weights)
+        if index in closed or target - (left - freed) > left - target:  # further off than stopping here
+            closed.add(index)
+            continue
         groups[index].drop_channel(new, channel, params)
         left -= freed
     if left > target * 1.02:

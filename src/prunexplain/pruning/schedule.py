@@ -20,9 +20,11 @@ as the dense architecture, since its zeros shrink no tensor.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +37,12 @@ from torch import nn
 from prunexplain.config import Settings, UserError, json_digest
 from prunexplain.data.loaders import as_trained
 from prunexplain.models import check_fits, file_digest, load_checkpoint, model_settings, save_checkpoint
+from prunexplain.pruning.calibration import calibration_batch, calibration_gradients
 from prunexplain.pruning.cost import model_cost
 from prunexplain.pruning.masks import apply_masks, count_nonzero
 from prunexplain.pruning.methods import (
     Masks,
+    Method,
     compute_masks,
     get_method,
     prunable_groups,
@@ -131,6 +135,16 @@ def _write_removed(
                  {**meta, "removed": {"max_abs_difference": difference}})
 
 
+def _calibrated(method: Method, model: nn.Module, settings: Settings, train, step: int, device: torch.device):
+    """The calibration batch's gradients in `.grad` while a gradient-based method scores (drawn from
+    `prune.seed` and the step, apart from the random methods' draws); nothing otherwise."""
+    if not method.gradients:
+        return contextlib.nullcontext()
+    draw = torch.Generator().manual_seed(_step_seed(settings.prune.seed, step) + 1)
+    images, labels = calibration_batch(train, settings.data, settings.prune.calibration_images, draw, device)
+    return calibration_gradients(model, images, labels)
+
+
 def _finetune_settings(settings: Settings, step: int):
     prune = settings.prune
     return settings.train.model_copy(
@@ -167,24 +181,30 @@ def prune_method(
     rows = [{**_dense_row(name, meta), "nonzero_params": count_nonzero(model, weights)["nonzero_params"],
              **model_cost(model, size)}]
     part = _part(checkpoint["arch"], prune.scope)
+    classes = meta.get("classes") or [str(i) for i in range(checkpoint["num_classes"])]  # an imported model's
+    per_class = {1.0: evaluate(model, loaders["test"], settings.data, device, settings.runtime.amp)["per_class"]}
     recomputed = False
     for step, rate in enumerate(prune.rates):
         key = ModelKey.pruned(name, rate)
         path, fingerprint = run.checkpoint(key), rate_fingerprint(base, name, prune.rates[: step + 1])
         finished = None if recomputed else _finished(path, fingerprint, device)
         if finished is not None:
-            model, saved = finished
-            weights, masks = prunable_weights(model, prune.scope, prune.exclude), saved["masks"]
+            loaded, saved = finished  # into the same model: the channel groups hold its layers
+            model.load_state_dict(loaded.state_dict())
+            masks = saved["masks"]
             if keep_removed != run.removed_checkpoint(key).exists():  # prune.save_removed changed since
                 _write_removed(run, key, _removed(model, masks, size) if keep_removed else None, checkpoint,
                                masks, size, saved["meta"])
             rows.append(saved["meta"]["row"])
+            if "per_class" in saved["meta"]:  # absent from checkpoints written before the table
+                per_class[rate] = saved["meta"]["per_class"]
             log.info("%s %gx: done already", name, rate)
             continue
         recomputed, start = True, time.perf_counter()
         generator = torch.Generator().manual_seed(_step_seed(prune.seed, step))
-        masks = (compute_masks(method, weights, masks, rate, generator) if groups is None
-                 else structured_masks(method, model, weights, masks, rate, generator, groups))
+        with _calibrated(method, model, settings, loaders["train"].dataset, step, device):
+            masks = (compute_masks(method, weights, masks, rate, generator) if groups is None
+                     else structured_masks(method, model, weights, masks, rate, generator, groups))
         apply_masks(model, masks)
         amp = settings.runtime.amp
         before = evaluate(model, loaders["test"], settings.data, device, amp)
@@ -215,17 +235,45 @@ def prune_method(
         }
         removed = _removed(model, masks, size) if groups is not None else None
         row.update(model_cost(removed[0] if removed else model, size))
+        per_class[rate] = test["per_class"]
         saved_meta = {**meta, "prune": {"method": name, "rate": rate, "step": step}, "row": row,
-                      "fingerprint": fingerprint}
+                      "per_class": test["per_class"], "fingerprint": fingerprint}
         # the smaller model first: a run killed between the two recomputes the rate and rewrites both
         _write_removed(run, key, removed if keep_removed else None, checkpoint, masks, size, saved_meta)
         save_checkpoint(path, model, model_settings(checkpoint), checkpoint["num_classes"], masks, saved_meta)
         rows.append(row)
         write_csv(run.prune_results(name), rows)
+        write_csv(run.prune_per_class(name), per_class_rows(classes, per_class))
         log.info("%s %gx: test top-1 %.4f (before fine-tuning %.4f)", name, rate, test["top1"], before["top1"])
         fault_point(f"rate:{key}")
     write_csv(run.prune_results(name), rows)
+    table = per_class_rows(classes, per_class)
+    write_csv(run.prune_per_class(name), table)
+    if len(per_class) > 1:
+        log.info("%s: the classes pruning hurts most at %gx: %s", name, max(per_class),
+                 ", ".join(f"{row['class']} ({row['dense']:.2f} -> {row[_rate_column(max(per_class))]:.2f})"
+                           for row in table[:3]))
     return rows
+
+
+def _rate_column(rate: float) -> str:
+    return f"cr_{rate:g}"
+
+
+def per_class_rows(classes: list[str], per_class: dict[float, list[float]]) -> list[dict[str, Any]]:
+    """One row per class: its test top-1 accuracy dense and at each rate, the classes that lost the most
+    at the highest rate first (pruning can cost a few classes far more than the mean shows: Hooker et
+    al. 2019, "What do compressed deep neural networks forget?")."""
+    rates = sorted(per_class)
+    rows = [{"class": name, "dense": per_class[1.0][i], **{_rate_column(r): per_class[r][i] for r in rates[1:]}}
+            for i, name in enumerate(classes)]
+    last = _rate_column(rates[-1]) if len(rates) > 1 else "dense"
+
+    def change(row: dict[str, Any]) -> float:
+        difference = row[last] - row["dense"]
+        return math.inf if math.isnan(difference) else difference  # a class without test images: last
+
+    return sorted(rows, key=change)
 
 
 def _finished(path: Path, fingerprint: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]] | None:
@@ -247,6 +295,7 @@ def retire_unscheduled(settings: Settings, run: Run) -> list[ModelKey]:
     for method, table in run.prune_tables().items():
         if method not in settings.prune.methods:
             table.unlink()
+            run.prune_per_class(method).unlink(missing_ok=True)
     return stale
 
 
