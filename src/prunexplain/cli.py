@@ -221,7 +221,8 @@ def prune(
 
     Methods: local_magnitude_unstructured, local_random_unstructured (the study's),
     global_magnitude_unstructured, local_taylor_unstructured, global_snip_unstructured,
-    global_lamp_unstructured; structured (whole channels): local_l1_structured, local_random_structured,
+    global_lamp_unstructured; N:M semi-structured (rates 2 or 4): local_magnitude_nm_semistructured;
+    structured (whole channels): local_l1_structured, local_random_structured,
     local_l1_group_structured, global_l1_group_structured, local_l2_group_structured,
     global_l2_group_structured, local_fpgm_structured, local_bn_scale_structured, local_taylor_structured.
     Writes runs/<name>/prune/<method>/cr_<rate>/model.pt and results.csv; resumes where it stopped.

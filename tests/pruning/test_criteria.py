@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
+from torch.ao.pruning import WeightNormSparsifier
 
 from prunexplain.config import DataSettings, ModelSettings, UserError
 from prunexplain.models import build_model
@@ -176,3 +177,37 @@ def test_batch_norm_scales_without_a_batch_norm_say_so():
     groups, weights = prunable_groups(model, SIZE, "conv"), prunable_weights(model, "conv")
     with pytest.raises(UserError, match="needs batch norms after the convolutions"):
         structured_masks(METHODS["local_bn_scale_structured"], model, weights, {}, 2, torch.Generator(), groups)
+
+
+def test_two_of_four_are_the_masks_of_pytorchs_own_sparsifier():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8))
+    weights = prunable_weights(model, "conv_linear")
+    ones = {k: torch.ones_like(w, dtype=torch.bool) for k, w in weights.items()}
+    ours = compute_masks(METHODS["local_magnitude_nm_semistructured"], weights, ones, 2, torch.Generator())
+    reference = copy.deepcopy(model)
+    sparsifier = WeightNormSparsifier(sparsity_level=1.0, sparse_block_shape=(1, 4), zeros_per_block=2)
+    sparsifier.prepare(reference, config=[{"tensor_fqn": name} for name in weights])
+    sparsifier.step()
+    for name in weights:
+        layer = reference.get_submodule(name.removesuffix(".weight"))
+        assert torch.equal(ours[name], layer.parametrizations.weight[0].mask.bool()), name
+
+
+def test_n_of_four_along_the_input_channels_of_a_convolution():
+    conv = torch.nn.Conv2d(8, 2, 3)
+    weights = {"0.weight": conv.weight}
+    ones = {"0.weight": torch.ones_like(conv.weight, dtype=torch.bool)}
+    two = compute_masks(METHODS["local_magnitude_nm_semistructured"], weights, ones, 2, torch.Generator())["0.weight"]
+    one = compute_masks(METHODS["local_magnitude_nm_semistructured"], weights, {"0.weight": two}, 4,
+                        torch.Generator())["0.weight"]
+    magnitude = conv.weight.detach().abs()
+    for out in range(2):
+        for y in range(3):
+            for x in range(3):
+                for start in (0, 4):  # each block: 4 consecutive input channels at one kernel position
+                    block = slice(start, start + 4)
+                    expected = magnitude[out, block, y, x].topk(2).indices.sort().values
+                    assert torch.equal(two[out, block, y, x].nonzero().flatten(), expected)
+                    kept = one[out, block, y, x]
+                    assert kept.nonzero().flatten().tolist() == [int(magnitude[out, block, y, x].argmax())]

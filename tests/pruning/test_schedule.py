@@ -228,7 +228,8 @@ def test_batch_norm_recalibration_is_scored_between_pruning_and_finetuning(tmp_p
 
 def test_every_method_runs_through_the_schedule_and_lands_on_its_rates(tmp_path, tiny_dataset, trained):
     run = _copy_run(trained, tmp_path)
-    settings = tiny_settings(tmp_path, tiny_dataset, f"prune.methods={list(METHODS)}", "prune.rates=[2, 8]",
+    methods = [name for name, method in METHODS.items() if method.ranking != "blocks"]  # N:M: 2 and 4 only
+    settings = tiny_settings(tmp_path, tiny_dataset, f"prune.methods={methods}", "prune.rates=[2, 8]",
                              "prune.max_epochs=0", "prune.calibration_images=16")
     result = prune_stage(settings, run)
     for method, rows in result.rows.items():
@@ -255,3 +256,22 @@ def test_per_class_accuracy_names_the_classes_pruning_hurts_most(tmp_path, tiny_
     counts = np.bincount(splits.test.labels, minlength=len(by_class))
     top1 = float(result.rows["local_random_unstructured"][2]["test_top1_accuracy"])
     assert np.dot(counts, pruned["meta"]["per_class"]) / counts.sum() == pytest.approx(top1)  # the classes add up
+
+
+def test_semistructured_pruning_keeps_two_then_one_of_every_four_and_refuses_other_rates(tmp_path, tiny_dataset,
+                                                                                         trained):
+    run = _copy_run(trained, tmp_path)
+    method = 'prune.methods=["local_magnitude_nm_semistructured"]'
+    with pytest.raises(UserError, match="its rates are 4/3, 2 .* or 4 .*, not 8"):
+        prune_stage(tiny_settings(tmp_path, tiny_dataset, method, "prune.rates=[2, 8]"), run)
+    result = prune_stage(tiny_settings(tmp_path, tiny_dataset, method, "prune.rates=[2, 4]", "prune.max_epochs=1"), run)
+    for rate, row in zip((2, 4), result.rows["local_magnitude_nm_semistructured"][1:]):
+        model, checkpoint = load_checkpoint(run.checkpoint(ModelKey.pruned("local_magnitude_nm_semistructured", rate)))
+        for name, weight in prunable_weights(model, "conv").items():
+            blocks = weight.detach().movedim(1, -1).reshape(-1, 4) if weight.shape[1] % 4 == 0 else None
+            if blocks is None:  # the first conv's 3 input channels: no block of 4, kept whole
+                assert weight.count_nonzero() == weight.numel()
+            else:  # through fine-tuning too
+                assert ((blocks != 0).sum(1) <= 4 // rate).all() and (checkpoint["masks"][name].sum() * rate
+                                                                       == weight.numel())
+        assert 0.97 * rate < float(row["measured_rate_scope"]) <= rate  # the whole first conv: a little under

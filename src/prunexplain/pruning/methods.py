@@ -123,11 +123,12 @@ def group_norm(p: int) -> ChannelScore:
 
 @dataclass(frozen=True)
 class Method:
-    """How a pruning method ranks: per weight or per channel ("filter"), per layer (per channel group)
-    or over all of them; `gradients`: its score reads `.grad` of a calibration batch."""
+    """How a pruning method ranks: per weight or per channel ("filter"), per layer (per channel group),
+    over all of them, or in blocks of `BLOCK` consecutive input weights (N:M semi-structured);
+    `gradients`: its score reads `.grad` of a calibration batch."""
 
     unit: Literal["weight", "filter"]
-    ranking: Literal["local", "global"]
+    ranking: Literal["local", "global", "blocks"]
     score: Score | ChannelScore
     gradients: bool = False
 
@@ -139,6 +140,7 @@ METHODS: dict[str, Method] = {
     "local_taylor_unstructured": Method("weight", "local", taylor, gradients=True),
     "global_snip_unstructured": Method("weight", "global", taylor, gradients=True),
     "global_lamp_unstructured": Method("weight", "global", lamp),
+    "local_magnitude_nm_semistructured": Method("weight", "blocks", magnitude),
     "local_l1_structured": Method("filter", "local", filter_l1),
     "local_random_structured": Method("filter", "local", filter_uniform),
     "local_l1_group_structured": Method("filter", "local", group_norm(1)),
@@ -153,10 +155,41 @@ METHODS: dict[str, Method] = {
 }
 
 
-def get_method(name: str) -> Method:
+def get_method(name: str, rates: Sequence[float] = ()) -> Method:
+    """The method of a name, checked against the rates it will be asked for."""
     if name not in METHODS:
         raise UserError(f"prune.methods: unknown method {name!r} (known: {', '.join(METHODS)})")
-    return METHODS[name]
+    method = METHODS[name]
+    if method.ranking == "blocks":
+        for rate in rates:
+            _kept_per_block(name, rate)
+    return method
+
+
+BLOCK = 4  # N:M semi-structured sparsity keeps N of every M = 4 consecutive weights (2:4 on sparse kernels)
+
+
+def _kept_per_block(name: str, rate: float) -> int:
+    kept = BLOCK / rate
+    if abs(kept - round(kept)) > 1e-9 or not 1 <= round(kept) < BLOCK:
+        raise UserError(f"prune.rates: {name} keeps N of every {BLOCK} weights, so its rates are 4/3, 2 (2:4, the "
+                        f"rate of sparse tensor-core kernels) or 4 (1:4), not {rate:g}; give it a run of its own "
+                        "with prune.rates = [2]")
+    return round(kept)
+
+
+def _block_masks(scores: torch.Tensor, alive: torch.Tensor, keep: int) -> torch.Tensor | None:
+    """Keep the `keep` best alive weights of every `BLOCK` consecutive input channels of each output
+    row (and kernel position, as NVIDIA's ASP lays out convolutions for sparse kernels); None where the
+    input channels are not a multiple of `BLOCK`."""
+    if scores.shape[1] % BLOCK:
+        return None
+    laid_out = scores.movedim(1, -1).shape
+    blocks = scores.float().movedim(1, -1).reshape(-1, BLOCK).masked_fill(~alive.movedim(1, -1).reshape(-1, BLOCK),
+                                                                         float("-inf"))
+    best = torch.argsort(blocks, dim=1, descending=True, stable=True)[:, :keep]
+    chosen = torch.zeros_like(blocks, dtype=torch.bool).scatter_(1, best, True) & (blocks > float("-inf"))
+    return chosen.view(laid_out).movedim(-1, 1)
 
 
 def _keep_top(scores: torch.Tensor, alive: torch.Tensor, keep: int) -> torch.Tensor:
@@ -174,6 +207,8 @@ def compute_masks(
     per layer)."""
     scores = {name: method.score(w, generator).cpu() for name, w in weights.items()}
     alive = {name: masks[name].cpu() for name in weights}
+    if method.ranking == "blocks":
+        return _semistructured(scores, alive, _kept_per_block("N:M", rate))
     if method.ranking == "local":
         return {name: _keep_top(scores[name], alive[name], max(1, round(w.numel() / rate)))
                 for name, w in weights.items()}
@@ -182,6 +217,19 @@ def compute_masks(
     flat = _keep_top(torch.cat([scores[n].flatten() for n in names]),
                      torch.cat([alive[n].flatten() for n in names]), max(1, round(total / rate)))
     return {n: part.view(scores[n].shape) for n, part in zip(names, flat.split([scores[n].numel() for n in names]))}
+
+
+def _semistructured(scores: dict[str, torch.Tensor], alive: Masks, keep: int) -> Masks:
+    masks, whole = {}, []
+    for name, score in scores.items():
+        chosen = _block_masks(score, alive[name], keep)
+        masks[name] = alive[name].clone() if chosen is None else chosen
+        if chosen is None:
+            whole.append(f"{name} ({score.shape[1]} inputs)")
+    if whole:
+        log.warning("N:M pruning keeps layers whose input channels are not a multiple of %d whole: %s",
+                    BLOCK, ", ".join(whole))
+    return masks
 
 
 def prunable_groups(model: nn.Module, image_size: int, scope: str, exclude: Sequence[str] = ()) -> list[ChannelGroup]:

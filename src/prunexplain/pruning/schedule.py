@@ -302,7 +302,7 @@ def retire_unscheduled(settings: Settings, run: Run) -> list[ModelKey]:
 def prune_stage(settings: Settings, run: Run) -> PruneResult:
     """Every method of `settings.prune` over its schedule, starting from the run's trained model."""
     for name in settings.prune.methods:
-        get_method(name)  # unknown names fail before any work
+        get_method(name, settings.prune.rates)  # unknown names and impossible rates fail before any work
     dense = run.dense_checkpoint
     if not dense.exists():
         raise UserError(f"{dense}: no trained model; run `prunexplain train` (or `prunexplain run`) first")
