@@ -34,6 +34,8 @@ def _refused(settings, *expected: str, stages=None) -> str:
 def test_good_settings_pass_and_touch_nothing(tmp_path):
     preflight(_settings(tmp_path))
     preflight(load_settings(EXAMPLES / "demo.toml", [f'run.root="{tmp_path / "runs"}"']))
+    preflight(_settings(tmp_path, 'prune.schedule=["iterative", "one_shot"]',
+                        "study.models=['dense', 'local_magnitude_unstructured+one_shot/cr_2']"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -70,7 +72,11 @@ def test_a_missing_imagenette_folder_is_named_with_the_command_that_downloads_it
         (["explain.models=['dense', 'big']"], ["explain.models:", "'big' is not a model of a run"]),
         (["explain.models=['local_magnitude_unstructured/cr_3']"],
          ["explain.models: 'local_magnitude_unstructured/cr_3' is not a model of this run", "prune.rates: 2, 4"]),
-        (["study.models=['dense', 'other_method/cr_2']"], ["study.models: 'other_method/cr_2'", "prune.methods:"]),
+        (["study.models=['dense', 'other_method/cr_2']"],
+         ["study.models: 'other_method/cr_2'", "methods and schedules:"]),
+        (["study.models=['dense', 'local_magnitude_unstructured+one_shot/cr_2']"],
+         ["study.models: 'local_magnitude_unstructured+one_shot/cr_2' is not a model of this run",
+          "methods and schedules: local_magnitude_unstructured, local_random_unstructured;"]),
         (["study.models=['dense', 'local_magnitude_unstructured/cr_1']"], ["study.models:", "rate > 1"]),
         (["train.frozen_parts=['backbone']"], ["train.frozen_parts: the model has no part 'backbone'"]),
         (["explain.target_layer=features.99"], ["explain.target_layer: no layer 'features.99'"]),

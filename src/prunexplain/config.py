@@ -197,11 +197,17 @@ _MOVED_TO_RUNTIME = {
 
 
 class PruneSettings(_Section):
-    """Iterative pruning: after step k the layers in scope keep exactly 1/rates[k] of their weights."""
+    """Pruning to each rate: after step k the layers in scope keep 1/rates[k] of their weights."""
 
     methods: list[str] = Field(
         default_factory=lambda: ["local_magnitude_unstructured", "local_random_unstructured"],
         description="names in prunexplain.pruning.methods.METHODS (README, Pruning)",
+    )
+    schedule: list[Literal["iterative", "one_shot"]] = Field(
+        default_factory=lambda: ["iterative"],
+        description="iterative: each rate pruned from the one before, fine-tuned after each step (the study); "
+        "one_shot: each rate pruned from the dense model in one step, fine-tuned once. A schedule other than "
+        "iterative names its models '<method>+<schedule>'",
     )
     rates: list[float] = Field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
     scope: Literal["conv", "conv_linear"] = Field("conv", description="Conv2d layers (the study), or Linear too")
@@ -223,6 +229,13 @@ class PruneSettings(_Section):
     save_removed: bool = Field(
         True, description="for structured methods, also save the physically smaller model (model_removed.pt)"
     )
+
+    @field_validator("methods", "schedule")
+    @classmethod
+    def _listed_once(cls, names: list[str]) -> list[str]:
+        if not names or len(set(names)) < len(names):
+            raise ValueError(f"give each name once, and at least one: {names}")
+        return names
 
     @field_validator("rates")
     @classmethod

@@ -164,15 +164,17 @@ CHECKS: tuple[Check, ...] = (
 
 def _made_by_run(settings: Settings, names: list[str], key: str) -> None:
     """Each name parses as a model, and is one this run makes: dense, or a method and rate it prunes to."""
-    rates = settings.prune.rates
+    from prunexplain.pruning.schedule import variants
+
+    rates, families = settings.prune.rates, variants(settings.prune)
     for name in names:
         try:
             model = ModelKey.parse(name)
         except UserError as error:
             raise UserError(f"{key}: {error}") from None
-        if not model.dense and (model.method not in settings.prune.methods or model.rate not in rates):
-            raise UserError(f"{key}: {name!r} is not a model of this run (prune.methods: "
-                            f"{', '.join(settings.prune.methods)}; prune.rates: {', '.join(f'{r:g}' for r in rates)})")
+        if not model.dense and (model.method not in families or model.rate not in rates):
+            raise UserError(f"{key}: {name!r} is not a model of this run (methods and schedules: "
+                            f"{', '.join(families)}; prune.rates: {', '.join(f'{r:g}' for r in rates)})")
 
 
 def _creatable_folder(path: Path, key: str) -> None:

@@ -275,3 +275,38 @@ def test_semistructured_pruning_keeps_two_then_one_of_every_four_and_refuses_oth
                 assert ((blocks != 0).sum(1) <= 4 // rate).all() and (checkpoint["masks"][name].sum() * rate
                                                                        == weight.numel())
         assert 0.97 * rate < float(row["measured_rate_scope"]) <= rate  # the whole first conv: a little under
+
+
+def test_one_shot_prunes_each_rate_from_the_dense_model_beside_the_iterative_schedule(tmp_path, tiny_dataset,
+                                                                                      trained):
+    run = _copy_run(trained, tmp_path)
+    method = 'prune.methods=["local_magnitude_unstructured"]'
+    schedules = 'prune.schedule=["iterative", "one_shot"]'
+    both = tiny_settings(tmp_path, tiny_dataset, method, "prune.rates=[2, 8]", schedules)
+    result = prune_stage(both, run)
+    assert list(result.rows) == ["local_magnitude_unstructured", "local_magnitude_unstructured+one_shot"]
+    for name, rows in result.rows.items():
+        assert [float(r["measured_rate_scope"]) for r in rows[1:]] == pytest.approx([2, 8], rel=0.002)
+        assert {r["pruning_method"] for r in rows} == {name}
+    iterative = run.checkpoint(ModelKey.pruned("local_magnitude_unstructured", 8)).stat().st_mtime_ns
+
+    # one-shot 8x is what an iterative schedule of 8x alone makes: the dense model, pruned once, fine-tuned once
+    alone = _copy_run(trained, tmp_path / "alone")
+    prune_stage(tiny_settings(tmp_path / "alone", tiny_dataset, method, "prune.rates=[8]"), alone)
+    one_shot = torch.load(run.checkpoint(ModelKey.pruned("local_magnitude_unstructured+one_shot", 8)),
+                          weights_only=True)
+    reference = torch.load(alone.checkpoint(ModelKey.pruned("local_magnitude_unstructured", 8)), weights_only=True)
+    assert all(torch.equal(one_shot["state_dict"][k], v) for k, v in reference["state_dict"].items())
+    iterative_masks = torch.load(run.checkpoint(ModelKey.pruned("local_magnitude_unstructured", 8)),
+                                 weights_only=True)["masks"]
+    assert any(not torch.equal(one_shot["masks"][k], iterative_masks[k]) for k in iterative_masks)
+
+    # a one-shot rate does not depend on the others: changing the schedule keeps it; dropping one-shot retires it
+    stamp = run.checkpoint(ModelKey.pruned("local_magnitude_unstructured+one_shot", 8)).stat().st_mtime_ns
+    prune_stage(tiny_settings(tmp_path, tiny_dataset, method, "prune.rates=[4, 8]", schedules), run)
+    assert run.checkpoint(ModelKey.pruned("local_magnitude_unstructured+one_shot", 8)).stat().st_mtime_ns == stamp
+    assert run.checkpoint(ModelKey.pruned("local_magnitude_unstructured", 8)).stat().st_mtime_ns != iterative
+    prune_stage(tiny_settings(tmp_path, tiny_dataset, method, "prune.rates=[4, 8]"), run)
+    assert [str(key) for key in run.models()] == [
+        "dense", "local_magnitude_unstructured/cr_4", "local_magnitude_unstructured/cr_8"]
+    assert not run.prune_results("local_magnitude_unstructured+one_shot").exists()

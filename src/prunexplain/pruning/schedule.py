@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunexplain.config import Settings, UserError, json_digest
+from prunexplain.config import PruneSettings, Settings, UserError, json_digest
 from prunexplain.data.loaders import as_trained
 from prunexplain.models import check_fits, file_digest, load_checkpoint, model_settings, save_checkpoint
 from prunexplain.pruning.calibration import calibration_batch, calibration_gradients
@@ -163,16 +163,30 @@ def rate_fingerprint(base: str, name: str, rates: list[float]) -> str:
     return json_digest([base, name, [f"{r:g}" for r in rates]])
 
 
+def variants(prune: PruneSettings) -> dict[str, tuple[str, str]]:
+    """The run's families of pruned models by the name their folders, tables and plots carry: each
+    method under each schedule, `<method>+<schedule>`, the iterative one under the method's own name
+    (the study's)."""
+    return {(method if schedule == "iterative" else f"{method}+{schedule}"): (method, schedule)
+            for method in prune.methods for schedule in prune.schedule}
+
+
 def prune_method(
     name: str, settings: Settings, run: Run, loaders: dict, device: torch.device, dense: Path, base: str
 ) -> list[dict[str, Any]]:
-    """The whole schedule of one method; returns the results rows (dense first).
+    """The whole schedule of one family of `variants`; returns the results rows (dense first).
 
-    A saved rate is reused only if it carries the fingerprint of `base` and the schedule up to it,
-    and no earlier rate was recomputed in this call.
+    Iterative: each rate starts from the model of the rate before; a saved rate is reused only if it
+    carries the fingerprint of `base` and the schedule up to it, and no earlier rate was recomputed in
+    this call. One-shot: each rate starts from the dense model, and is reused on its own fingerprint.
     """
-    method, prune, size = get_method(name), settings.prune, settings.data.image_size
+    criterion, schedule = variants(settings.prune)[name]
+    method, prune, size = get_method(criterion), settings.prune, settings.data.image_size
+    one_shot = schedule == "one_shot"
+    if method.gradients:  # the calibration batch changes only what gradient-based criteria choose
+        base += f"calibration_images={prune.calibration_images}"
     model, checkpoint = load_checkpoint(dense, device)
+    dense_state = copy.deepcopy(model.state_dict()) if one_shot else None
     meta = checkpoint["meta"]
     weights = prunable_weights(model, prune.scope, prune.exclude)
     groups = prunable_groups(model, size, prune.scope, prune.exclude) if method.unit == "filter" else None
@@ -186,8 +200,9 @@ def prune_method(
     recomputed = False
     for step, rate in enumerate(prune.rates):
         key = ModelKey.pruned(name, rate)
-        path, fingerprint = run.checkpoint(key), rate_fingerprint(base, name, prune.rates[: step + 1])
-        finished = None if recomputed else _finished(path, fingerprint, device)
+        path = run.checkpoint(key)
+        fingerprint = rate_fingerprint(base, name, [rate] if one_shot else prune.rates[: step + 1])
+        finished = None if recomputed and not one_shot else _finished(path, fingerprint, device)
         if finished is not None:
             loaded, saved = finished  # into the same model: the channel groups hold its layers
             model.load_state_dict(loaded.state_dict())
@@ -201,8 +216,13 @@ def prune_method(
             log.info("%s %gx: done already", name, rate)
             continue
         recomputed, start = True, time.perf_counter()
-        generator = torch.Generator().manual_seed(_step_seed(prune.seed, step))
-        with _calibrated(method, model, settings, loaders["train"].dataset, step, device):
+        draws = step
+        if one_shot:  # from the dense model, drawing as a schedule of this rate alone would
+            model.load_state_dict(dense_state)
+            masks = {k: torch.ones_like(w, dtype=torch.bool, device="cpu") for k, w in weights.items()}
+            draws = 0
+        generator = torch.Generator().manual_seed(_step_seed(prune.seed, draws))
+        with _calibrated(method, model, settings, loaders["train"].dataset, draws, device):
             masks = (compute_masks(method, weights, masks, rate, generator) if groups is None
                      else structured_masks(method, model, weights, masks, rate, generator, groups))
         apply_masks(model, masks)
@@ -210,11 +230,11 @@ def prune_method(
         before = evaluate(model, loaders["test"], settings.data, device, amp)
         recalibrated = "-"
         if recalibrate_batch_norm(model, loaders["train"], settings.data, device, prune.recalibrate_batches,
-                                  _step_seed(settings.train.seed, step)):
+                                  _step_seed(settings.train.seed, draws)):
             recalibrated = evaluate(model, loaders["test"], settings.data, device, amp)["top1"]
         fitted = None
         if prune.max_epochs > 0:
-            fitted = fit(model, loaders["train"], loaders["valid"], _finetune_settings(settings, step), settings.data,
+            fitted = fit(model, loaders["train"], loaders["valid"], _finetune_settings(settings, draws), settings.data,
                          device, settings.runtime, after_step=lambda: apply_masks(model, masks),
                          description=f"{name} {rate:g}x")
         # fit restored the weights of the epoch train.restore names (the highest valid accuracy, or the
@@ -286,14 +306,15 @@ def _finished(path: Path, fingerprint: str, device: torch.device) -> tuple[nn.Mo
 
 def retire_unscheduled(settings: Settings, run: Run) -> list[ModelKey]:
     """Move aside the outputs of pruned models that the settings no longer ask for."""
-    wanted = {ModelKey.pruned(m, r) for m in settings.prune.methods for r in settings.prune.rates}
+    names = variants(settings.prune)
+    wanted = {ModelKey.pruned(m, r) for m in names for r in settings.prune.rates}
     stale = [key for key in run.models() if not key.dense and key not in wanted]
     for key in stale:
         moved = run.retire(key)
-        log.warning("%s is no longer in prune.methods x prune.rates: its outputs moved to %s", key,
+        log.warning("%s is no longer in prune.methods x schedule x rates: its outputs moved to %s", key,
                     ", ".join(map(str, moved)))
     for method, table in run.prune_tables().items():
-        if method not in settings.prune.methods:
+        if method not in names:
             table.unlink()
             run.prune_per_class(method).unlink(missing_ok=True)
     return stale
@@ -312,9 +333,11 @@ def prune_stage(settings: Settings, run: Run) -> PruneResult:
     check_fits(trained, dense, splits.train.classes, settings.data.image_size)
     retire_unscheduled(settings, run)
     # save_removed only adds a file beside each checkpoint: finished rates stay valid when it changes
-    prune = settings.prune.model_dump(mode="json", exclude={"methods", "rates", "save_removed"})
+    # neither do the other families of models, nor the calibration batch of criteria that do not read it
+    prune = settings.prune.model_dump(mode="json",
+                                      exclude={"methods", "rates", "save_removed", "schedule", "calibration_images"})
     base = settings.fingerprint("data", "model", "train") + json.dumps(prune, sort_keys=True) + file_digest(dense)
     settings = settings.model_copy(update={"data": as_trained(settings.data, trained["meta"]["data"])})
-    rows = {name: prune_method(name, settings, run, loaders, device, dense, base) for name in settings.prune.methods}
+    rows = {name: prune_method(name, settings, run, loaders, device, dense, base) for name in variants(settings.prune)}
     tables = {name: run.prune_results(name) for name in rows}
     return PruneResult(tables, rows, plot_accuracy(rows, run.accuracy_plot))
