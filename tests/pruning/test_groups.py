@@ -16,9 +16,11 @@ from tests.pruning.nets import structurally_pruned, torchvision_model
 
 
 @pytest.mark.parametrize(("arch", "scope"), [("resnet50", "conv"), ("efficientnet_b0", "conv"),
-                                             ("densenet121", "conv"), ("convnext_tiny", "conv_linear")])
+                                             ("densenet121", "conv"), ("convnext_tiny", "conv_linear"),
+                                             ("resnext50_32x4d", "conv")])
 def test_masked_model_computes_what_the_smaller_one_computes(arch, scope):
-    """Residual sums, squeeze-excitation products, depthwise convolutions, concatenations."""
+    """Residual sums, squeeze-excitation products, depthwise convolutions, concatenations; grouped
+    convolutions (ResNeXt) keep their channels, the residual streams around them are pruned."""
     model = torchvision_model(arch)
     masks = structurally_pruned(model, (2, 4), scope=scope)
     small = remove_pruned(model, masks, 32)
