@@ -119,8 +119,7 @@ def evaluate(
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         count += len(y)
         classes = logits.shape[1]
-        batch_hits = torch.bincount(y[top[:, 0] == y], minlength=classes).cpu()
-        hits = batch_hits if hits is None else hits + batch_hits
+        hits = torch.bincount(y[top[:, 0] == y], minlength=classes).cpu() + (0 if hits is None else hits)
         seen = torch.bincount(y, minlength=classes).cpu() + (0 if seen is None else seen)
     totals = _sum_over_processes([correct1, correct5, loss, count, *_or_empty(hits), *_or_empty(seen)], device)
     correct1, correct5, loss, count = totals[:4]
@@ -393,7 +392,7 @@ def train_stage(settings: Settings, run: Run) -> TrainResult | None:
         )
         if not procs.main:
             return None
-        _write_outputs(settings, run, model, splits.train.classes, fitted, result)
+        _write_outputs(settings, run, model, splits.train.classes, fitted, result, test["per_class"])
         return result
 
 
@@ -431,11 +430,12 @@ def _datasets_on_main_first(settings: Settings, run: Run, procs: Processes):
     return prepared if procs.main else prepare_all(settings.runtime.model_copy(update={"progress": False}))
 
 
-def _write_outputs(settings, run, model, classes, fitted: FitResult, result: TrainResult) -> None:
+def _write_outputs(settings, run, model, classes, fitted: FitResult, result: TrainResult, per_class) -> None:
     meta = {
         "classes": list(classes),
         "data": settings.data.model_dump(mode="json", include={"image_size", "normalize", "mean", "std"}),
         "train": asdict(result),
+        "per_class": per_class,  # test accuracy of each class, as every pruned checkpoint keeps it
     }
     path = save_checkpoint(run.dense_checkpoint, model, settings.model, len(classes), meta=meta)
     write_csv(run.train_history, fitted.history)

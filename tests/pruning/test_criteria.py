@@ -4,13 +4,16 @@ Torch-Pruning importances against Torch-Pruning's own pruner."""
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
+from PIL import Image
 from torch.ao.pruning import WeightNormSparsifier
 
 from prunexplain.config import DataSettings, ModelSettings, UserError
+from prunexplain.data.loaders import ImageSet
 from prunexplain.models import build_model
 from prunexplain.pruning.calibration import calibration_batch, calibration_gradients
 from prunexplain.pruning.masks import apply_masks
@@ -62,14 +65,18 @@ def test_calibration_gradients_are_a_backward_pass_and_leave_nothing_behind():
     assert not model.features[0].weight.requires_grad
 
 
-def test_calibration_batch_is_a_seeded_draw_of_prepared_training_images():
-    images = torch.randint(0, 256, (20, 3, 4, 4), dtype=torch.uint8)
-    train = torch.utils.data.TensorDataset(images, torch.arange(20))
-    data = DataSettings(normalize=False)
+def test_calibration_batch_is_a_seeded_draw_of_prepared_training_images(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    paths = []
+    for index, image in enumerate(pixels):  # 32 px files at data.image_size 32: decoding keeps the pixels
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(image).save(paths[-1])
+    train = ImageSet(tuple(paths), tuple(range(20)), tuple(str(i) for i in range(20)))
+    data = DataSettings(normalize=False, image_size=32)
     x, y = calibration_batch(train, data, 6, torch.Generator().manual_seed(3), torch.device("cpu"))
     again, _ = calibration_batch(train, data, 6, torch.Generator().manual_seed(3), torch.device("cpu"))
     assert torch.equal(x, again) and len(set(y.tolist())) == 6
-    assert torch.equal(x, images[y].float() / 255)
+    assert torch.equal(x, torch.from_numpy(pixels[y.numpy()]).permute(0, 3, 1, 2).float() / 255)
 
 
 @pytest.mark.parametrize(("name", "local"), [("local_taylor_unstructured", True), ("global_snip_unstructured", False)])

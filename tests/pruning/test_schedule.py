@@ -310,3 +310,15 @@ def test_one_shot_prunes_each_rate_from_the_dense_model_beside_the_iterative_sch
     assert [str(key) for key in run.models()] == [
         "dense", "local_magnitude_unstructured/cr_4", "local_magnitude_unstructured/cr_8"]
     assert not run.prune_results("local_magnitude_unstructured+one_shot").exists()
+
+
+def test_the_calibration_batch_is_the_same_images_whatever_the_augmentation(tmp_path, tiny_dataset, trained):
+    """With augment_at = "full_size" the training dataset augments each image as it is read: the
+    calibration batch must not, or a gradient-based criterion would choose differently on every run."""
+    masks = []
+    for copy in ("a", "b"):
+        run = _copy_run(trained, tmp_path / copy)
+        prune_stage(tiny_settings(tmp_path / copy, tiny_dataset, 'prune.methods=["local_taylor_unstructured"]',
+                                  "prune.rates=[4]", "prune.max_epochs=0", 'data.augment_at="full_size"'), run)
+        masks.append(load_checkpoint(run.checkpoint(ModelKey.pruned("local_taylor_unstructured", 4)))[1]["masks"])
+    assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])

@@ -13,19 +13,19 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
 from prunexplain.config import DataSettings
-from prunexplain.data.loaders import prepare
+from prunexplain.data.loaders import FolderImages, ImageSet, prepare
 
 
 def calibration_batch(
-    train: Dataset, data: DataSettings, count: int, generator: torch.Generator, device: torch.device
+    train: ImageSet, data: DataSettings, count: int, generator: torch.Generator, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` training images (all, if fewer) drawn without replacement from `generator`, prepared as
-    the model sees them (not augmented), and their labels."""
+    """`count` training images (all, if fewer) drawn without replacement from `generator`, decoded and
+    prepared as the model sees them, never augmented (the training dataset may augment as it reads),
+    and their labels."""
     indices = torch.randperm(len(train), generator=generator)[:count].tolist()
-    images, labels = zip(*(train[i] for i in indices))
+    images, labels = zip(*(FolderImages(train, data.image_size)[i] for i in indices))
     return prepare(torch.stack(images).to(device), data), torch.tensor(labels, device=device)
 
 
@@ -33,20 +33,17 @@ def calibration_batch(
 def calibration_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Iterator[None]:
     """Every parameter's `.grad` is the gradient of the mean cross-entropy on the batch inside the
     block; afterwards `.grad` is None again and the model in its former mode."""
-    params, training = list(model.parameters()), model.training
+    params, training = dict(model.named_parameters()), model.training
     model.eval()
     try:
         with torch.enable_grad():
-            inputs = [p.detach().requires_grad_(True) for p in params]
-            loss = F.cross_entropy(torch.func.functional_call(model, _by_name(model, inputs), (images,)), labels)
-            for param, grad in zip(params, torch.autograd.grad(loss, inputs, allow_unused=True)):
+            inputs = {name: param.detach().requires_grad_(True) for name, param in params.items()}
+            loss = F.cross_entropy(torch.func.functional_call(model, inputs, (images,)), labels)
+            grads = torch.autograd.grad(loss, list(inputs.values()), allow_unused=True)
+            for param, grad in zip(params.values(), grads):
                 param.grad = torch.zeros_like(param) if grad is None else grad
         yield
     finally:
-        for param in params:
+        for param in params.values():
             param.grad = None
         model.train(training)
-
-
-def _by_name(model: nn.Module, tensors: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    return dict(zip((name for name, _ in model.named_parameters()), tensors))

@@ -42,6 +42,9 @@ class Cut:
     filters: bool  # a conv or linear weight whose rows compute the channel: what a score ranks
 
 
+Slices = list[tuple[Cut, torch.Tensor]]  # one channel's positions in each cut of its group
+
+
 class SlicesKept:
     """Which slices of a parameter along a dimension have any entry left in `masks` (a parameter without
     a mask is whole). Computed once per parameter and shared by the groups that cut it: a DenseNet
@@ -90,16 +93,22 @@ class ChannelGroup:
             left.index_add_(0, cut.channels, kept(cut.name, cut.dim)[cut.positions].float())
         return left > 0
 
-    def drop_channel(self, masks: dict[str, torch.Tensor], channel: int, params: dict[str, torch.Tensor]) -> None:
-        """Mask every cut of one channel, in place (missing masks start whole)."""
-        for cut in self.cuts:
-            mask = masks.setdefault(cut.name, torch.ones_like(params[cut.name], dtype=torch.bool, device="cpu"))
-            mask.movedim(cut.dim, 0)[cut.positions[cut.channels == channel]] = False
+    def slices(self, channel: int) -> Slices:
+        """Where one channel sits in each parameter the group cuts: each cut and the positions it owns."""
+        return [(cut, cut.positions[cut.channels == channel]) for cut in self.cuts]
 
-    def live_entries(self, masks: dict[str, torch.Tensor], channel: int, counted: Container[str]) -> int:
-        """How many entries of the `counted` parameters removing `channel` would newly mask."""
-        return sum(int(masks[cut.name].movedim(cut.dim, 0)[cut.positions[cut.channels == channel]].sum())
-                   for cut in self.cuts if cut.name in counted)
+
+def live_entries(masks: dict[str, torch.Tensor], slices: Slices, counted: Container[str]) -> int:
+    """How many entries of the `counted` parameters masking a channel's `slices` would newly mask."""
+    return sum(int(masks[cut.name].movedim(cut.dim, 0)[positions].sum())
+               for cut, positions in slices if cut.name in counted)
+
+
+def drop(masks: dict[str, torch.Tensor], slices: Slices, params: dict[str, torch.Tensor]) -> None:
+    """Mask a channel's `slices`, in place (missing masks start whole)."""
+    for cut, positions in slices:
+        mask = masks.setdefault(cut.name, torch.ones_like(params[cut.name], dtype=torch.bool, device="cpu"))
+        mask.movedim(cut.dim, 0)[positions] = False
 
 
 @contextmanager

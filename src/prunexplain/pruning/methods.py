@@ -29,7 +29,14 @@ import torch_pruning as tp
 from torch import nn
 
 from prunexplain.config import UserError
-from prunexplain.pruning.groups import ChannelGroup, SlicesKept, channel_groups, dependency_graph
+from prunexplain.pruning.groups import (
+    ChannelGroup,
+    SlicesKept,
+    channel_groups,
+    dependency_graph,
+    drop,
+    live_entries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +122,7 @@ def torch_pruning(importance: tp.importance.Importance) -> ChannelScore:
     return score
 
 
-def group_norm(p: int) -> ChannelScore:
+def group_magnitude(p: int) -> ChannelScore:
     """The Lp norm of every weight the channel's removal takes, over the whole group (Li et al. 2017's
     filter norm, extended to the coupled layers; Torch-Pruning's GroupMagnitudeImportance)."""
     return torch_pruning(tp.importance.GroupMagnitudeImportance(p=p))
@@ -143,10 +150,10 @@ METHODS: dict[str, Method] = {
     "local_magnitude_nm_semistructured": Method("weight", "blocks", magnitude),
     "local_l1_structured": Method("filter", "local", filter_l1),
     "local_random_structured": Method("filter", "local", filter_uniform),
-    "local_l1_group_structured": Method("filter", "local", group_norm(1)),
-    "global_l1_group_structured": Method("filter", "global", group_norm(1)),
-    "local_l2_group_structured": Method("filter", "local", group_norm(2)),
-    "global_l2_group_structured": Method("filter", "global", group_norm(2)),
+    "local_l1_group_structured": Method("filter", "local", group_magnitude(1)),
+    "global_l1_group_structured": Method("filter", "global", group_magnitude(1)),
+    "local_l2_group_structured": Method("filter", "local", group_magnitude(2)),
+    "global_l2_group_structured": Method("filter", "global", group_magnitude(2)),
     "local_fpgm_structured": Method("filter", "local", torch_pruning(tp.importance.FPGMImportance())),
     "local_bn_scale_structured": Method("filter", "local", torch_pruning(tp.importance.BNScaleImportance())),
     "local_taylor_structured": Method(
@@ -285,19 +292,22 @@ def structured_masks(
     if unscored:
         log.info("%d of %d channel groups have nothing the score reads (no batch norm): kept whole",
                  unscored, len(groups))
-    left, target = sum(int(new[n].sum()) for n in weights), sum(w.numel() for w in weights.values()) / rate
+    total = sum(w.numel() for w in weights.values())
+    left, target = sum(int(new[n].sum()) for n in weights), total / rate
     closed = set()  # groups whose next channel would overshoot: their later (better) channels stay too
     for _, index, channel in sorted(turns):
         if left <= target:
             break
-        freed = groups[index].live_entries(new, channel, weights)
-        if index in closed or target - (left - freed) > left - target:  # further off than stopping here
+        if index in closed:
+            continue
+        slices = groups[index].slices(channel)
+        freed = live_entries(new, slices, weights)
+        if target - (left - freed) > left - target:  # further off than stopping here
             closed.add(index)
             continue
-        groups[index].drop_channel(new, channel, params)
+        drop(new, slices, params)
         left -= freed
     if left > target * 1.02:
-        total = sum(w.numel() for w in weights.values())
         log.warning("structured pruning reaches %.3gx of the weights in scope, not %gx: the layers whose channels "
                     "cannot be removed keep theirs (see prunexplain.pruning.groups)", total / max(left, 1), rate)
     return new

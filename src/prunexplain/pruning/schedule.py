@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from prunexplain.config import PruneSettings, Settings, UserError, json_digest
-from prunexplain.data.loaders import as_trained
+from prunexplain.data.loaders import ImageSet, as_trained
 from prunexplain.models import check_fits, file_digest, load_checkpoint, model_settings, save_checkpoint
 from prunexplain.pruning.calibration import calibration_batch, calibration_gradients
 from prunexplain.pruning.cost import model_cost
@@ -135,7 +135,8 @@ def _write_removed(
                  {**meta, "removed": {"max_abs_difference": difference}})
 
 
-def _calibrated(method: Method, model: nn.Module, settings: Settings, train, step: int, device: torch.device):
+def _calibrated(method: Method, model: nn.Module, settings: Settings, train: ImageSet, step: int,
+                device: torch.device):
     """The calibration batch's gradients in `.grad` while a gradient-based method scores (drawn from
     `prune.seed` and the step, apart from the random methods' draws); nothing otherwise."""
     if not method.gradients:
@@ -172,9 +173,11 @@ def variants(prune: PruneSettings) -> dict[str, tuple[str, str]]:
 
 
 def prune_method(
-    name: str, settings: Settings, run: Run, loaders: dict, device: torch.device, dense: Path, base: str
+    name: str, settings: Settings, run: Run, loaders: dict, train: ImageSet, device: torch.device, dense: Path,
+    base: str,
 ) -> list[dict[str, Any]]:
-    """The whole schedule of one family of `variants`; returns the results rows (dense first).
+    """The whole schedule of one family of `variants`; returns the results rows (dense first). `train`
+    is the training split, from which gradient-based criteria draw their calibration batch.
 
     Iterative: each rate starts from the model of the rate before; a saved rate is reused only if it
     carries the fingerprint of `base` and the schedule up to it, and no earlier rate was recomputed in
@@ -196,7 +199,8 @@ def prune_method(
              **model_cost(model, size)}]
     part = _part(checkpoint["arch"], prune.scope)
     classes = meta.get("classes") or [str(i) for i in range(checkpoint["num_classes"])]  # an imported model's
-    per_class = {1.0: evaluate(model, loaders["test"], settings.data, device, settings.runtime.amp)["per_class"]}
+    per_class = {1.0: meta.get("per_class")  # kept by training; an imported model is evaluated here
+                 or evaluate(model, loaders["test"], settings.data, device, settings.runtime.amp)["per_class"]}
     recomputed = False
     for step, rate in enumerate(prune.rates):
         key = ModelKey.pruned(name, rate)
@@ -222,7 +226,7 @@ def prune_method(
             masks = {k: torch.ones_like(w, dtype=torch.bool, device="cpu") for k, w in weights.items()}
             draws = 0
         generator = torch.Generator().manual_seed(_step_seed(prune.seed, draws))
-        with _calibrated(method, model, settings, loaders["train"].dataset, draws, device):
+        with _calibrated(method, model, settings, train, draws, device):
             masks = (compute_masks(method, weights, masks, rate, generator) if groups is None
                      else structured_masks(method, model, weights, masks, rate, generator, groups))
         apply_masks(model, masks)
@@ -338,6 +342,7 @@ def prune_stage(settings: Settings, run: Run) -> PruneResult:
                                       exclude={"methods", "rates", "save_removed", "schedule", "calibration_images"})
     base = settings.fingerprint("data", "model", "train") + json.dumps(prune, sort_keys=True) + file_digest(dense)
     settings = settings.model_copy(update={"data": as_trained(settings.data, trained["meta"]["data"])})
-    rows = {name: prune_method(name, settings, run, loaders, device, dense, base) for name in variants(settings.prune)}
+    rows = {name: prune_method(name, settings, run, loaders, splits.train, device, dense, base)
+            for name in variants(settings.prune)}
     tables = {name: run.prune_results(name) for name in rows}
     return PruneResult(tables, rows, plot_accuracy(rows, run.accuracy_plot))
