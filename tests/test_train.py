@@ -9,7 +9,16 @@ from prunexplain.data.loaders import as_trained, image_dataset, load_splits, wit
 from prunexplain.models import build_model, load_checkpoint
 from prunexplain.pruning.schedule import prune_stage
 from prunexplain.runs import ModelKey, Run
-from prunexplain.train import evaluate, fit, make_loader, recalibrate_batch_norm, train_stage
+from prunexplain.train import (
+    Replay,
+    _scheduler,
+    advance,
+    evaluate,
+    fit,
+    make_loader,
+    recalibrate_batch_norm,
+    train_stage,
+)
 from tests.conftest import tiny_settings
 
 CPU = torch.device("cpu")
@@ -212,3 +221,26 @@ def test_dataset_statistics_are_computed_once_kept_in_the_checkpoint_and_used_af
     prune_stage(settings, run)
     _, pruned = load_checkpoint(run.checkpoint(ModelKey.pruned("local_l1_structured", 2)))
     assert pruned["meta"]["data"] == stored
+
+
+def test_a_replayed_schedule_is_the_tail_of_the_dense_one_and_holds_its_last_rate():
+    """Rewinding replays the dense fit's one-cycle schedule from an epoch on: the learning rates (and
+    Adam's beta1, which the cycle moves too) are torch's own over the whole schedule, from that epoch."""
+    settings = TrainSettings(epochs=5, schedule="onecycle", learning_rate=0.01)
+
+    def rates(replay, steps):
+        optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=settings.learning_rate)
+        scheduler = _scheduler(optimizer, settings, 4, replay)
+        seen = []
+        for _ in range(steps):
+            seen.append((optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["betas"][0]))
+            optimizer.step()
+            advance(scheduler)
+        return seen
+
+    whole = rates(None, 20)
+    assert rates(Replay(5, 3), 8) == whole[12:]
+    tail = rates(Replay(5, 3), 12)  # two epochs past the dense schedule's end: its last rate held
+    assert tail[8:] == [whole[19]] * 4
+    assert _scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1),
+                      TrainSettings(schedule="constant"), 4, Replay(5, 3)) is None

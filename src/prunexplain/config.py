@@ -166,6 +166,10 @@ class TrainSettings(_Section):
         "epoch that beat the reference by min_improvement, the original's; training_accuracy is then the best "
         "over all epochs)",
     )
+    rewind_epoch: int | None = Field(
+        None, ge=0, description="also keep the weights after this many epochs (0: the initial weights) for "
+        "prune.retrain = weight_rewind, in train/rewind.pt; None: keep none",
+    )
     seed: int = 0
 
 
@@ -203,18 +207,29 @@ class PruneSettings(_Section):
         default_factory=lambda: ["local_magnitude_unstructured", "local_random_unstructured"],
         description="names in prunexplain.pruning.methods.METHODS (README, Pruning)",
     )
-    schedule: list[Literal["iterative", "one_shot"]] = Field(
+    schedule: list[Literal["iterative", "one_shot", "gradual"]] = Field(
         default_factory=lambda: ["iterative"],
-        description="iterative: each rate pruned from the one before, fine-tuned after each step (the study); "
-        "one_shot: each rate pruned from the dense model in one step, fine-tuned once. A schedule other than "
-        "iterative names its models '<method>+<schedule>'",
+        description="iterative: each rate pruned from the one before, retrained after each step (the study); "
+        "one_shot: each rate pruned from the dense model in one step, retrained once; gradual: from the rate "
+        "before to each rate along Zhu & Gupta's cubic ramp while training (gradual_steps pruning steps, "
+        "gradual_frequency optimiser steps apart), then retrained. A schedule other than iterative names its "
+        "models '<method>+<schedule>'",
     )
+    retrain: list[Literal["finetune", "lr_rewind", "weight_rewind"]] = Field(
+        default_factory=lambda: ["finetune"],
+        description="after each step: finetune (max_epochs at prune.learning_rate, the study); lr_rewind (the "
+        "dense run's learning-rate schedule over its last max_epochs epochs, Renda et al. 2020); weight_rewind "
+        "(surviving weights reset to train.rewind_epoch's, then that schedule from there). A regime other than "
+        "finetune adds '+<regime>' to its models' name",
+    )
+    gradual_steps: int = Field(10, ge=1, description="gradual schedule: pruning steps from one rate to the next")
+    gradual_frequency: int = Field(10, ge=1, description="gradual schedule: optimiser steps between pruning steps")
     rates: list[float] = Field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
     scope: Literal["conv", "conv_linear"] = Field("conv", description="Conv2d layers (the study), or Linear too")
     exclude: list[str] = Field(
         default_factory=list, description="module name patterns (fnmatch) never pruned, e.g. ['conv1', 'fc']"
     )
-    max_epochs: int = Field(50, ge=0, description="fine-tuning epochs after each step, at most")
+    max_epochs: int = Field(50, ge=0, description="retraining epochs after each step, at most (every regime)")
     patience: int | None = Field(None, ge=1, description="None: train.patience")
     learning_rate: float | None = Field(None, gt=0, description="None: train.learning_rate")
     seed: int = Field(0, description="seed of the random methods")
@@ -230,7 +245,7 @@ class PruneSettings(_Section):
         True, description="for structured methods, also save the physically smaller model (model_removed.pt)"
     )
 
-    @field_validator("methods", "schedule")
+    @field_validator("methods", "schedule", "retrain")
     @classmethod
     def _listed_once(cls, names: list[str]) -> list[str]:
         if not names or len(set(names)) < len(names):

@@ -109,6 +109,12 @@ def check_prune_methods(settings: Settings) -> None:
         raise UserError(f"prune.methods: unknown {', '.join(map(repr, unknown))} (known: {', '.join(METHODS)})")
 
 
+def check_prune_schedules(settings: Settings) -> None:
+    from prunexplain.pruning.schedule import check_schedules
+
+    check_schedules(settings)
+
+
 def check_explain_method(settings: Settings) -> None:
     from prunexplain.explain.cam import METHODS
 
@@ -154,6 +160,7 @@ CHECKS: tuple[Check, ...] = (
     Check(_DATA, check_data),
     Check(frozenset({"train"}), check_outputs),
     Check(frozenset({"prune"}), check_prune_methods),
+    Check(frozenset({"train", "prune"}), check_prune_schedules),  # weight rewinding needs an epoch of training
     Check(frozenset({"explain"}), check_explain_method),
     Check(frozenset({"explain"}), check_explain_models),
     Check(frozenset({"study"}), check_study_models),

@@ -306,6 +306,11 @@ class Run:
         return self.root / "train" / "model.pt"
 
     @property
+    def rewind_checkpoint(self) -> Path:
+        """The dense model's weights after `train.rewind_epoch` epochs, for weight rewinding."""
+        return self.root / "train" / "rewind.pt"
+
+    @property
     def train_history(self) -> Path:
         return self.root / "train" / "history.csv"
 

@@ -8,9 +8,11 @@ counts are summed over processes, and only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -57,6 +59,16 @@ class FitResult:
     @property
     def epochs_trained(self) -> int:
         return len(self.history)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A fit that replays part of another fit's learning-rate schedule (learning-rate and weight
+    rewinding): the schedule as that fit of `epochs` epochs ran it, from epoch `start` on. Steps past
+    its end keep its last learning rate."""
+
+    epochs: int
+    start: int
 
 
 @dataclass
@@ -183,15 +195,30 @@ def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimiz
     return torch.optim.Adam(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, steps_per_epoch: int):
-    """torch's OneCycleLR over all steps of `settings.epochs` for schedule "onecycle"; None: constant.
-    Early stopping may end the cycle before its end, which keeps the weights of the best epoch so far."""
+def _scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, steps_per_epoch: int,
+               replay: Replay | None = None):
+    """torch's OneCycleLR over all steps of `settings.epochs` for schedule "onecycle" (of `replay.epochs`,
+    stepped on to `replay.start`, when replaying); None: constant. Early stopping may end the cycle
+    before its end, which keeps the weights of the best epoch so far."""
     if settings.schedule == "constant":
         return None
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.learning_rate, epochs=settings.epochs, steps_per_epoch=max(1, steps_per_epoch),
-        pct_start=0.3,
+    steps_per_epoch = max(1, steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.learning_rate, epochs=replay.epochs if replay else settings.epochs,
+        steps_per_epoch=steps_per_epoch, pct_start=0.3,
     )
+    with warnings.catch_warnings():  # stepping on before any optimiser step is the point here
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before", UserWarning)
+        for _ in range(min(replay.start * steps_per_epoch, scheduler.total_steps - 1) if replay else 0):
+            scheduler.step()
+    return scheduler
+
+
+def advance(scheduler: torch.optim.lr_scheduler.OneCycleLR) -> None:
+    """The next step of the schedule; past its last step (a replay longer than what is left of it),
+    its last learning rate stays."""
+    if scheduler.last_epoch < scheduler.total_steps - 1:
+        scheduler.step()
 
 
 def _train_epoch(model, loader, optimizer, scheduler, scaler, data, runtime, device, generator, after_step, bar):
@@ -210,7 +237,7 @@ def _train_epoch(model, loader, optimizer, scheduler, scaler, data, runtime, dev
         scaler.step(optimizer)
         scaler.update()
         if scheduler is not None:
-            scheduler.step()
+            advance(scheduler)
         if after_step is not None:
             after_step()
         correct += (logits.argmax(1) == y).sum().item()
@@ -230,6 +257,8 @@ def fit(
     runtime: RuntimeSettings = RuntimeSettings(),
     after_step: Callable[[], None] | None = None,
     description: str = "train",
+    replay: Replay | None = None,
+    after_epoch: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Train until `settings.epochs` or early stopping; restore the weights `settings.restore` names.
 
@@ -241,9 +270,40 @@ def fit(
       pruning_for_explainability): the reference starts at 0, the weights, epoch and valid accuracy
       are those of the last improving epoch (not always the highest valid accuracy: a later epoch
       can beat it by less than `min_improvement`), and the train accuracy is the best of all epochs.
+
+    `replay` runs part of another fit's learning-rate schedule; `after_epoch(k)` is called after each
+    epoch k (0-based) with the weights it trained.
     """
     with _seeded(settings.seed, device, train_loader):
-        return _fit(model, train_loader, valid_loader, settings, data, device, runtime, after_step, description)
+        return _fit(model, train_loader, valid_loader, settings, data, device, runtime, after_step, description,
+                    replay, after_epoch)
+
+
+def train_steps(
+    model: nn.Module, loader: DataLoader, settings: TrainSettings, data: DataSettings, device: torch.device,
+    runtime: RuntimeSettings, steps: int, after_step: Callable[[], None], description: str,
+) -> None:
+    """`steps` optimiser steps over the loader, epoch after epoch, at the constant learning rate of
+    `settings`: training that neither epoch ends nor early stopping interrupts (gradual pruning prunes
+    in `after_step` every so many steps). Seeded like `fit`."""
+    if len(loader) == 0:
+        raise ValueError("train_steps: the training loader yields no batch")
+    with _seeded(settings.seed, device, loader):
+        optimizer, scaler, generator, show = _training(model, settings, runtime, device)
+        batches = itertools.islice(itertools.chain.from_iterable(itertools.repeat(loader)), steps)
+        bar = lambda it: tqdm(it, total=steps, desc=description, leave=False, unit="step", disable=not show)  # noqa: E731
+        _train_epoch(model, batches, optimizer, None, scaler, data, runtime, device, generator, after_step, bar)
+
+
+def _training(model: nn.Module, settings: TrainSettings, runtime: RuntimeSettings, device: torch.device):
+    """What every training loop needs: the optimiser, the AMP scaler, the augmentation generator (one
+    stream per DDP process) and whether this process shows progress."""
+    _freeze(model, settings.frozen_parts)
+    optimizer = _optimizer(model, settings)
+    scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp and device.type == "cuda")
+    generator = torch.Generator().manual_seed(settings.seed + 1 + (dist.get_rank() if dist.is_initialized() else 0))
+    show = runtime.progress and (not dist.is_initialized() or dist.get_rank() == 0)
+    return optimizer, scaler, generator, show
 
 
 @contextlib.contextmanager
@@ -258,13 +318,10 @@ def _seeded(seed: int, device: torch.device, loader: DataLoader) -> Iterator[Non
         yield
 
 
-def _fit(model, train_loader, valid_loader, settings, data, device, runtime, after_step, description) -> FitResult:
-    _freeze(model, settings.frozen_parts)
-    optimizer = _optimizer(model, settings)
-    scheduler = _scheduler(optimizer, settings, len(train_loader))
-    scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp and device.type == "cuda")
-    generator = torch.Generator().manual_seed(settings.seed + 1 + (dist.get_rank() if dist.is_initialized() else 0))
-    show = runtime.progress and (not dist.is_initialized() or dist.get_rank() == 0)
+def _fit(model, train_loader, valid_loader, settings, data, device, runtime, after_step, description, replay,
+         after_epoch) -> FitResult:
+    optimizer, scaler, generator, show = _training(model, settings, runtime, device)
+    scheduler = _scheduler(optimizer, settings, len(train_loader), replay)
     result, start = FitResult(), time.perf_counter()
     last_improvement = settings.restore == "last_improvement"
     # The original keeps the weights it started with until an epoch beats a valid accuracy of 0.
@@ -287,6 +344,8 @@ def _fit(model, train_loader, valid_loader, settings, data, device, runtime, aft
              "valid_loss": valid["loss"], "valid_accuracy": valid["top1"], "seconds": time.perf_counter() - start}
         )
         epochs.set_postfix(loss=f"{train_loss:.3f}", train=f"{train_acc:.3f}", valid=f"{valid['top1']:.3f}")
+        if after_epoch is not None:
+            after_epoch(epoch)
         fault_point(f"epoch:{description}/{epoch}")
         improved = valid["top1"] > reference * (1 + settings.min_improvement) or (epoch == 0 and not last_improvement)
         if improved:
@@ -374,8 +433,9 @@ def train_stage(settings: Settings, run: Run) -> TrainResult | None:
         if device.type == "cuda" and settings.runtime.channels_last:
             model = model.to(memory_format=torch.channels_last)
         trained = nn.parallel.DistributedDataParallel(model) if procs.world > 1 else model
+        keep = _rewind_keeper(settings, run, model, len(splits.train.classes), procs)
         fitted = fit(trained, loaders["train"], loaders["valid"], settings.train, settings.data, device,
-                     settings.runtime)
+                     settings.runtime, after_epoch=keep)
         test = evaluate(model, loaders["test"], settings.data, device, settings.runtime.amp)
         result = TrainResult(
             train_accuracy=fitted.train_accuracy,
@@ -394,6 +454,25 @@ def train_stage(settings: Settings, run: Run) -> TrainResult | None:
             return None
         _write_outputs(settings, run, model, splits.train.classes, fitted, result, test["per_class"])
         return result
+
+
+def _rewind_keeper(settings: Settings, run: Run, model: nn.Module, classes: int, procs: Processes):
+    """The `after_epoch` of dense training that keeps the weights after `train.rewind_epoch` epochs
+    (weight rewinding starts from them); the initial weights are kept at once for epoch 0. The snapshot
+    of an earlier training is deleted first: it belongs to another model."""
+    epoch = settings.train.rewind_epoch
+    if procs.main:
+        run.rewind_checkpoint.unlink(missing_ok=True)
+    if epoch is None or not procs.main:
+        return None
+
+    def keep(done: int) -> None:
+        if done + 1 == epoch:
+            save_checkpoint(run.rewind_checkpoint, model, settings.model, classes, meta={"rewind_epoch": epoch})
+
+    if epoch == 0:
+        save_checkpoint(run.rewind_checkpoint, model, settings.model, classes, meta={"rewind_epoch": 0})
+    return keep
 
 
 def run_loaders(

@@ -1,6 +1,5 @@
 import csv
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,34 +11,19 @@ import torch
 from prunexplain.config import UserError
 from prunexplain.data.loaders import load_splits
 from prunexplain.models import load_checkpoint
-from prunexplain.pipeline import run_pipeline
 from prunexplain.pruning.methods import METHODS, prunable_weights
 from prunexplain.pruning.remove import load_removed
-from prunexplain.pruning.schedule import MEASURED_COLUMNS, STUDY_COLUMNS, prune_stage
+from prunexplain.pruning.schedule import MEASURED_COLUMNS, STUDY_COLUMNS, Family, prune_stage
 from prunexplain.runs import KILL_AFTER, ModelKey, Run
 from prunexplain.train import train_stage
 from tests.conftest import tiny_settings
+from tests.pruning.conftest import copy_run
 
 PRUNE = ["prune.max_epochs=1", "prune.rates=[2, 8]"]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_dataset):
-    """A run directory holding a trained tiny model (copied by tests that prune it)."""
-    root = tmp_path_factory.mktemp("trained")
-    settings = tiny_settings(root, tiny_dataset, "train.epochs=1")
-    run_pipeline(settings, Run(settings.run_dir), until="train")
-    return settings.run_dir
-
-
-def _copy_run(trained, tmp_path):
-    """The trained run, copied whole (markers and config.toml included, times kept)."""
-    shutil.copytree(trained, tmp_path / "runs" / "demo")
-    return Run(tmp_path / "runs" / "demo")
-
-
 def test_schedule_writes_the_studys_table_with_measured_rates_and_costs(tmp_path, tiny_dataset, trained):
-    run = _copy_run(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     methods = 'prune.methods=["local_magnitude_unstructured", "local_l1_structured"]'
     settings = tiny_settings(tmp_path, tiny_dataset, *PRUNE, methods)
     result = prune_stage(settings, run)
@@ -47,7 +31,7 @@ def test_schedule_writes_the_studys_table_with_measured_rates_and_costs(tmp_path
     for method in ("local_magnitude_unstructured", "local_l1_structured"):
         with open(run.root.joinpath("prune", method, "results.csv")) as handle:
             rows = tables[method] = list(csv.DictReader(handle))
-        assert tuple(rows[0]) == STUDY_COLUMNS + MEASURED_COLUMNS
+        assert tuple(rows[0]) == STUDY_COLUMNS + MEASURED_COLUMNS + Family._fields
         assert [r["sparsity"] for r in rows] == ["1", "2", "8"]
         assert rows[0]["pruned_model_path"] == "-" and rows[1]["max_epochs_finetuned"] == "1"
         assert {r["modules_pruned_and_finetuned"] for r in rows[1:]} == {"features"}  # the study's VGG name
@@ -82,7 +66,7 @@ def test_schedule_writes_the_studys_table_with_measured_rates_and_costs(tmp_path
 
 
 def test_pruned_weights_stay_zero_through_finetuning_and_a_round_trip(tmp_path, tiny_dataset, trained):
-    run = _copy_run(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     settings = tiny_settings(tmp_path, tiny_dataset, "prune.max_epochs=2", "prune.rates=[4]",
                              'prune.methods=["local_random_unstructured"]')
     prune_stage(settings, run)
@@ -107,21 +91,30 @@ def test_bad_schedules_and_missing_models_fail_before_any_work(tmp_path, tiny_da
     assert not (tmp_path / "prune").exists()
 
 
-@pytest.mark.parametrize("method", ["local_random_unstructured", "local_taylor_structured"])
-def test_a_killed_prune_resumes_at_the_first_unfinished_rate(tmp_path, tiny_dataset, trained, method):
+@pytest.mark.parametrize("method, family, extra", [
+    ("local_random_unstructured", "local_random_unstructured", []),
+    ("local_taylor_structured", "local_taylor_structured", []),
+    ("local_magnitude_unstructured", "local_magnitude_unstructured+one_shot", ['prune.schedule=["one_shot"]']),
+    ("local_taylor_unstructured", "local_taylor_unstructured+gradual+lr_rewind",
+     ['prune.schedule=["gradual"]', 'prune.retrain=["lr_rewind"]', "prune.gradual_steps=2",
+      "prune.gradual_frequency=3"]),
+])
+def test_a_killed_prune_resumes_at_the_first_unfinished_rate(tmp_path, tiny_dataset, trained, method, family, extra):
     """SIGKILL right after the first rate; the rerun keeps it and ends where an uninterrupted run does
-    (a random draw, and a calibration batch's gradients scored on the reloaded weights)."""
-    options = ["--set", "prune.max_epochs=3", "--rate", "2", "--rate", "4", "--rate", "8", "--method", method]
+    (a random draw, a calibration batch's gradients scored on the reloaded weights, a one-shot rate
+    from the dense model, and a gradual ramp retrained by learning-rate rewinding)."""
+    options = ["--set", "prune.max_epochs=3", "--rate", "2", "--rate", "4", "--rate", "8", "--method", method,
+               *(option for setting in extra for option in ("--set", setting))]
 
     def prune(run, kill_after=None):
         env = {**os.environ, KILL_AFTER: kill_after or ""}
         command = [sys.executable, "-m", "prunexplain", "prune", "--run", str(run.root), *options]
         return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
-    killed, whole = _copy_run(trained, tmp_path / "killed"), _copy_run(trained, tmp_path / "whole")
-    assert prune(killed, f"rate:{method}/cr_2").returncode == -signal.SIGKILL
-    first = killed.checkpoint(ModelKey(method, 2.0))
-    last = killed.checkpoint(ModelKey(method, 8.0))
+    killed, whole = copy_run(trained, tmp_path / "killed"), copy_run(trained, tmp_path / "whole")
+    assert prune(killed, f"rate:{family}/cr_2").returncode == -signal.SIGKILL
+    first = killed.checkpoint(ModelKey(family, 2.0))
+    last = killed.checkpoint(ModelKey(family, 8.0))
     assert first.exists() and not last.exists() and not killed.record("prune")
     stamp = first.stat().st_mtime_ns
     for run in (killed, whole):
@@ -129,16 +122,16 @@ def test_a_killed_prune_resumes_at_the_first_unfinished_rate(tmp_path, tiny_data
         assert done.returncode == 0, done.stderr[-2000:]
     assert first.stat().st_mtime_ns == stamp
     resumed = torch.load(last, weights_only=True)
-    straight = torch.load(whole.checkpoint(ModelKey(method, 8.0)), weights_only=True)
+    straight = torch.load(whole.checkpoint(ModelKey(family, 8.0)), weights_only=True)
     assert all(torch.equal(resumed["state_dict"][k], straight["state_dict"][k]) for k in straight["state_dict"])
     assert all(torch.equal(resumed["masks"][k], straight["masks"][k]) for k in straight["masks"])
-    with open(killed.prune_results(method)) as handle:
+    with open(killed.prune_results(family)) as handle:
         assert [r["sparsity"] for r in csv.DictReader(handle)] == ["1", "2", "4", "8"]
     assert not list(killed.root.rglob("*.tmp"))
 
 
 def test_extending_the_schedule_prunes_only_the_new_rate(tmp_path, tiny_dataset, trained):
-    run = _copy_run(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     method = 'prune.methods=["local_magnitude_unstructured"]'
     prune_stage(tiny_settings(tmp_path, tiny_dataset, "train.epochs=1", method, "prune.rates=[2, 4]"), run)
     stamps = {key: path.stat().st_mtime_ns for key, path in run.models().items()}
@@ -148,7 +141,7 @@ def test_extending_the_schedule_prunes_only_the_new_rate(tmp_path, tiny_dataset,
 
 
 def test_models_no_longer_scheduled_are_moved_aside(tmp_path, tiny_dataset, trained):
-    run = _copy_run(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     method = 'prune.methods=["local_magnitude_unstructured"]'
     prune_stage(tiny_settings(tmp_path, tiny_dataset, "train.epochs=1", method, "prune.rates=[2, 4]"), run)
     two = run.checkpoint(ModelKey("local_magnitude_unstructured", 2.0)).stat().st_mtime_ns
@@ -160,7 +153,7 @@ def test_models_no_longer_scheduled_are_moved_aside(tmp_path, tiny_dataset, trai
 
 
 def test_finished_rates_are_reused_only_for_the_same_dense_model(tmp_path, tiny_dataset, trained):
-    run = _copy_run(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     settings = tiny_settings(tmp_path, tiny_dataset, 'prune.methods=["local_magnitude_unstructured"]')
     prune_stage(settings, run)
     checkpoint = run.root.joinpath("prune", "local_magnitude_unstructured", "cr_8", "model.pt")
@@ -173,7 +166,7 @@ def test_finished_rates_are_reused_only_for_the_same_dense_model(tmp_path, tiny_
 
 
 def test_without_finetuning_the_pruned_model_is_still_scored(tmp_path, tiny_dataset, trained):
-    run = _copy_run(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     settings = tiny_settings(tmp_path, tiny_dataset, "prune.max_epochs=0", "prune.rates=[2]",
                              'prune.methods=["local_magnitude_unstructured"]')
     [_, row] = prune_stage(settings, run).rows["local_magnitude_unstructured"]
@@ -204,7 +197,7 @@ def test_finetuning_reports_the_original_restore_rule(tmp_path, tiny_dataset, tr
 
     monkeypatch.setattr(train_module, "_train_epoch", scripted_epoch)
     monkeypatch.setattr(train_module, "evaluate", scripted_evaluate)  # fit's; the schedule's own scores the test
-    run = _copy_run(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     settings = tiny_settings(tmp_path, tiny_dataset, "train.restore='last_improvement'", "prune.max_epochs=10",
                              "prune.patience=3", "prune.rates=[2]", 'prune.methods=["local_magnitude_unstructured"]')
     [_, row] = prune_stage(settings, run).rows["local_magnitude_unstructured"]
@@ -214,7 +207,7 @@ def test_finetuning_reports_the_original_restore_rule(tmp_path, tiny_dataset, tr
 
 
 def test_batch_norm_recalibration_is_scored_between_pruning_and_finetuning(tmp_path, tiny_dataset, trained):
-    run = _copy_run(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     settings = tiny_settings(tmp_path, tiny_dataset, "prune.max_epochs=0", "prune.rates=[2]",
                              "prune.recalibrate_batches=2", 'prune.methods=["local_magnitude_unstructured"]')
     [dense, row] = prune_stage(settings, run).rows["local_magnitude_unstructured"]
@@ -227,7 +220,7 @@ def test_batch_norm_recalibration_is_scored_between_pruning_and_finetuning(tmp_p
 
 
 def test_every_method_runs_through_the_schedule_and_lands_on_its_rates(tmp_path, tiny_dataset, trained):
-    run = _copy_run(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     methods = [name for name, method in METHODS.items() if method.ranking != "blocks"]  # N:M: 2 and 4 only
     settings = tiny_settings(tmp_path, tiny_dataset, f"prune.methods={methods}", "prune.rates=[2, 8]",
                              "prune.max_epochs=0", "prune.calibration_images=16")
@@ -238,7 +231,7 @@ def test_every_method_runs_through_the_schedule_and_lands_on_its_rates(tmp_path,
 
 
 def test_per_class_accuracy_names_the_classes_pruning_hurts_most(tmp_path, tiny_dataset, trained):
-    run = _copy_run(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     settings = tiny_settings(tmp_path, tiny_dataset, 'prune.methods=["local_random_unstructured"]',
                              "prune.rates=[2, 8]", "prune.max_epochs=0")
     result = prune_stage(settings, run)
@@ -260,7 +253,7 @@ def test_per_class_accuracy_names_the_classes_pruning_hurts_most(tmp_path, tiny_
 
 def test_semistructured_pruning_keeps_two_then_one_of_every_four_and_refuses_other_rates(tmp_path, tiny_dataset,
                                                                                          trained):
-    run = _copy_run(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     method = 'prune.methods=["local_magnitude_nm_semistructured"]'
     with pytest.raises(UserError, match="its rates are 4/3, 2 .* or 4 .*, not 8"):
         prune_stage(tiny_settings(tmp_path, tiny_dataset, method, "prune.rates=[2, 8]"), run)
@@ -279,7 +272,7 @@ def test_semistructured_pruning_keeps_two_then_one_of_every_four_and_refuses_oth
 
 def test_one_shot_prunes_each_rate_from_the_dense_model_beside_the_iterative_schedule(tmp_path, tiny_dataset,
                                                                                       trained):
-    run = _copy_run(trained, tmp_path)
+    run = copy_run(trained, tmp_path)
     method = 'prune.methods=["local_magnitude_unstructured"]'
     schedules = 'prune.schedule=["iterative", "one_shot"]'
     both = tiny_settings(tmp_path, tiny_dataset, method, "prune.rates=[2, 8]", schedules)
@@ -291,7 +284,7 @@ def test_one_shot_prunes_each_rate_from_the_dense_model_beside_the_iterative_sch
     iterative = run.checkpoint(ModelKey.pruned("local_magnitude_unstructured", 8)).stat().st_mtime_ns
 
     # one-shot 8x is what an iterative schedule of 8x alone makes: the dense model, pruned once, fine-tuned once
-    alone = _copy_run(trained, tmp_path / "alone")
+    alone = copy_run(trained, tmp_path / "alone")
     prune_stage(tiny_settings(tmp_path / "alone", tiny_dataset, method, "prune.rates=[8]"), alone)
     one_shot = torch.load(run.checkpoint(ModelKey.pruned("local_magnitude_unstructured+one_shot", 8)),
                           weights_only=True)
@@ -317,7 +310,7 @@ def test_the_calibration_batch_is_the_same_images_whatever_the_augmentation(tmp_
     calibration batch must not, or a gradient-based criterion would choose differently on every run."""
     masks = []
     for copy in ("a", "b"):
-        run = _copy_run(trained, tmp_path / copy)
+        run = copy_run(trained, tmp_path / copy)
         prune_stage(tiny_settings(tmp_path / copy, tiny_dataset, 'prune.methods=["local_taylor_unstructured"]',
                                   "prune.rates=[4]", "prune.max_epochs=0", 'data.augment_at="full_size"'), run)
         masks.append(load_checkpoint(run.checkpoint(ModelKey.pruned("local_taylor_unstructured", 4)))[1]["masks"])

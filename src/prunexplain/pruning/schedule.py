@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -39,8 +39,10 @@ from prunexplain.data.loaders import ImageSet, as_trained
 from prunexplain.models import check_fits, file_digest, load_checkpoint, model_settings, save_checkpoint
 from prunexplain.pruning.calibration import calibration_batch, calibration_gradients
 from prunexplain.pruning.cost import model_cost
+from prunexplain.pruning.gradual import prune_gradually, ramp_rates
 from prunexplain.pruning.masks import apply_masks, count_nonzero
 from prunexplain.pruning.methods import (
+    BLOCK,
     Masks,
     Method,
     compute_masks,
@@ -51,8 +53,9 @@ from prunexplain.pruning.methods import (
 )
 from prunexplain.pruning.plot import plot_accuracy
 from prunexplain.pruning.remove import remove_pruned, save_removed
+from prunexplain.pruning.retrain import check_retrain, load_rewind, retraining
 from prunexplain.runs import ModelKey, Run, fault_point, write_csv
-from prunexplain.train import device_for, evaluate, fit, recalibrate_batch_norm, run_loaders
+from prunexplain.train import device_for, evaluate, fit, recalibrate_batch_norm, run_loaders, train_steps
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,9 @@ STUDY_COLUMNS = (
 )
 MEASURED_COLUMNS = ("measured_rate_scope", "measured_rate_model", "nonzero_params", "accuracy_before_finetune",
                     "accuracy_after_recalibration", "macs", "params", "latency_ms")
+# Prune settings that decide only some families (`_family_inputs`) or none (save_removed, names, rates)
+FAMILY_SETTINGS = {"methods", "rates", "save_removed", "schedule", "retrain", "calibration_images", "gradual_steps",
+                   "gradual_frequency"}
 
 
 @dataclass
@@ -84,14 +90,14 @@ def _elapsed(seconds: float) -> str:
     return f"{int(seconds // 60)}m {int(seconds % 60)}s"
 
 
-def _step_seed(seed: int, step: int) -> int:
-    """One seed per (seed, step): a resumed schedule draws what an uninterrupted one would."""
-    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+def _step_seed(seed: int, *step: int) -> int:
+    """One seed per (seed, step, ...): a resumed schedule draws what an uninterrupted one would."""
+    return int(np.random.SeedSequence([seed, *step]).generate_state(1)[0])
 
 
-def _dense_row(method: str, meta: dict[str, Any]) -> dict[str, Any]:
+def _dense_row(method: str, family: Family, meta: dict[str, Any]) -> dict[str, Any]:
     train = meta["train"]
-    row = dict.fromkeys(STUDY_COLUMNS + MEASURED_COLUMNS, "-")
+    row = {**dict.fromkeys(STUDY_COLUMNS + MEASURED_COLUMNS, "-"), **family._asdict()}
     row.update(
         pruning_method=method, sparsity=1, training_accuracy=train["train_accuracy"],
         validation_accuracy=train["valid_accuracy"], test_top1_accuracy=train["test_top1"],
@@ -135,27 +141,15 @@ def _write_removed(
                  {**meta, "removed": {"max_abs_difference": difference}})
 
 
-def _calibrated(method: Method, model: nn.Module, settings: Settings, train: ImageSet, step: int,
+def _calibrated(method: Method, model: nn.Module, settings: Settings, train: ImageSet, draw: tuple[int, ...],
                 device: torch.device):
     """The calibration batch's gradients in `.grad` while a gradient-based method scores (drawn from
-    `prune.seed` and the step, apart from the random methods' draws); nothing otherwise."""
+    `prune.seed` and the step's `draw`, apart from the random methods' draws); nothing otherwise."""
     if not method.gradients:
         return contextlib.nullcontext()
-    draw = torch.Generator().manual_seed(_step_seed(settings.prune.seed, step) + 1)
-    images, labels = calibration_batch(train, settings.data, settings.prune.calibration_images, draw, device)
+    generator = torch.Generator().manual_seed(_step_seed(settings.prune.seed, *draw) + 1)
+    images, labels = calibration_batch(train, settings.data, settings.prune.calibration_images, generator, device)
     return calibration_gradients(model, images, labels)
-
-
-def _finetune_settings(settings: Settings, step: int):
-    prune = settings.prune
-    return settings.train.model_copy(
-        update={
-            "seed": _step_seed(settings.train.seed, step),
-            "epochs": max(prune.max_epochs, 1),
-            "patience": prune.patience or settings.train.patience,
-            "learning_rate": prune.learning_rate or settings.train.learning_rate,
-        }
-    )
 
 
 def rate_fingerprint(base: str, name: str, rates: list[float]) -> str:
@@ -164,38 +158,121 @@ def rate_fingerprint(base: str, name: str, rates: list[float]) -> str:
     return json_digest([base, name, [f"{r:g}" for r in rates]])
 
 
-def variants(prune: PruneSettings) -> dict[str, tuple[str, str]]:
+class Family(NamedTuple):
+    """A family of pruned models: one criterion under one schedule and one retraining regime."""
+
+    criterion: str
+    schedule: str
+    retrain: str
+
+
+def variants(prune: PruneSettings) -> dict[str, Family]:
     """The run's families of pruned models by the name their folders, tables and plots carry: each
-    method under each schedule, `<method>+<schedule>`, the iterative one under the method's own name
-    (the study's)."""
-    return {(method if schedule == "iterative" else f"{method}+{schedule}"): (method, schedule)
-            for method in prune.methods for schedule in prune.schedule}
+    method under each schedule and regime, `<method>+<schedule>+<regime>`, leaving out the study's
+    iterative schedule and fine-tuning (so the study's families keep the method's own name)."""
+    families = {}
+    for criterion in prune.methods:
+        for schedule in prune.schedule:
+            for regime in prune.retrain:
+                parts = [part for part, study in ((schedule, "iterative"), (regime, "finetune")) if part != study]
+                families["+".join([criterion, *parts])] = Family(criterion, schedule, regime)
+    return families
+
+
+def _family_inputs(family: Family, method: Method, prune: PruneSettings, run: Run) -> str:
+    """What decides a family's models beyond the settings every family shares: the settings only its
+    criterion, schedule or regime reads, and the dense epoch weight rewinding resets to."""
+    inputs = {}
+    if method.gradients:
+        inputs["calibration_images"] = prune.calibration_images
+    if family.schedule == "gradual":
+        inputs.update(gradual_steps=prune.gradual_steps, gradual_frequency=prune.gradual_frequency)
+    if family.retrain == "weight_rewind":
+        inputs["rewind"] = file_digest(run.rewind_checkpoint)
+    return json.dumps(inputs, sort_keys=True) if inputs else ""
+
+
+@dataclass
+class _Pruning:
+    """What every step of one family works on: its model (moved from rate to rate), the weights and
+    channel groups in scope, and the data and settings it prunes and retrains with."""
+
+    name: str
+    family: Family
+    method: Method
+    model: nn.Module
+    weights: dict[str, torch.Tensor]
+    groups: list | None
+    settings: Settings
+    loaders: dict
+    train: ImageSet
+    device: torch.device
+
+    def prune_to(self, masks: Masks, rate: float, generator: torch.Generator, draw: tuple[int, ...]) -> Masks:
+        """Masks at exactly `rate`, from the model's weights as they are now; applied to the model."""
+        with _calibrated(self.method, self.model, self.settings, self.train, draw, self.device):
+            masks = (compute_masks(self.method, self.weights, masks, rate, generator) if self.groups is None
+                     else structured_masks(self.method, self.model, self.weights, masks, rate, generator, self.groups))
+        apply_masks(self.model, masks)
+        return masks
+
+    def step(self, masks: Masks, before: float, rate: float, draws: int) -> Masks:
+        """One step of the schedule, from masks at rate `before` to masks at `rate`: at once, or along the
+        gradual ramp while training at the fine-tuning learning rate."""
+        generator = torch.Generator().manual_seed(_step_seed(self.settings.prune.seed, draws))
+        if self.family.schedule != "gradual":
+            return self.prune_to(masks, rate, generator, (draws,))
+        prune, train_seed = self.settings.prune, _step_seed(self.settings.train.seed, draws, 1)
+        ramp = retraining("finetune", self.settings, train_seed, {}, None).settings
+
+        def train(steps: int, after_step) -> None:
+            train_steps(self.model, self.loaders["train"], ramp, self.settings.data, self.device, self.settings.runtime,
+                        steps, after_step, f"{self.name} {rate:g}x ramp")
+
+        rates = ramp_rates(before, rate, prune.gradual_steps)
+        return prune_gradually(self.model, masks, rates, prune.gradual_frequency,
+                               lambda current, target, j: self.prune_to(current, target, generator, (draws, j)), train)
+
+    def retrain(self, masks: Masks, rate: float, draws: int, dense: dict[str, Any], rewind: dict | None):
+        """The family's retraining regime with the masks held; None when prune.max_epochs is 0."""
+        settings = self.settings
+        if settings.prune.max_epochs == 0:
+            return None
+        plan = retraining(self.family.retrain, settings, _step_seed(settings.train.seed, draws), dense, rewind)
+        if plan.start is not None:
+            self.model.load_state_dict(plan.start)
+            apply_masks(self.model, masks)
+        return fit(self.model, self.loaders["train"], self.loaders["valid"], plan.settings, settings.data, self.device,
+                   settings.runtime, after_step=lambda: apply_masks(self.model, masks),
+                   description=f"{self.name} {rate:g}x", replay=plan.replay)
 
 
 def prune_method(
     name: str, settings: Settings, run: Run, loaders: dict, train: ImageSet, device: torch.device, dense: Path,
-    base: str,
+    base: str, rewind: dict | None = None,
 ) -> list[dict[str, Any]]:
     """The whole schedule of one family of `variants`; returns the results rows (dense first). `train`
-    is the training split, from which gradient-based criteria draw their calibration batch.
+    is the training split, from which gradient-based criteria draw their calibration batch; `rewind`
+    the checkpoint weight rewinding resets to.
 
-    Iterative: each rate starts from the model of the rate before; a saved rate is reused only if it
-    carries the fingerprint of `base` and the schedule up to it, and no earlier rate was recomputed in
-    this call. One-shot: each rate starts from the dense model, and is reused on its own fingerprint.
+    Iterative and gradual: each rate starts from the model of the rate before; a saved rate is reused
+    only if it carries the fingerprint of `base` and the schedule up to it, and no earlier rate was
+    recomputed in this call. One-shot: each rate starts from the dense model, and is reused on its own
+    fingerprint.
     """
-    criterion, schedule = variants(settings.prune)[name]
-    method, prune, size = get_method(criterion), settings.prune, settings.data.image_size
-    one_shot = schedule == "one_shot"
-    if method.gradients:  # the calibration batch changes only what gradient-based criteria choose
-        base += f"calibration_images={prune.calibration_images}"
+    family = variants(settings.prune)[name]
+    method, prune, size = get_method(family.criterion), settings.prune, settings.data.image_size
+    chained = family.schedule != "one_shot"
+    base += _family_inputs(family, method, prune, run)
     model, checkpoint = load_checkpoint(dense, device)
-    dense_state = copy.deepcopy(model.state_dict()) if one_shot else None
+    dense_state = None if chained else copy.deepcopy(model.state_dict())
     meta = checkpoint["meta"]
     weights = prunable_weights(model, prune.scope, prune.exclude)
     groups = prunable_groups(model, size, prune.scope, prune.exclude) if method.unit == "filter" else None
+    pruning = _Pruning(name, family, method, model, weights, groups, settings, loaders, train, device)
     keep_removed = groups is not None and prune.save_removed
     masks = {k: torch.ones_like(w, dtype=torch.bool, device="cpu") for k, w in weights.items()}
-    rows = [{**_dense_row(name, meta), "nonzero_params": count_nonzero(model, weights)["nonzero_params"],
+    rows = [{**_dense_row(name, family, meta), "nonzero_params": count_nonzero(model, weights)["nonzero_params"],
              **model_cost(model, size)}]
     part = _part(checkpoint["arch"], prune.scope)
     classes = meta.get("classes") or [str(i) for i in range(checkpoint["num_classes"])]  # an imported model's
@@ -205,8 +282,8 @@ def prune_method(
     for step, rate in enumerate(prune.rates):
         key = ModelKey.pruned(name, rate)
         path = run.checkpoint(key)
-        fingerprint = rate_fingerprint(base, name, [rate] if one_shot else prune.rates[: step + 1])
-        finished = None if recomputed and not one_shot else _finished(path, fingerprint, device)
+        fingerprint = rate_fingerprint(base, name, prune.rates[: step + 1] if chained else [rate])
+        finished = None if recomputed and chained else _finished(path, fingerprint, device)
         if finished is not None:
             loaded, saved = finished  # into the same model: the channel groups hold its layers
             model.load_state_dict(loaded.state_dict())
@@ -220,27 +297,19 @@ def prune_method(
             log.info("%s %gx: done already", name, rate)
             continue
         recomputed, start = True, time.perf_counter()
-        draws = step
-        if one_shot:  # from the dense model, drawing as a schedule of this rate alone would
+        draws, before_rate = step, (prune.rates[step - 1] if step else 1.0)
+        if not chained:  # from the dense model, drawing as a schedule of this rate alone would
             model.load_state_dict(dense_state)
             masks = {k: torch.ones_like(w, dtype=torch.bool, device="cpu") for k, w in weights.items()}
-            draws = 0
-        generator = torch.Generator().manual_seed(_step_seed(prune.seed, draws))
-        with _calibrated(method, model, settings, train, draws, device):
-            masks = (compute_masks(method, weights, masks, rate, generator) if groups is None
-                     else structured_masks(method, model, weights, masks, rate, generator, groups))
-        apply_masks(model, masks)
+            draws, before_rate = 0, 1.0
+        masks = pruning.step(masks, before_rate, rate, draws)
         amp = settings.runtime.amp
         before = evaluate(model, loaders["test"], settings.data, device, amp)
         recalibrated = "-"
         if recalibrate_batch_norm(model, loaders["train"], settings.data, device, prune.recalibrate_batches,
                                   _step_seed(settings.train.seed, draws)):
             recalibrated = evaluate(model, loaders["test"], settings.data, device, amp)["top1"]
-        fitted = None
-        if prune.max_epochs > 0:
-            fitted = fit(model, loaders["train"], loaders["valid"], _finetune_settings(settings, draws), settings.data,
-                         device, settings.runtime, after_step=lambda: apply_masks(model, masks),
-                         description=f"{name} {rate:g}x")
+        fitted = pruning.retrain(masks, rate, draws, meta, rewind)
         # fit restored the weights of the epoch train.restore names (the highest valid accuracy, or the
         # original's last improving epoch) and reports that epoch's valid accuracy: the restored weights'
         if fitted is not None:
@@ -256,6 +325,7 @@ def prune_method(
             "time_elapsed": _elapsed(time.perf_counter() - start), "test_top1_accuracy": test["top1"],
             "test_top5_accuracy": test["top5"], **count_nonzero(model, weights),
             "accuracy_before_finetune": before["top1"], "accuracy_after_recalibration": recalibrated,
+            **family._asdict(),
         }
         removed = _removed(model, masks, size) if groups is not None else None
         row.update(model_cost(removed[0] if removed else model, size))
@@ -268,7 +338,7 @@ def prune_method(
         rows.append(row)
         write_csv(run.prune_results(name), rows)
         write_csv(run.prune_per_class(name), per_class_rows(classes, per_class))
-        log.info("%s %gx: test top-1 %.4f (before fine-tuning %.4f)", name, rate, test["top1"], before["top1"])
+        log.info("%s %gx: test top-1 %.4f (before retraining %.4f)", name, rate, test["top1"], before["top1"])
         fault_point(f"rate:{key}")
     write_csv(run.prune_results(name), rows)
     table = per_class_rows(classes, per_class)
@@ -324,13 +394,25 @@ def retire_unscheduled(settings: Settings, run: Run) -> list[ModelKey]:
     return stale
 
 
+def check_schedules(settings: Settings) -> None:
+    """Every family can run: known criteria at rates they can reach (the gradual ramp's too) and
+    regimes that have what they need."""
+    for family in variants(settings.prune).values():
+        method = get_method(family.criterion, settings.prune.rates)
+        if family.schedule == "gradual" and method.ranking == "blocks":
+            raise UserError(f"prune.schedule: gradual passes through rates between those of prune.rates, which "
+                            f"{family.criterion} cannot reach (it keeps a whole number of every {BLOCK} weights); "
+                            "prune it iterative or one_shot")
+    check_retrain(settings)
+
+
 def prune_stage(settings: Settings, run: Run) -> PruneResult:
     """Every method of `settings.prune` over its schedule, starting from the run's trained model."""
-    for name in settings.prune.methods:
-        get_method(name, settings.prune.rates)  # unknown names and impossible rates fail before any work
+    check_schedules(settings)  # unknown names, impossible rates and regimes fail before any work
     dense = run.dense_checkpoint
     if not dense.exists():
         raise UserError(f"{dense}: no trained model; run `prunexplain train` (or `prunexplain run`) first")
+    rewind = load_rewind(run, settings)
     device = device_for(settings.runtime)
     splits, loaders = run_loaders(settings, run, device)
     trained = torch.load(dense, map_location="cpu", weights_only=True)
@@ -338,11 +420,10 @@ def prune_stage(settings: Settings, run: Run) -> PruneResult:
     retire_unscheduled(settings, run)
     # save_removed only adds a file beside each checkpoint: finished rates stay valid when it changes
     # neither do the other families of models, nor the calibration batch of criteria that do not read it
-    prune = settings.prune.model_dump(mode="json",
-                                      exclude={"methods", "rates", "save_removed", "schedule", "calibration_images"})
+    prune = settings.prune.model_dump(mode="json", exclude=FAMILY_SETTINGS)
     base = settings.fingerprint("data", "model", "train") + json.dumps(prune, sort_keys=True) + file_digest(dense)
     settings = settings.model_copy(update={"data": as_trained(settings.data, trained["meta"]["data"])})
-    rows = {name: prune_method(name, settings, run, loaders, splits.train, device, dense, base)
+    rows = {name: prune_method(name, settings, run, loaders, splits.train, device, dense, base, rewind)
             for name in variants(settings.prune)}
     tables = {name: run.prune_results(name) for name in rows}
     return PruneResult(tables, rows, plot_accuracy(rows, run.accuracy_plot))
