@@ -68,7 +68,7 @@ def test_a_missing_imagenette_folder_is_named_with_the_command_that_downloads_it
         ([*FULL, "model.weights=missing.pth"], ["model.weights: no such file 'missing.pth'", "or none"]),
         (["runtime.device=tpu"], ["runtime.device: unknown device 'tpu'"]),
         (["prune.methods=['local_magnitude_unstructured', 'nope']"], ["prune.methods: unknown 'nope'", "known:"]),
-        (["explain.method=nope"], ["explain.method: unknown CAM method 'nope'"]),
+        (["explain.methods=['nope']"], ["explain.methods: unknown 'nope'"]),
         (["explain.models=['dense', 'big']"], ["explain.models:", "'big' is not a model of a run"]),
         (["explain.models=['local_magnitude_unstructured/cr_3']"],
          ["explain.models: 'local_magnitude_unstructured/cr_3' is not a model of this run", "prune.rates: 2, 4"]),
@@ -164,9 +164,9 @@ def test_a_read_only_parent_is_refused(tmp_path, monkeypatch):
 
 
 def test_stages_limit_the_checks_to_what_they_use(tmp_path):
-    bad_parts = _settings(tmp_path, "train.frozen_parts=['backbone']", "explain.method=nope")
+    bad_parts = _settings(tmp_path, "train.frozen_parts=['backbone']", "explain.methods=['nope']")
     preflight(bad_parts, ["prune", "evaluate", "report"])
-    _refused(bad_parts, "explain.method", stages=["explain"])
+    _refused(bad_parts, "explain.methods", stages=["explain"])
     _refused(bad_parts, "train.frozen_parts", stages=["train"])
 
 

@@ -6,6 +6,7 @@ Heavy imports (torch, pandas) happen inside the commands so `--help` answers at 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,19 +246,20 @@ def explain_command(
         typer.Option("--model", "-m", help="'dense' or '<method>/cr_<rate>'; repeatable. Default: all."),
     ] = None,
     images: Annotated[int | None, typer.Option(help="Explain the first N test images.")] = None,
-    method: Annotated[
-        str | None, typer.Option(help="gradcam, gradcam++, scorecam, layercam, xgradcam, eigencam, hirescam.")
+    methods: Annotated[
+        list[str] | None,
+        typer.Option("--method", help="Explanation method; repeatable (README, Explanations). Default: gradcam."),
     ] = None,
     render: Annotated[bool, typer.Option("--render", help="Also write occlusion and heatmap PNGs.")] = False,
 ) -> None:
     """Explain every model of a run (dense and each method x rate) on the same test images.
 
-    Writes runs/<name>/explain/<model>/maps.npy (and PNGs with --render).
+    Writes runs/<name>/explain/<model>/maps.npy, maps-<method>.npy for other methods (and PNGs with --render).
     """
     with user_errors():
         extra = [f'explain.models={list(models)!r}'.replace("'", '"')] if models else []
         extra += [f"explain.images={images}"] if images else []
-        extra += [f'explain.method="{method}"'] if method else []
+        extra += [f"explain.methods={json.dumps(list(methods))}"] if methods else []
         extra += ["explain.render=true"] if render else []
         settings = _stage_settings(run_dir, config, [*(overrides or []), *extra], name)
         typer.echo(_stage("explain", settings))

@@ -270,7 +270,11 @@ class PruneSettings(_Section):
 class ExplainSettings(_Section):
     """Explanations of every model of a run on the same test images."""
 
-    method: str = Field("gradcam", description="gradcam (own, batched) or a grad-cam library method")
+    methods: list[str] = Field(
+        default_factory=lambda: ["gradcam"],
+        description="explanation methods, each evaluated and reported: gradcam (own, batched), the grad-cam "
+        "library's CAMs, Captum's attributions and zennit's LRP (README, Explanations)",
+    )
     images: int = Field(40, ge=1, description="the first N images of the test split")
     models: list[str] = Field(default_factory=list, description="[]: all; else 'dense', '<method>/cr_<rate>'")
     target_layer: str | None = Field(
@@ -285,6 +289,33 @@ class ExplainSettings(_Section):
         description="raw maps to image size: torch (bicubic a=-0.75, edges clamped, negatives clipped) or pil "
         "(PIL's bicubic a=-0.5 with renormalised edges, negatives kept: the original's)",
     )
+    ig_steps: int = Field(32, ge=2, description="integrated gradients: steps of the path integral")
+    ig_baseline: Literal["black", "zero"] = Field(
+        "black", description="integrated gradients' reference image: black (pixel 0, normalised as the model's "
+        "inputs), or zero in the model's input space (the normalisation's mean colour)",
+    )
+    smoothgrad_samples: int = Field(16, ge=1, description="SmoothGrad: noisy copies per image")
+    smoothgrad_noise: float = Field(0.15, gt=0, description="SmoothGrad: noise deviation / the images' value range")
+    seed: int = Field(0, description="seed of SmoothGrad's noise")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_method_is_a_list(cls, data: Any) -> Any:
+        """`explain.method = "x"` of older settings files is `methods = ["x"]`, with one line saying so."""
+        if isinstance(data, dict) and "method" in data:
+            data = dict(data)
+            method = data.pop("method")
+            log.warning("explain.method is now explain.methods, a list: read as methods = [%r]; please rename it",
+                        method)
+            data.setdefault("methods", [method])
+        return data
+
+    @field_validator("methods")
+    @classmethod
+    def _listed_once(cls, names: list[str]) -> list[str]:
+        if not names or len(set(names)) < len(names):
+            raise ValueError(f"give each method once, and at least one: {names}")
+        return names
 
 
 class EvaluateSettings(_Section):
@@ -305,6 +336,7 @@ class StudySettings(_Section):
         description="'dense' and '<method>/cr_<rate>'; shown as nonpruned and <rate>pruned",
     )
     per_class: int = Field(50, ge=1, description="test images per class that every model classifies correctly")
+    explainer: str = Field("gradcam", description="the explanation method of the stimuli, one of explain.methods")
     seed: int = Field(0, description="seed of the image draw, the sides of experiment 1 and the input order")
     experiments: list[str] = Field(
         default_factory=lambda: list(EXPERIMENTS),

@@ -116,10 +116,12 @@ def check_prune_schedules(settings: Settings) -> None:
 
 
 def check_explain_method(settings: Settings) -> None:
-    from prunexplain.explain.cam import METHODS
+    from prunexplain.explain.stage import check_methods
 
-    if settings.explain.method not in METHODS:
-        raise UserError(f"explain.method: unknown CAM method {settings.explain.method!r} (known: {', '.join(METHODS)})")
+    check_methods(settings.explain.methods)
+    if settings.study.explainer not in settings.explain.methods:
+        raise UserError(f"study.explainer: {settings.study.explainer!r} is not one of explain.methods "
+                        f"({', '.join(settings.explain.methods)})")
 
 
 def check_explain_models(settings: Settings) -> None:
@@ -161,7 +163,7 @@ CHECKS: tuple[Check, ...] = (
     Check(frozenset({"train"}), check_outputs),
     Check(frozenset({"prune"}), check_prune_methods),
     Check(frozenset({"train", "prune"}), check_prune_schedules),  # weight rewinding needs an epoch of training
-    Check(frozenset({"explain"}), check_explain_method),
+    Check(frozenset({"explain", "study"}), check_explain_method),
     Check(frozenset({"explain"}), check_explain_models),
     Check(frozenset({"study"}), check_study_models),
     Check(frozenset({"train"}), check_frozen_parts),

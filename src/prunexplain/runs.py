@@ -364,9 +364,17 @@ class Run:
     def predictions(self, key: ModelKey) -> Path:
         return self.explain_dir(key) / "predictions.npy"
 
-    def render(self, key: ModelKey, index: int, kind: str) -> Path:
-        """A rendered PNG of one explained image: kind is 'occlusion' or 'heatmap'."""
-        return self.explain_dir(key) / "png" / f"{index}_{kind}.png"
+    def render(self, key: ModelKey, index: int, kind: str, method: str = "gradcam") -> Path:
+        """A rendered PNG of one explained image: kind is 'occlusion' or 'heatmap'; `png/` for
+        Grad-CAM, `png-<method>/` for the other methods, as their maps."""
+        folder = "png" if method == "gradcam" else f"png-{method}"
+        return self.explain_dir(key) / folder / f"{index}_{kind}.png"
+
+    def explainers(self) -> list[str]:
+        """The explanation methods whose maps of the dense model exist, Grad-CAM first."""
+        folder = self.explain_dir(ModelKey())
+        found = ["gradcam"] if (folder / "maps.npy").is_file() else []
+        return found + sorted(p.stem.removeprefix("maps-") for p in folder.glob("maps-*.npy"))
 
     def explained_models(self, method: str = "gradcam") -> list[ModelKey]:
         """Models of the run whose maps of `method` exist."""
@@ -379,7 +387,11 @@ class Run:
 
     @property
     def metrics_plot(self) -> Path:
-        return self.root / "evaluate" / "metrics.png"
+        return self.metrics_plot_of("gradcam")
+
+    def metrics_plot_of(self, explainer: str) -> Path:
+        """The metrics figure of one explanation method: `metrics.png` for Grad-CAM, as its maps."""
+        return self.root / "evaluate" / ("metrics.png" if explainer == "gradcam" else f"metrics-{explainer}.png")
 
     # study, analysis, report
     @property

@@ -22,9 +22,9 @@ def test_every_metric_of_every_model_lands_in_the_long_table(tmp_path, tiny_data
                              'prune.methods=["local_magnitude_unstructured"]', 'explain.upsample="pil"')
     kernels = set()
 
-    def spy(model, images, method="gradcam", classes=None, target_layer=None, upsample_kernel="torch"):
+    def spy(model, images, method, upsample_kernel, **options):
         kernels.add(upsample_kernel)
-        return explain(model, images, method, classes, target_layer, upsample_kernel)
+        return explain(model, images, method, upsample_kernel=upsample_kernel, **options)
 
     monkeypatch.setattr(stage, "explain", spy)
     run = Run(settings.run_dir)
@@ -36,21 +36,49 @@ def test_every_metric_of_every_model_lands_in_the_long_table(tmp_path, tiny_data
     result = evaluate_stage(settings, run)
     with open(result.table) as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["method", "rate", "metric", "mean", "ci_low", "ci_high", "n"]
+    assert list(rows[0]) == ["explainer", "method", "rate", "metric", "mean", "ci_low", "ci_high", "n"]
     dense = {r["metric"] for r in rows if r["method"] == "dense"}
     pruned = {r["metric"] for r in rows if r["rate"] == "8.0"}
     assert {"energy_pointing_game", "deletion_auc", "insertion_auc", "sanity_spearman_all_layers", "gini"} <= dense
     assert pruned == dense | {"spearman_to_dense", "top10_iou_dense", "ssim_to_dense"}
     assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) and r["n"] == "4" for r in rows)
-    assert result.plot.exists() and result.plot.stat().st_size > 10_000
+    assert result.plots == [run.metrics_plot] and run.metrics_plot.stat().st_size > 10_000
     hit = next(r for r in rows if r["method"] == "dense" and r["metric"] == "pointing_game_hit")
     assert f"pointing-game hit {float(hit['mean']):.2f} [" in result.summary()
-    assert "dense model at features.42:" in result.summary()  # traced: the 32-px model's last 2x2 map
+    assert "dense model's gradcam at features.42:" in result.summary()  # traced: the 32-px model's last 2x2 map
     with open(run.explained_images) as handle:
         masks = [r["mask"] for r in csv.DictReader(handle)]
     share = sum((np.asarray(Image.open(m)) > 0).mean() for m in masks) / len(masks)  # what a uniform map scores
     assert f"the object covers {share:.0%} of the image" in result.summary()
     assert kernels == {"pil"}  # the sanity check's maps are made as the explain stage's
+
+
+def test_every_explainer_is_scored_on_its_own_maps(tmp_path, tiny_dataset, monkeypatch):
+    """Each method of explain.methods gets its own rows, compared with the dense model's maps of the
+    same method, and its own sanity check and plot: never Grad-CAM's numbers under another name."""
+    settings = tiny_settings(tmp_path, tiny_dataset, "train.epochs=1", "evaluate.resamples=200", "prune.rates=[4]",
+                             'prune.methods=["local_magnitude_unstructured"]',
+                             'explain.methods=["gradcam", "saliency"]')
+    sanity = []
+
+    def spy(model, images, method, **options):
+        sanity.append(method)
+        return explain(model, images, method, **options)
+
+    monkeypatch.setattr(stage, "explain", spy)
+    run = Run(settings.run_dir)
+    train_stage(settings, run)
+    prune_stage(settings, run)
+    explain_stage(settings, run)
+    result = evaluate_stage(settings, run)
+    table = {(r["explainer"], r["method"], r["metric"]): r["mean"] for r in result.rows}
+    assert {key[0] for key in table} == {"gradcam", "saliency"}
+    for metric in ("energy_pointing_game", "gini", "deletion_auc", "spearman_to_dense"):
+        method = "dense" if metric != "spearman_to_dense" else "local_magnitude_unstructured"
+        assert table[("gradcam", method, metric)] != table[("saliency", method, metric)], metric
+    assert set(sanity) == {"gradcam", "saliency"}
+    assert result.plots == [run.metrics_plot, run.metrics_plot_of("saliency")]
+    assert all(path.stat().st_size > 10_000 for path in result.plots)
 
 
 def test_datasets_without_masks_skip_localisation(tmp_path, tiny_dataset):

@@ -123,7 +123,7 @@ def test_upsample_and_explain_give_maps_at_image_size():
     for method in ("gradcam++", "layercam", "eigencam"):
         other = explain(model, images, method)
         assert other.shape == (2, 64, 64) and 0 <= other.min() and other.max() <= 1.0001
-    with pytest.raises(UserError, match="unknown CAM method 'lime'"):
+    with pytest.raises(UserError, match="explain.methods: unknown method 'lime'"):
         explain(model, images, "lime")
     with pytest.raises(UserError, match="no layer 'features.99'"):
         GradCAM(model, "features.99")

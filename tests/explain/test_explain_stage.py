@@ -42,10 +42,15 @@ def test_every_model_gets_maps_of_the_same_images(pruned_run):
 def test_models_and_methods_are_chosen_by_name(pruned_run):
     settings, run = pruned_run
     chosen = settings.model_copy(update={"explain": settings.explain.model_copy(
-        update={"models": ["local_random_unstructured/cr_8"], "method": "layercam", "render": False})})
+        update={"models": ["local_random_unstructured/cr_8"], "methods": ["layercam", "saliency"], "render": True})})
     result = explain_stage(chosen, run)
     assert list(result.models) == ["local_random_unstructured/cr_8"]
-    assert run.root.joinpath("explain", "local_random_unstructured/cr_8", "maps-layercam.npy").exists()
+    folder = run.root.joinpath("explain", "local_random_unstructured/cr_8")
+    layercam, saliency = np.load(folder / "maps-layercam.npy"), np.load(folder / "maps-saliency.npy")
+    assert layercam.shape == saliency.shape == (5, 32, 32) and not np.allclose(layercam, saliency)
+    # each method renders into its own folder: one method's PNGs never overwrite another's
+    renders = {method: (folder / f"png-{method}" / "0_heatmap.png").read_bytes() for method in ("layercam", "saliency")}
+    assert renders["layercam"] != renders["saliency"]
     bad = chosen.model_copy(update={"explain": chosen.explain.model_copy(update={"models": ["sparse/cr_3"]})})
     with pytest.raises(UserError, match=r"explain.models: unknown \['sparse/cr_3'\] \(this run has: dense, "):
         explain_stage(bad, run)
@@ -62,9 +67,9 @@ def test_the_pil_upsample_setting_reaches_the_maps(pruned_run, monkeypatch):
     settings, run = pruned_run
     kernels = []
 
-    def spy(model, images, method="gradcam", classes=None, target_layer=None, upsample_kernel="torch"):
+    def spy(model, images, method, classes, target_layer, upsample_kernel, options):
         kernels.append(upsample_kernel)
-        return explain(model, images, method, classes, target_layer, upsample_kernel)
+        return explain(model, images, method, classes, target_layer, upsample_kernel, options)
 
     monkeypatch.setattr(batched, "explain", spy)
     pil = settings.explain.model_copy(update={"models": ["dense"], "render": False, "upsample": "pil"})

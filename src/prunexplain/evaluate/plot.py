@@ -25,7 +25,8 @@ def plot_metrics(rows: list[dict], accuracies: dict[str, list[tuple[float, float
     figure = Figure(figsize=(16, 3.3 * lines), dpi=90)
     axes = figure.subplots(lines, columns, squeeze=False)
     methods = sorted({r["method"] for r in rows} - {"dense"} | set(accuracies))
-    colours = dict(zip(methods, matplotlib.colormaps["tab10"].colors))
+    palette = matplotlib.colormaps["tab10"].colors
+    colours = {method: palette[i % len(palette)] for i, method in enumerate(methods)}
     for axis, panel in zip(axes.flat, panels):
         if panel == "test accuracy":
             for method, points in accuracies.items():

@@ -1,9 +1,13 @@
 """The evaluate stage: every metric for every explained model, as one long table and plots.
 
 Reads the explain stage's maps and predictions; writes `evaluate/metrics.csv` with columns
-method, rate, metric, mean, ci_low, ci_high, n (the dense model is method `dense`, rate 1) and
-`evaluate/metrics.png` (each metric, and test accuracy, against compression rate, one line per
-pruning method). Datasets without object masks (Imagenette) skip the localisation metrics.
+explainer, method, rate, metric, mean, ci_low, ci_high, n (one block per method of
+`explain.methods`; the dense model is method `dense`, rate 1) and per explainer
+`evaluate/metrics.png` (`metrics-<explainer>.png` beside Grad-CAM's: each metric, and test accuracy,
+against compression rate, one line per pruning method). Every metric of an explainer reads that
+explainer's maps, the agreement metrics compare them with the dense model's maps of the same
+explainer, and its sanity check recomputes that explainer's maps. Datasets without object masks
+(Imagenette) skip the localisation metrics.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from prunexplain.data.loaders import as_trained, normalise, object_masks, read_i
 from prunexplain.evaluate.faithfulness import deletion_insertion, randomisation_similarity
 from prunexplain.evaluate.metrics import METRICS, MetricInputs, bootstrap_mean
 from prunexplain.evaluate.plot import plot_metrics
+from prunexplain.explain.batched import attribution_options
 from prunexplain.explain.cam import explain, target_layer
 from prunexplain.models import load_checkpoint, select_device
 from prunexplain.runs import DENSE, ModelKey, Run, write_csv
@@ -32,7 +37,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class EvaluateResult:
     table: Path
-    plot: Path
+    plots: list[Path]
     rows: list[dict]
     flagged: list[str]
     layer: str = ""
@@ -40,16 +45,18 @@ class EvaluateResult:
 
     def summary(self) -> str:
         flagged = f"; maps that survive randomisation: {', '.join(self.flagged)}" if self.flagged else ""
-        return f"{len(self.rows)} rows in {self.table}, plot {self.plot}{self.localisation()}{flagged}"
+        plots = ", ".join(map(str, self.plots))
+        return f"{len(self.rows)} rows in {self.table}, plots {plots}{self.localisation()}{flagged}"
 
     def localisation(self) -> str:
-        """The dense model's pointing game and energy pointing game (what says whether its maps find
-        the object at all, before pruning changes them); empty without object masks."""
-        dense = {r["metric"]: r for r in self.rows if r["method"] == DENSE}
+        """The dense model's pointing game and energy pointing game of the first explainer (what says
+        whether its maps find the object at all, before pruning changes them); empty without object masks."""
+        first = self.rows[0]["explainer"] if self.rows else ""
+        dense = {r["metric"]: r for r in self.rows if r["method"] == DENSE and r["explainer"] == first}
         if "pointing_game_hit" not in dense:
             return ""
         hit, energy = dense["pointing_game_hit"], dense["energy_pointing_game"]
-        return (f"; dense model at {self.layer}: pointing-game hit {hit['mean']:.2f} "
+        return (f"; dense model's {first} at {self.layer}: pointing-game hit {hit['mean']:.2f} "
                 f"[{hit['ci_low']:.2f}, {hit['ci_high']:.2f}], energy pointing game {energy['mean']:.2f} "
                 f"[{energy['ci_low']:.2f}, {energy['ci_high']:.2f}] (n = {hit['n']}; the object covers "
                 f"{self.object_share:.0%} of the image, a uniform map's energy)")
@@ -63,10 +70,11 @@ def _object_masks(images, size: int) -> np.ndarray | None:
 
 
 def _per_image(
-    settings: Settings, run: Run, key: ModelKey, path: Path, inputs: MetricInputs, x01: torch.Tensor,
-    device: torch.device,
+    settings: Settings, run: Run, key: ModelKey, path: Path, explainer: str, inputs: MetricInputs,
+    x01: torch.Tensor, device: torch.device,
 ) -> dict:
-    """Every metric of one model, per image; `x01` are the explained images, 0..1, on `device`."""
+    """Every metric of one model's maps of `explainer`, per image; `x01` are the explained images,
+    0..1, on `device`."""
     values = {
         name: metric.function(inputs)
         for name, metric in METRICS.items()
@@ -80,23 +88,30 @@ def _per_image(
         model, x01, inputs.maps, classes, to_input, settings.evaluate.steps, settings.explain.batch_size
     )
     if settings.evaluate.sanity:
-        explainer = lambda m, x: explain(  # noqa: E731
-            m, x, "gradcam", target_layer=settings.explain.target_layer, upsample_kernel=settings.explain.upsample
+        options = attribution_options(settings.explain, data, x01.shape[-1])
+        explained = lambda m, x: explain(  # noqa: E731
+            m, x, explainer, target_layer=settings.explain.target_layer, upsample_kernel=settings.explain.upsample,
+            options=options,
         ).cpu().numpy()
-        cascade = randomisation_similarity(model, to_input(x01), explainer, settings.evaluate.seed, steps={0, -1})
+        cascade = randomisation_similarity(model, to_input(x01), explained, settings.evaluate.seed, steps={0, -1})
         values["sanity_spearman_top_layer"] = cascade[0][1]
         values["sanity_spearman_all_layers"] = cascade[-1][1]
     return values
 
 
+def _explained(run: Run, explainer: str) -> tuple[dict[ModelKey, Path], np.ndarray]:
+    """The models with maps of `explainer`, and the dense model's maps (which every metric needs)."""
+    models = {key: path for key, path in run.models().items() if run.maps(key, explainer).is_file()}
+    if ModelKey() not in models:
+        raise UserError(f"evaluate: no {explainer} maps of the dense model; run `prunexplain explain` first")
+    return models, np.load(run.maps(ModelKey(), explainer))
+
+
 def evaluate_stage(settings: Settings, run: Run) -> EvaluateResult:
-    """Score the maps of every model the explain stage wrote."""
-    models = {key: path for key, path in run.models().items() if run.maps(key).is_file()}
-    dense = ModelKey()
-    if dense not in models:
-        raise UserError("evaluate: no Grad-CAM maps of the dense model; run `prunexplain explain` first")
-    dense_maps = np.load(run.maps(dense))
-    dense_model, checkpoint = load_checkpoint(models[dense])
+    """Score the maps of every model and explainer the explain stage wrote."""
+    explainers = {explainer: _explained(run, explainer) for explainer in settings.explain.methods}
+    models, dense_maps = next(iter(explainers.values()))
+    dense_model, checkpoint = load_checkpoint(models[ModelKey()])
     images = read_image_rows(run.explained_images, checkpoint["meta"]["classes"])
     if len(images) != len(dense_maps):
         raise UserError(f"{run.explained_images}: lists {len(images)} images, the dense maps hold "
@@ -107,21 +122,28 @@ def evaluate_stage(settings: Settings, run: Run) -> EvaluateResult:
     device = select_device(settings.runtime.device)
     x01, masks = stacked(images, size).to(device).float() / 255, _object_masks(images, size)
     rows, flagged = [], []
-    for key, path in tqdm(models.items(), desc="evaluate", unit="model", disable=not settings.runtime.progress):
-        maps = np.load(run.maps(key))
-        inputs = MetricInputs(maps=maps, masks=masks, reference=None if key.dense else dense_maps,
-                              share=settings.explain.occlusion)
-        for metric, values in _per_image(settings, run, key, path, inputs, x01, device).items():
-            mean, low, high = bootstrap_mean(values, settings.evaluate.seed, settings.evaluate.resamples)
-            rows.append({"method": key.method or DENSE, "rate": key.rate, "metric": metric, "mean": mean,
-                         "ci_low": low, "ci_high": high, "n": len(values)})
-            if metric == "sanity_spearman_all_layers" and mean > settings.evaluate.sanity_threshold:
-                flagged.append(str(key))
+    progress = tqdm(total=sum(len(m) for m, _ in explainers.values()), desc="evaluate", unit="map set",
+                    disable=not settings.runtime.progress)
+    with progress:
+        for explainer, (models, dense_maps) in explainers.items():
+            for key, path in models.items():
+                progress.set_postfix(model=str(key), explainer=explainer)
+                inputs = MetricInputs(maps=np.load(run.maps(key, explainer)), masks=masks,
+                                      reference=None if key.dense else dense_maps, share=settings.explain.occlusion)
+                for metric, values in _per_image(settings, run, key, path, explainer, inputs, x01, device).items():
+                    mean, low, high = bootstrap_mean(values, settings.evaluate.seed, settings.evaluate.resamples)
+                    rows.append({"explainer": explainer, "method": key.method or DENSE, "rate": key.rate,
+                                 "metric": metric, "mean": mean, "ci_low": low, "ci_high": high, "n": len(values)})
+                    if metric == "sanity_spearman_all_layers" and mean > settings.evaluate.sanity_threshold:
+                        flagged.append(f"{key} ({explainer})")
+                progress.update()
     table = write_csv(run.metrics, rows)
-    plot = plot_metrics(rows, _accuracies(run), run.metrics_plot)
+    accuracies = _accuracies(run)
+    plots = [plot_metrics([r for r in rows if r["explainer"] == explainer], accuracies, run.metrics_plot_of(explainer))
+             for explainer in explainers]
     if flagged:
         log.warning("maps that survive model randomisation (not explaining the model): %s", ", ".join(flagged))
-    return EvaluateResult(table, plot, rows, flagged, layer,
+    return EvaluateResult(table, plots, rows, flagged, layer,
                           None if masks is None else float(masks.mean()))
 
 

@@ -1,4 +1,5 @@
-"""Batched Grad-CAM, and the other CAM methods of the `grad-cam` library behind the same interface.
+"""Batched Grad-CAM, the other CAM methods of the `grad-cam` library and the pixel attributions of
+`attribution.py` (Captum, zennit), all behind `explain()`.
 
 `GradCAM` runs one forward pass per batch. Inside its context the model's parameters stop
 requiring gradients, so the layers before the target build no autograd graph at all; a hook makes
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunexplain.config import UserError
+from prunexplain.explain.attribution import ATTRIBUTIONS, AttributionOptions, attribute
 from prunexplain.models import default_target_layer
 
 
@@ -155,7 +157,7 @@ LIBRARY_METHODS = {
     "eigencam": "EigenCAM",
     "hirescam": "HiResCAM",
 }
-METHODS = ("gradcam", *LIBRARY_METHODS)
+METHODS = ("gradcam", *LIBRARY_METHODS, *ATTRIBUTIONS)
 
 
 def explain(
@@ -165,6 +167,7 @@ def explain(
     classes: torch.Tensor | None = None,
     target_layer: str | None = None,
     upsample_kernel: str = "torch",
+    options: AttributionOptions = AttributionOptions(),
 ) -> torch.Tensor:
     """Maps `[B, H, W]` at the images' size, each with its peak at 1, for any method of `METHODS`.
 
@@ -172,19 +175,20 @@ def explain(
     library's methods min-max scale and resize their maps themselves (OpenCV bilinear), in 0..1.
     Grad-CAM maps are divided by their peak, as the study's; with the "pil" kernel they keep its small
     negative overshoot, and a map with no positive value (all zero after the ReLU) stays as it is.
+    Attributions (`ATTRIBUTIONS`) are aggregated over the channels and divided by their peak too;
+    `options` holds their settings.
     """
     size = tuple(images.shape[-2:])
     if method == "gradcam":
         with GradCAM(model, target_layer, images.shape[-1]) as cam:
-            maps = upsample(cam(images, classes), size, upsample_kernel)
-        peak = maps.flatten(1).amax(1).view(-1, 1, 1)
-        # the clamp keeps tiny peaks from blowing up (as before); no positive value: nothing to scale
-        return maps / torch.where(peak > 0, peak.clamp(min=1e-12), torch.ones_like(peak))
-    if method not in LIBRARY_METHODS:
-        raise UserError(f"explain.method: unknown CAM method {method!r} (known: {', '.join(METHODS)})")
+            return _peak_scaled(upsample(cam(images, classes), size, upsample_kernel))
+    if method not in METHODS:
+        raise UserError(f"explain.methods: unknown method {method!r} (known: {', '.join(METHODS)})")
+    layer = find_layer(model, target_layer or default_target_layer(model, images.shape[-1]))
+    if method in ATTRIBUTIONS:
+        return _peak_scaled(attribute(model, images, method, classes, layer, options))
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    layer = find_layer(model, target_layer or default_target_layer(model, images.shape[-1]))
     training = model.training
     model.eval()
     try:
@@ -194,3 +198,10 @@ def explain(
     finally:
         model.train(training)
     return torch.from_numpy(maps).to(images.device)
+
+
+def _peak_scaled(maps: torch.Tensor) -> torch.Tensor:
+    """Each map divided by its peak; the clamp keeps tiny peaks from blowing up, and a map with no
+    positive value stays as it is."""
+    peak = maps.flatten(1).amax(1).view(-1, 1, 1)
+    return maps / torch.where(peak > 0, peak.clamp(min=1e-12), torch.ones_like(peak))

@@ -1,8 +1,9 @@
 """The explain stage: maps of every model of a run (dense and each method x rate) on the same images.
 
-Writes `explain/images.csv` (which test images), and per model `explain/<model>/maps.npy`
-(`[N, H, W]` float32 at the image size, each with its peak at 1; `maps-<cam>.npy` for methods other
-than Grad-CAM) with `predictions.npy`, and with `explain.render` occlusion and heatmap PNGs.
+Writes `explain/images.csv` (which test images), and per model and method of `explain.methods`
+`explain/<model>/maps.npy` (`[N, H, W]` float32 at the image size, each with its peak at 1;
+`maps-<method>.npy` for methods other than Grad-CAM) with `predictions.npy`, and with
+`explain.render` occlusion and heatmap PNGs (`png/`, `png-<method>/`).
 Grad-CAM maps are in 0..1 with `explain.upsample = "torch"`; with "pil" (the study's resize) they
 keep bicubic's small negative overshoot, which the metrics of `prunexplain.evaluate` allow for.
 """
@@ -31,11 +32,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ExplainResult:
-    models: dict[str, Path]  # model name -> its maps file
+    models: dict[str, dict[str, Path]]  # model name -> method -> its maps file
     images: int
 
     def summary(self) -> str:
-        return f"{len(self.models)} models x {self.images} images: {', '.join(self.models)}"
+        methods = next(iter(self.models.values()), {})
+        return (f"{len(self.models)} models x {self.images} images, maps of {', '.join(methods)}: "
+                f"{', '.join(self.models)}")
 
 
 def _chosen(available: dict[ModelKey, Path], wanted: list[str]) -> dict[ModelKey, Path]:
@@ -57,11 +60,11 @@ def explained_images(settings: Settings, run: Run) -> ImageSet:
     return test.subset(range(settings.explain.images))
 
 
-def _render(run: Run, key: ModelKey, images: torch.Tensor, maps: np.ndarray, settings) -> None:
+def _render(run: Run, key: ModelKey, method: str, images: torch.Tensor, maps: np.ndarray, settings) -> None:
     masks = top_pixels(torch.from_numpy(maps), settings.occlusion).numpy()
     for i, (image, cam, mask) in enumerate(zip(images.permute(0, 2, 3, 1).numpy(), maps, masks)):
-        save_png(occlude(image, mask), run.render(key, i, "occlusion"))
-        save_png(heatmap(image, cam, settings.heatmap_alpha), run.render(key, i, "heatmap"))
+        save_png(occlude(image, mask), run.render(key, i, "occlusion", method))
+        save_png(heatmap(image, cam, settings.heatmap_alpha), run.render(key, i, "heatmap", method))
 
 
 def _with_layer(settings: Settings, checkpoint: Path, image_size: int) -> ExplainSettings:
@@ -77,11 +80,10 @@ def _with_layer(settings: Settings, checkpoint: Path, image_size: int) -> Explai
 
 def explain_stage(settings: Settings, run: Run) -> ExplainResult:
     """Explain every chosen model of the run on the same first N test images."""
-    if settings.explain.method not in METHODS:
-        raise UserError(f"explain.method: unknown CAM method {settings.explain.method!r} (known: {', '.join(METHODS)})")
-    if settings.explain.upsample != "torch" and settings.explain.method != "gradcam":
-        log.info("explain.upsample=%s applies to gradcam only; %s resizes its own maps",
-                 settings.explain.upsample, settings.explain.method)
+    check_methods(settings.explain.methods)
+    if settings.explain.upsample != "torch" and settings.explain.methods != ["gradcam"]:
+        log.info("explain.upsample=%s applies to gradcam only; the other methods make maps at the image size",
+                 settings.explain.upsample)
     models = _chosen(run.models(), settings.explain.models)
     device = select_device(settings.runtime.device)
     test = explained_images(settings, run)
@@ -91,13 +93,26 @@ def explain_stage(settings: Settings, run: Run) -> ExplainResult:
     write_csv(run.explained_images, image_rows(test))
     explain = _with_layer(settings, next(iter(models.values())), images.shape[-1])
     written = {}
-    for key, path in tqdm(models.items(), desc="explain", unit="model", disable=not settings.runtime.progress):
-        model, checkpoint = load_checkpoint(path, device)
-        data = as_trained(settings.data, checkpoint["meta"]["data"])
-        maps, predictions = maps_and_predictions(model, images, data, explain, device)
-        written[str(key)] = write_with(run.maps(key, settings.explain.method), lambda handle: np.save(handle, maps))
-        write_with(run.predictions(key), lambda handle: np.save(handle, predictions))
-        if settings.explain.render:
-            _render(run, key, images, maps, settings.explain)
-        log.info("explained %s: %d maps", key, len(maps))
+    progress = tqdm(total=len(models) * len(explain.methods), desc="explain", unit="map set",
+                    disable=not settings.runtime.progress)
+    with progress:
+        for key, path in models.items():
+            model, checkpoint = load_checkpoint(path, device)
+            data = as_trained(settings.data, checkpoint["meta"]["data"])
+            for method in explain.methods:
+                progress.set_postfix(model=str(key), method=method)
+                maps, predictions = maps_and_predictions(model, images, data, explain, device, method)
+                path = write_with(run.maps(key, method), lambda handle: np.save(handle, maps))
+                written.setdefault(str(key), {})[method] = path
+                if settings.explain.render:
+                    _render(run, key, method, images, maps, settings.explain)
+                progress.update()
+            write_with(run.predictions(key), lambda handle: np.save(handle, predictions))  # the same for each
+            log.info("explained %s: %d maps of %s", key, len(maps), ", ".join(explain.methods))
     return ExplainResult(written, len(images))
+
+
+def check_methods(methods: list[str]) -> None:
+    unknown = [method for method in methods if method not in METHODS]
+    if unknown:
+        raise UserError(f"explain.methods: unknown {', '.join(map(repr, unknown))} (known: {', '.join(METHODS)})")

@@ -43,16 +43,18 @@ class Grid:
     headings: list[str]  # header row 2: each model's column
     rows: list[list[Cell]]
     total: int  # explained images; the first len(rows) are shown
+    explainer: str = "gradcam"  # whose maps are shown
 
 
 def grid_section(run: Run, settings: ReportSettings) -> Section:
-    keys = run.explained_models()
+    explainer = next(iter(run.explainers()), "gradcam")  # Grad-CAM's maps where the run has them
+    keys = run.explained_models(explainer)
     if not keys or not run.explained_images.exists():
         return Section("grid", _TITLE, missing="no explanations yet: run `prunexplain explain`")
     rows = read_csv(run.explained_images)
     names = _class_names(run, rows)
     shown = rows[: settings.images]
-    maps = {key: np.load(run.maps(key), mmap_mode="r")[: len(shown)] for key in keys}
+    maps = {key: np.load(run.maps(key, explainer), mmap_mode="r")[: len(shown)] for key in keys}
     predictions = {key: np.load(run.predictions(key)) for key in keys}
     cells = []
     for i, row in enumerate(shown):
@@ -69,7 +71,7 @@ def grid_section(run: Run, settings: ReportSettings) -> Section:
     for key in keys:
         groups[key.method or ""] = groups.get(key.method or "", 0) + 1
     headings = ["dense" if key.dense else f"x{key.rate:g}" for key in keys]
-    return Section("grid", _TITLE, Grid(list(groups.items()), headings, cells, len(rows)))
+    return Section("grid", _TITLE, Grid(list(groups.items()), headings, cells, len(rows), explainer))
 
 
 def _class_names(run: Run, rows: list[dict]) -> dict[int, str]:

@@ -138,9 +138,9 @@ class Sanity:
 
 @dataclass(frozen=True)
 class Metrics:
-    plot: Picture | None
+    plots: list[Picture]  # one per explainer
     sanity: Sanity
-    tables: dict[str, Table]  # by pruning method
+    tables: dict[str, Table]  # by pruning method (and explainer, where the run has several)
 
 
 def metrics_section(run: Run, settings: ReportSettings) -> Section:
@@ -148,18 +148,22 @@ def metrics_section(run: Run, settings: ReportSettings) -> Section:
         return Section("metrics", "Explanation metrics against compression rate",
                        missing="no explanation metrics yet: run `prunexplain evaluate`")
     threshold = _sanity_threshold(run)
-    plot = None
-    if run.metrics_plot.exists():
-        plot = picture_file(run.metrics_plot, "Each metric (mean, shaded 95 % interval) and test accuracy against "
-                                              "compression rate, one line per pruning method, starting at the "
-                                              "dense model (rate 1). Look for the rate where the agreement with "
-                                              "the dense model and the localisation start to fall.",
-                            settings.figure_width)
-    rows = read_csv(run.metrics)
-    failed = sorted({_model(r) for r in rows if r["metric"] == _SANITY and float(r["mean"]) > threshold})
+    rows = [{"explainer": "gradcam", **row} for row in read_csv(run.metrics)]  # files from before the column
+    explainers = list(dict.fromkeys(r["explainer"] for r in rows))
+    plots = [picture_file(run.metrics_plot_of(explainer),
+                          f"{explainer}: each metric (mean, shaded 95 % interval) and test accuracy against "
+                          "compression rate, one line per pruning method, starting at the dense model (rate 1). Look "
+                          "for the rate where the agreement with the dense model and the localisation start to fall.",
+                          settings.figure_width)
+             for explainer in explainers if run.metrics_plot_of(explainer).exists()]
+    failed = sorted({_model(r, len(explainers) > 1) for r in rows
+                     if r["metric"] == _SANITY and float(r["mean"]) > threshold})
     sanity = Sanity(any(r["metric"] == _SANITY for r in rows), failed, threshold)
-    return Section("metrics", "Explanation metrics against compression rate",
-                   Metrics(plot, sanity, _by_method(rows, threshold)))
+    tables = {}
+    for explainer in explainers:
+        for method, table in _by_method([r for r in rows if r["explainer"] == explainer], threshold).items():
+            tables[f"{method} · {explainer}" if len(explainers) > 1 else method] = table
+    return Section("metrics", "Explanation metrics against compression rate", Metrics(plots, sanity, tables))
 
 
 def _sanity_threshold(run: Run) -> float:
@@ -168,8 +172,9 @@ def _sanity_threshold(run: Run) -> float:
     return float(saved.get("sanity_threshold", EvaluateSettings().sanity_threshold))
 
 
-def _model(row: dict[str, str]) -> str:
-    return DENSE if row["method"] == DENSE else f"{row['method']} x{float(row['rate']):g}"
+def _model(row: dict[str, str], explainer: bool = False) -> str:
+    name = DENSE if row["method"] == DENSE else f"{row['method']} x{float(row['rate']):g}"
+    return f"{name} ({row['explainer']})" if explainer else name
 
 
 def _by_method(rows: list[dict[str, str]], threshold: float) -> dict[str, Table]:

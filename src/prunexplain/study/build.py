@@ -108,7 +108,7 @@ def _maps(settings: Settings, models, checkpoints, images, labels: list[int], de
     for name, model in models.items():
         data = as_trained(settings.data, checkpoints[name]["meta"]["data"])
         explain = settings.explain.model_copy(update={"batch_size": settings.study.batch_size})
-        maps[name], predicted = maps_and_predictions(model, images, data, explain, device)
+        maps[name], predicted = maps_and_predictions(model, images, data, explain, device, settings.study.explainer)
         wrong = int((predicted != np.asarray(labels)).sum())
         if wrong:
             log.warning("study: %s predicts another class than the label for %d of %d images", name, wrong,
