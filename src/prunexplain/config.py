@@ -322,6 +322,11 @@ class EvaluateSettings(_Section):
     """Automated metrics of every explained model (see prunexplain.evaluate.metrics.METRICS)."""
 
     steps: int = Field(10, ge=2, description="steps of the deletion and insertion curves")
+    road_steps: int = Field(9, ge=1, description="ROAD: removal shares k / (steps + 1) of the pixels, k = 1..steps")
+    road_noise: float = Field(0.01, ge=0, description="ROAD: noise deviation on imputed pixels (0..1 pixel values)")
+    correlation_runs: int = Field(
+        32, ge=2, description="faithfulness correlation: random subsets (10 % of the pixels each) per image"
+    )
     resamples: int = Field(2000, ge=100, description="bootstrap resamples of the 95 % intervals")
     seed: int = 0
     sanity: bool = Field(True, description="cascading randomisation check of every model")

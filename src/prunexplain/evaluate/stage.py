@@ -23,9 +23,10 @@ from tqdm import tqdm
 
 from prunexplain.config import Settings, UserError
 from prunexplain.data.loaders import as_trained, normalise, object_masks, read_image_rows, stacked
-from prunexplain.evaluate.faithfulness import deletion_insertion, randomisation_similarity
+from prunexplain.evaluate.faithfulness import deletion_insertion, faithfulness_correlation, randomisation_similarity
 from prunexplain.evaluate.metrics import METRICS, MetricInputs, bootstrap_mean
 from prunexplain.evaluate.plot import plot_metrics
+from prunexplain.evaluate.road import road
 from prunexplain.explain.batched import attribution_options
 from prunexplain.explain.cam import explain, target_layer
 from prunexplain.models import load_checkpoint, select_device
@@ -84,8 +85,15 @@ def _per_image(
     data = as_trained(settings.data, checkpoint["meta"]["data"])
     to_input = lambda x: normalise(x, data)  # noqa: E731
     classes = torch.from_numpy(np.load(run.predictions(key))).to(device)
+    batch, seed = settings.explain.batch_size, settings.evaluate.seed
     values["deletion_auc"], values["insertion_auc"] = deletion_insertion(
-        model, x01, inputs.maps, classes, to_input, settings.evaluate.steps, settings.explain.batch_size
+        model, x01, inputs.maps, classes, to_input, settings.evaluate.steps, batch
+    )
+    values["road_morf"], values["road_lerf"] = road(model, x01, inputs.maps, classes, to_input,
+                                                    settings.evaluate.road_noise, seed, settings.evaluate.road_steps,
+                                                    batch)
+    values["faithfulness_correlation"] = faithfulness_correlation(
+        model, x01, inputs.maps, classes, to_input, settings.evaluate.correlation_runs, seed=seed, batch_size=batch
     )
     if settings.evaluate.sanity:
         options = attribution_options(settings.explain, data, x01.shape[-1])
