@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from prunexplain.evaluate.faithfulness import faithfulness_correlation
-from prunexplain.evaluate.road import impute, road
+from prunexplain.evaluate.road import impute, road, solve
 
 IDENTITY = lambda x: x  # noqa: E731
 
@@ -91,3 +91,13 @@ def test_faithfulness_correlation_rewards_the_map_of_what_the_model_weighs():
     assert (good > 0.95).all() and (bad < -0.95).all() and (np.abs(noise) < 0.6).all()
     again = faithfulness_correlation(model, images, faithful, classes, IDENTITY, runs=40)
     assert np.array_equal(good, again)  # the subsets come from the seed
+
+
+def test_a_smaller_holes_solution_only_speeds_the_solve():
+    """ROAD starts each step's solve from the step before's: the answer is the same system's."""
+    images = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(0)).double()
+    ranks = torch.randperm(24 * 24, generator=torch.Generator().manual_seed(1)).view(1, 1, 24, 24).expand(2, 1, 24, 24)
+    small, large = ((ranks < share * 24 * 24).double().expand_as(images) for share in (0.3, 0.6))
+    cold = solve(images, large, tolerance=1e-10)
+    warm = solve(images, large, tolerance=1e-10, guess=solve(images, small, tolerance=1e-10))
+    assert torch.allclose(cold, warm, atol=1e-8) and (cold[large == 0] == 0).all()

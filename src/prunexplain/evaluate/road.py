@@ -48,12 +48,24 @@ def _coarse_fill(x: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
 
 
 def impute(images: torch.Tensor, removed: torch.Tensor, noise: float = 0.0, generator: torch.Generator | None = None,
-           tolerance: float = 1e-4, max_iterations: int = 1000) -> torch.Tensor:
+           tolerance: float = 1e-4, max_iterations: int = 1000, guess: torch.Tensor | None = None) -> torch.Tensor:
     """`images` `[N, C, H, W]` with the pixels where `removed` `[N, 1, H, W]` is True filled by noisy
     linear imputation (see the module's docstring), to `tolerance` of the residual's norm relative to
-    the right-hand side's; kept pixels are returned unchanged. Computes in the images' dtype."""
+    the right-hand side's; kept pixels are returned unchanged. Computes in the images' dtype.
+    `guess`: a noise-free imputation of a smaller hole (`solve`), where conjugate gradients start."""
     x = images
     hole = removed.to(x.dtype).expand_as(x)
+    v = solve(x, hole, tolerance, max_iterations, guess)
+    if noise:
+        v = v + noise * hole * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    return x * (1 - hole) + v * hole
+
+
+def solve(x: torch.Tensor, hole: torch.Tensor, tolerance: float = 1e-4, max_iterations: int = 1000,
+          guess: torch.Tensor | None = None) -> torch.Tensor:
+    """The noise-free imputation of the pixels where `hole` (`[N, C, H, W]`, 0 or 1) is 1, zero
+    elsewhere: conjugate gradients from `guess` where it has values (a smaller hole's solution: ROAD's
+    holes grow step by step) and from a pyramid fill elsewhere."""
     kept = 1 - hole
     weights = _neighbour_sum(torch.ones_like(x[:, :1])).expand_as(x)  # the valid neighbours' weight sum
 
@@ -61,7 +73,8 @@ def impute(images: torch.Tensor, removed: torch.Tensor, noise: float = 0.0, gene
         return hole * (weights * v - _neighbour_sum(v * hole))
 
     b = hole * _neighbour_sum(x * kept)
-    v = hole * _coarse_fill(x, kept[:, :1])
+    start = _coarse_fill(x, kept[:, :1])
+    v = hole * (start if guess is None else torch.where(guess != 0, guess, start))
     residual = b - system(v)
     direction = residual.clone()
     norm = (residual * residual).sum((2, 3), keepdim=True)
@@ -77,9 +90,7 @@ def impute(images: torch.Tensor, removed: torch.Tensor, noise: float = 0.0, gene
         new_norm = (residual * residual).sum((2, 3), keepdim=True)
         ratio = torch.where(norm > 0, new_norm / norm.clamp(min=1e-30), torch.zeros_like(norm))
         direction, norm = residual + ratio * direction, new_norm
-    if noise:
-        v = v + noise * hole * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    return x * kept + v * hole
+    return v
 
 
 @torch.no_grad()
@@ -95,11 +106,14 @@ def road(
     n, _, h, w = images.shape
     ranks = _ranks(maps).view(n, 1, h, w).to(images.device)
     generator = torch.Generator().manual_seed(seed)
-    kept = {"morf": [], "lerf": []}
+    kept, solved = {"morf": [], "lerf": []}, {"morf": None, "lerf": None}
     for step in range(1, steps + 1):
         count = round(step / (steps + 1) * h * w)
         for order, removed in (("morf", ranks < count), ("lerf", ranks >= h * w - count)):
-            filled = impute(images, removed, noise, generator)
+            hole = removed.to(images.dtype).expand_as(images)
+            solved[order] = solve(images, hole, guess=solved[order])  # each hole holds the step before's
+            filled = images * (1 - hole) + hole * (solved[order] + noise * torch.randn(
+                images.shape, generator=generator, dtype=images.dtype).to(images.device))
             predicted = torch.cat([model(to_input(filled[i : i + batch_size])).argmax(1)
                                    for i in range(0, n, batch_size)])
             kept[order].append((predicted == classes).cpu().numpy())
