@@ -8,7 +8,9 @@ removed pixels at once: the sparse linear system of ROAD's reference code (Quant
 `noisy_linear_imputation`), plus Gaussian noise of deviation `noise` on the filled pixels. That code
 solves one sparse system per image on the CPU. Here the same system is solved for the whole batch and
 every channel together on the device by conjugate gradients, whose matrix-vector product is one 3x3
-stencil of shifted sums (the system is symmetric positive definite wherever the removed pixels touch a kept one).
+stencil of shifted sums (the system is symmetric positive definite wherever the removed pixels touch a
+kept one), started from a pyramid fill of the hole, or from the step before's solution: ROAD's holes
+grow step by step.
 
 MoRF removes the most relevant pixels first (a faithful map makes the accuracy fall fast: lower is
 better), LeRF the least relevant first (higher is better); each score is the mean over the removal

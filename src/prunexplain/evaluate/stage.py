@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,10 +73,10 @@ def _object_masks(images, size: int) -> np.ndarray | None:
 
 def _per_image(
     settings: Settings, run: Run, key: ModelKey, path: Path, explainer: str, inputs: MetricInputs,
-    x01: torch.Tensor, device: torch.device,
+    x01: torch.Tensor, device: torch.device, now: Callable[[str], None],
 ) -> dict:
     """Every metric of one model's maps of `explainer`, per image; `x01` are the explained images,
-    0..1, on `device`."""
+    0..1, on `device`; `now(metric)` names each model-querying metric as it starts (the progress bar)."""
     values = {
         name: metric.function(inputs)
         for name, metric in METRICS.items()
@@ -86,16 +87,20 @@ def _per_image(
     to_input = lambda x: normalise(x, data)  # noqa: E731
     classes = torch.from_numpy(np.load(run.predictions(key))).to(device)
     batch, seed = settings.explain.batch_size, settings.evaluate.seed
+    now("deletion/insertion")
     values["deletion_auc"], values["insertion_auc"] = deletion_insertion(
         model, x01, inputs.maps, classes, to_input, settings.evaluate.steps, batch
     )
+    now("ROAD")
     values["road_morf"], values["road_lerf"] = road(model, x01, inputs.maps, classes, to_input,
                                                     settings.evaluate.road_noise, seed, settings.evaluate.road_steps,
                                                     batch)
+    now("faithfulness correlation")
     values["faithfulness_correlation"] = faithfulness_correlation(
         model, x01, inputs.maps, classes, to_input, settings.evaluate.correlation_runs, seed=seed, batch_size=batch
     )
     if settings.evaluate.sanity:
+        now("sanity check")
         options = attribution_options(settings.explain, data, x01.shape[-1])
         explained = lambda m, x: explain(  # noqa: E731
             m, x, explainer, target_layer=settings.explain.target_layer, upsample_kernel=settings.explain.upsample,
@@ -135,10 +140,12 @@ def evaluate_stage(settings: Settings, run: Run) -> EvaluateResult:
     with progress:
         for explainer, (models, dense_maps) in explainers.items():
             for key, path in models.items():
-                progress.set_postfix(model=str(key), explainer=explainer)
+                now = lambda metric: progress.set_postfix(model=str(key), explainer=explainer, metric=metric)  # noqa: E731
+                now("maps")
                 inputs = MetricInputs(maps=np.load(run.maps(key, explainer)), masks=masks,
                                       reference=None if key.dense else dense_maps, share=settings.explain.occlusion)
-                for metric, values in _per_image(settings, run, key, path, explainer, inputs, x01, device).items():
+                per_image = _per_image(settings, run, key, path, explainer, inputs, x01, device, now)
+                for metric, values in per_image.items():
                     mean, low, high = bootstrap_mean(values, settings.evaluate.seed, settings.evaluate.resamples)
                     rows.append({"explainer": explainer, "method": key.method or DENSE, "rate": key.rate,
                                  "metric": metric, "mean": mean, "ci_low": low, "ci_high": high, "n": len(values)})

@@ -1,10 +1,13 @@
-"""Iterative pruning with fine-tuning over a compression schedule, resumable rate by rate.
+"""Pruning over a compression schedule with retraining after each step, resumable rate by rate.
 
-Step k takes the model of step k-1, prunes the layers in scope down to exactly 1/rates[k] of their
-weights, fine-tunes it with masks held fixed (pruned weights are zeroed after every optimiser step,
-so they are exactly zero in every forward pass and in the saved state), and saves a checkpoint
-with its masks and its results row. A killed run starts again at the first rate without a
-checkpoint made with the same settings; `results.csv` is rewritten from those checkpoints.
+Each family of models (`variants`: a criterion under a schedule and a retraining regime) goes through
+the rates. Step k takes the model of step k-1 (iterative, gradual) or the dense model (one-shot),
+prunes the layers in scope down to exactly 1/rates[k] of their weights (at once, or along the gradual
+ramp while training: `gradual.py`), retrains it as its regime says (`retrain.py`) with masks held
+fixed (pruned weights are zeroed after every optimiser step, so they are exactly zero in every forward
+pass and in the saved state), and saves a checkpoint with its masks and its results row. A killed
+run starts again at the first rate without a checkpoint made with the same settings; `results.csv` is
+rewritten from those checkpoints.
 
 Each rate's checkpoint carries a fingerprint of what made it: the dense checkpoint, the settings of
 data, model, training and pruning, the method and the schedule *up to that rate*. Extending a
