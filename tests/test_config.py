@@ -210,3 +210,22 @@ def test_an_empty_value_of_an_optional_setting_says_how_to_unset_it():
     with pytest.raises(UserError, match="write data.root=none"):
         load_settings(None, ['data.root=""'])
     assert load_settings(None, ["study.url_prefix="]).study.url_prefix == ""
+
+
+def test_the_sparseness_example_prunes_to_ten_to_seventy_percent_with_every_model_named_once():
+    """examples/suwal_gini_resnet18.toml: its rates are the sparsities 10 % ... 70 %, each model's folder
+    reads back as its rate, and its methods, schedules and study models pass the run's own checks."""
+    from prunexplain.preflight import check_explain_method, check_study_models
+    from prunexplain.pruning.schedule import check_schedules
+    from prunexplain.runs import ModelKey
+
+    settings = load_settings(Path(__file__).parent.parent / "examples" / "suwal_gini_resnet18.toml", [])
+    sparsities = [1 - 1 / rate for rate in settings.prune.rates]
+    assert sparsities == pytest.approx([0.1 * k for k in range(1, 8)], abs=1e-15)
+    for rate in settings.prune.rates:
+        key = ModelKey.pruned("global_magnitude_unstructured", rate)
+        assert ModelKey.parse(str(key)) == key
+    check_schedules(settings)
+    check_explain_method(settings)
+    check_study_models(settings)
+    assert settings.explain.methods == ["saliency", "integrated_gradients"] and settings.model.arch == "resnet18"

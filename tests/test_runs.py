@@ -82,3 +82,11 @@ def test_a_fault_point_kills_the_process_only_where_it_is_named(tmp_path):
     done = subprocess.run([sys.executable, "-c", code + "print('passed b')"], capture_output=True, text=True,
                           env={**os.environ, KILL_AFTER: "stage:b"})
     assert done.returncode == -signal.SIGKILL and done.stdout == "passed a\n"
+
+
+def test_a_rate_with_many_digits_reads_back_from_its_folder_as_itself():
+    """A 10 % sparsity is the rate 1/0.9: its folder must not round it to another rate."""
+    for rate in (2.0, 1.25, 1 / 0.9, 1 / 0.3):
+        key = ModelKey.pruned("global_magnitude_unstructured", rate)
+        assert ModelKey.parse(str(key)) == key
+    assert ModelKey.pruned("m", 2.0).rate_folder == "cr_2" and ModelKey.pruned("m", 1.25).rate_folder == "cr_1.25"

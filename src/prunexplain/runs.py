@@ -66,7 +66,10 @@ class ModelKey:
 
     @property
     def rate_folder(self) -> str:
-        return f"cr_{self.rate:g}"
+        """`cr_2`, `cr_1.25`: the shortest name that reads back as exactly this rate (a rate like
+        1/0.9 keeps all its digits, or its folder would parse as another rate)."""
+        short = f"{self.rate:g}"
+        return f"cr_{short if float(short) == self.rate else repr(self.rate)}"
 
     @property
     def parts(self) -> tuple[str, ...]:
