@@ -200,6 +200,13 @@ _MOVED_TO_RUNTIME = {
 }
 
 
+def _each_once(names: list[str], what: str) -> list[str]:
+    """A list setting of names: at least one, none twice (a family would be computed twice)."""
+    if not names or len(set(names)) < len(names):
+        raise ValueError(f"give each {what} once, and at least one: {names}")
+    return names
+
+
 class PruneSettings(_Section):
     """Pruning to each rate: after step k the layers in scope keep 1/rates[k] of their weights."""
 
@@ -248,9 +255,7 @@ class PruneSettings(_Section):
     @field_validator("methods", "schedule", "retrain")
     @classmethod
     def _listed_once(cls, names: list[str]) -> list[str]:
-        if not names or len(set(names)) < len(names):
-            raise ValueError(f"give each name once, and at least one: {names}")
-        return names
+        return _each_once(names, "name")
 
     @field_validator("rates")
     @classmethod
@@ -313,9 +318,7 @@ class ExplainSettings(_Section):
     @field_validator("methods")
     @classmethod
     def _listed_once(cls, names: list[str]) -> list[str]:
-        if not names or len(set(names)) < len(names):
-            raise ValueError(f"give each method once, and at least one: {names}")
-        return names
+        return _each_once(names, "method")
 
 
 class EvaluateSettings(_Section):

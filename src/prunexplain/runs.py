@@ -84,6 +84,12 @@ class ModelKey:
         return "/".join(self.parts)
 
 
+def _of_method(stem: str, method: str, suffix: str = "") -> str:
+    """A file or folder of one explanation method: `maps.npy` for Grad-CAM (the study's, and the
+    name runs had before other methods), `maps-<method>.npy` for every other."""
+    return f"{stem}{suffix}" if method == "gradcam" else f"{stem}-{method}{suffix}"
+
+
 def _safe_name(name: str) -> bool:
     """A name that is one plain folder: no separators, no '.', '..' or hidden names."""
     return bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._+-]*", name)) and name not in (".", "..")
@@ -362,7 +368,7 @@ class Run:
         return self.root.joinpath("explain", *key.parts)
 
     def maps(self, key: ModelKey, method: str = "gradcam") -> Path:
-        return self.explain_dir(key) / ("maps.npy" if method == "gradcam" else f"maps-{method}.npy")
+        return self.explain_dir(key) / _of_method("maps", method, ".npy")
 
     def predictions(self, key: ModelKey) -> Path:
         return self.explain_dir(key) / "predictions.npy"
@@ -370,8 +376,7 @@ class Run:
     def render(self, key: ModelKey, index: int, kind: str, method: str = "gradcam") -> Path:
         """A rendered PNG of one explained image: kind is 'occlusion' or 'heatmap'; `png/` for
         Grad-CAM, `png-<method>/` for the other methods, as their maps."""
-        folder = "png" if method == "gradcam" else f"png-{method}"
-        return self.explain_dir(key) / folder / f"{index}_{kind}.png"
+        return self.explain_dir(key) / _of_method("png", method) / f"{index}_{kind}.png"
 
     def explainers(self) -> list[str]:
         """The explanation methods whose maps of the dense model exist, Grad-CAM first."""
@@ -394,7 +399,7 @@ class Run:
 
     def metrics_plot_of(self, explainer: str) -> Path:
         """The metrics figure of one explanation method: `metrics.png` for Grad-CAM, as its maps."""
-        return self.root / "evaluate" / ("metrics.png" if explainer == "gradcam" else f"metrics-{explainer}.png")
+        return self.root / "evaluate" / _of_method("metrics", explainer, ".png")
 
     # study, analysis, report
     @property

@@ -466,13 +466,12 @@ def _rewind_keeper(settings: Settings, run: Run, model: nn.Module, classes: int,
     if epoch is None or not procs.main:
         return None
 
-    def keep(done: int) -> None:
-        if done + 1 == epoch:
+    def keep_after(epochs_trained: int) -> None:
+        if epochs_trained == epoch:
             save_checkpoint(run.rewind_checkpoint, model, settings.model, classes, meta={"rewind_epoch": epoch})
 
-    if epoch == 0:
-        save_checkpoint(run.rewind_checkpoint, model, settings.model, classes, meta={"rewind_epoch": 0})
-    return keep
+    keep_after(0)
+    return lambda index: keep_after(index + 1)  # fit calls after_epoch with the epoch's 0-based index
 
 
 def run_loaders(

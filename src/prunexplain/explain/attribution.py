@@ -1,7 +1,7 @@
 """Pixel attributions beside the CAMs: gradients through Captum, LRP through zennit.
 
 Each method gives an attribution per input value `[B, C, H, W]`; one map per image comes from a
-documented aggregation over the colour channels (`AGGREGATION`), and, as every map of `explain`, is
+documented aggregation over the colour channels (`ATTRIBUTIONS`' second entry), and, as every map of `explain`, is
 scaled to its peak at 1 (a map without a positive value stays as it is):
 
 - saliency: the largest |∂logit/∂x| over the channels (Simonyan et al. 2014);
@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from prunexplain.config import UserError
@@ -99,16 +100,9 @@ def _lrp(model, x, classes, layer, options) -> torch.Tensor:
     from zennit.composites import EpsilonPlusFlat
 
     composite = EpsilonPlusFlat(canonizers=_canonizers(model))
-    target = torch.zeros(len(x), _outputs(model, x), device=x.device, dtype=x.dtype)
-    target[torch.arange(len(x)), classes] = 1
-    with Gradient(model=model, composite=composite) as attributor:
-        _, relevance = attributor(x, target)
+    with Gradient(model=model, composite=composite) as attributor:  # relevance starts at the class's logit
+        _, relevance = attributor(x, lambda output: F.one_hot(classes, output.shape[1]).to(output.dtype))
     return relevance
-
-
-def _outputs(model: nn.Module, x: torch.Tensor) -> int:
-    with torch.no_grad():
-        return model(x[:1]).shape[1]
 
 
 def _canonizers(model: nn.Module) -> list:

@@ -102,8 +102,8 @@ def explain_stage(settings: Settings, run: Run) -> ExplainResult:
             for method in explain.methods:
                 progress.set_postfix(model=str(key), method=method)
                 maps, predictions = maps_and_predictions(model, images, data, explain, device, method)
-                path = write_with(run.maps(key, method), lambda handle: np.save(handle, maps))
-                written.setdefault(str(key), {})[method] = path
+                written.setdefault(str(key), {})[method] = write_with(run.maps(key, method),
+                                                                     lambda handle: np.save(handle, maps))
                 if settings.explain.render:
                     _render(run, key, method, images, maps, settings.explain)
                 progress.update()

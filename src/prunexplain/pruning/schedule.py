@@ -109,6 +109,11 @@ def _dense_row(method: str, family: Family, meta: dict[str, Any]) -> dict[str, A
     return row
 
 
+def _all_kept(weights: dict[str, torch.Tensor]) -> Masks:
+    """Masks keeping every weight in scope: the dense model's, where each schedule starts."""
+    return {k: torch.ones_like(w, dtype=torch.bool, device="cpu") for k, w in weights.items()}
+
+
 def _part(arch: str, scope: str) -> str:
     """The table's `modules_pruned_and_finetuned`: the study's VGG-16 names, else the kinds of layers."""
     if arch == "vgg16":
@@ -274,7 +279,7 @@ def prune_method(
     groups = prunable_groups(model, size, prune.scope, prune.exclude) if method.unit == "filter" else None
     pruning = _Pruning(name, family, method, model, weights, groups, settings, loaders, train, device)
     keep_removed = groups is not None and prune.save_removed
-    masks = {k: torch.ones_like(w, dtype=torch.bool, device="cpu") for k, w in weights.items()}
+    masks = _all_kept(weights)
     rows = [{**_dense_row(name, family, meta), "nonzero_params": count_nonzero(model, weights)["nonzero_params"],
              **model_cost(model, size)}]
     part = _part(checkpoint["arch"], prune.scope)
@@ -303,7 +308,7 @@ def prune_method(
         draws, before_rate = step, (prune.rates[step - 1] if step else 1.0)
         if not chained:  # from the dense model, drawing as a schedule of this rate alone would
             model.load_state_dict(dense_state)
-            masks = {k: torch.ones_like(w, dtype=torch.bool, device="cpu") for k, w in weights.items()}
+            masks = _all_kept(weights)
             draws, before_rate = 0, 1.0
         masks = pruning.step(masks, before_rate, rate, draws)
         amp = settings.runtime.amp
