@@ -218,7 +218,7 @@ def prune(
         list[float] | None, typer.Option("--rate", "-r", help="Compression rate; repeatable, > 1, increasing.")
     ] = None,
 ) -> None:
-    """Prune the trained model step by step to each compression rate, fine-tuning after each step.
+    """Prune the trained model step by step to each compression rate, retraining after each step.
 
     Methods: local_magnitude_unstructured, local_random_unstructured (the study's),
     global_magnitude_unstructured, local_taylor_unstructured, global_snip_unstructured,
@@ -226,7 +226,10 @@ def prune(
     structured (whole channels): local_l1_structured, local_random_structured,
     local_l1_group_structured, global_l1_group_structured, local_l2_group_structured,
     global_l2_group_structured, local_fpgm_structured, local_bn_scale_structured, local_taylor_structured.
-    Writes runs/<name>/prune/<method>/cr_<rate>/model.pt and results.csv; resumes where it stopped.
+    Schedules (prune.schedule): iterative (the study's), one_shot, gradual; retraining (prune.retrain):
+    finetune (the study's), lr_rewind, weight_rewind (needs train.rewind_epoch). Each other combination
+    is its own family, <method>+<schedule>+<regime>.
+    Writes runs/<name>/prune/<family>/cr_<rate>/model.pt and results.csv; resumes where it stopped.
     """
     with user_errors():
         extra = [f"prune.methods={list(methods)!r}".replace("'", '"')] if methods else []
