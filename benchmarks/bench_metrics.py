@@ -4,8 +4,15 @@ The compact VGG-16 at 64 px, 32 images, Gaussian-blob maps. Side by side in one 
 - deletion curve: ours (`deletion_insertion`, both curves, 8 steps, every step of the batch in one
   model batch) against Quantus's PixelFlipping (deletion only, the same 8 steps);
 - ROAD's noisy linear imputation at 50 % removed in the map's order: ours (the batch solved at once
-  by conjugate gradients) against Quantus's `noisy_linear_imputation` per image (Quantus 0.6.0's ROAD
-  metric itself raises IndexError on one-channel maps, so its solver is timed);
+  by conjugate gradients) against Quantus's `noisy_linear_imputation` per image;
+- the whole ROAD metric at 9 removal shares (10-90 %): ours (`road`, MoRF and LeRF) against Quantus's
+  MoRF loop as its `ROAD.evaluate_batch` runs it (per share, a per-image imputation, then one model
+  batch): Quantus 0.6.0's `ROAD` itself cannot run on images (its pixel count is taken over the
+  channels of the expanded maps, so its indices overrun the imputation's pixel mask: IndexError);
+- the randomisation check with saliency (Grad-CAM's maps of a randomised model can be all zero, which
+  Quantus refuses): the fully randomised model only (ours: `steps={-1}`, Quantus's
+  MPRT with `skip_layers=True`), and the whole cascade layer by layer (ours: every Conv2d and Linear;
+  Quantus's: every module with `reset_parameters`, batch norms too, so it explains more models);
 - Gini (Sparseness), entropy (Complexity) and energy on the object (AttributionLocalisation).
 """
 
@@ -19,12 +26,14 @@ import numpy as np
 import torch
 
 from prunexplain.config import ModelSettings
-from prunexplain.evaluate.faithfulness import _ranks, deletion_insertion
+from prunexplain.evaluate.faithfulness import _ranks, deletion_insertion, randomisation_similarity
 from prunexplain.evaluate.metrics import MetricInputs, energy_pointing, entropy, gini
-from prunexplain.evaluate.road import impute
+from prunexplain.evaluate.road import impute, road
+from prunexplain.explain.cam import explain
 from prunexplain.models import build_model
 
 IMAGES, SIZE, STEPS, REPEATS = 32, 64, 8, 3  # Quantus needs steps that divide the pixels
+SHARES = [10 * k for k in range(1, 10)]  # ROAD's removal shares, %
 
 
 def _median_s(function) -> float:
@@ -52,6 +61,26 @@ def _case():
     return model, images, maps.numpy().astype(np.float32), masks, classes
 
 
+def _quantus_road_morf(model, x: np.ndarray, a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Quantus's ROAD MoRF curve by its own steps: per share, its imputation of each image, one batch."""
+    from quantus.functions.perturb_func import noisy_linear_imputation
+
+    order = np.argsort(-a.reshape(len(a), -1), axis=1)
+    kept = []
+    for share in SHARES:
+        top = order[:, : SIZE * SIZE * share // 100]
+        perturbed = np.stack([noisy_linear_imputation(x[i], top[i], noise=0.01) for i in range(len(x))])
+        with torch.no_grad():
+            kept.append(model(torch.from_numpy(perturbed).float()).argmax(1).numpy() == y)
+    return np.mean(kept, 0)
+
+
+def _saliency(model, inputs, targets=None, **_) -> np.ndarray:
+    """Our batched saliency as an explainer for both: `[N, H, W]` (ours) or `[N, 1, H, W]` (Quantus)."""
+    maps = explain(model, torch.as_tensor(inputs), "saliency").detach().numpy()
+    return maps if targets is None else maps[:, None]
+
+
 def main() -> None:
     import quantus
     from quantus.functions.perturb_func import noisy_linear_imputation
@@ -65,6 +94,8 @@ def main() -> None:
     inputs = MetricInputs(maps=maps, masks=masks)
     flipping = quantus.PixelFlipping(features_in_step=SIZE * SIZE // STEPS, perturb_baseline="black",
                                      disable_warnings=True)
+    cascade = lambda **settings: quantus.MPRT(layer_order="top_down", disable_warnings=True, **settings)(  # noqa: E731
+        model=model, x_batch=x, y_batch=y, a_batch=None, explain_func=_saliency, device="cpu")
     pairs = {
         "deletion curve (ours: + insertion)": (
             lambda: deletion_insertion(model, images, maps, classes, lambda t: t, STEPS),
@@ -72,6 +103,15 @@ def main() -> None:
         "ROAD imputation, 50 % removed": (
             lambda: impute(images, removed),
             lambda: [noisy_linear_imputation(x[i], chosen[i], noise=0.0) for i in range(IMAGES)]),
+        "ROAD, 9 shares (ours: + LeRF)": (
+            lambda: road(model, images, maps, classes, lambda t: t, steps=len(SHARES)),
+            lambda: _quantus_road_morf(model, x, a, y)),
+        "randomisation, full model": (
+            lambda: randomisation_similarity(model, images, _saliency, steps={-1}),
+            lambda: cascade(skip_layers=True, return_last_correlation=True)),
+        "randomisation, layer by layer": (
+            lambda: randomisation_similarity(model, images, _saliency),
+            lambda: cascade()),
         "Gini / Sparseness": (
             lambda: gini(inputs),
             lambda: quantus.Sparseness(disable_warnings=True)(model=None, x_batch=x, y_batch=y, a_batch=a)),

@@ -32,6 +32,15 @@ def _ranks(maps: np.ndarray) -> torch.Tensor:
     return torch.empty_like(order).scatter_(1, order, torch.arange(flat.shape[1]).expand_as(order))
 
 
+def probabilities(model: nn.Module, images: torch.Tensor, to_input: ToInput, batch_size: int) -> torch.Tensor:
+    """Class probabilities `[N, classes]` of 0..1 `images`, `batch_size` at a time. The inputs go in
+    channels-last: convolutions on the CPU run 1.5-1.8x faster so (the compact VGG-16 at 32-64 px),
+    and these passes are most of what the model-querying metrics cost."""
+    chunks = [to_input(images[i : i + batch_size]).contiguous(memory_format=torch.channels_last)
+              for i in range(0, len(images), batch_size)]
+    return torch.cat([model(chunk).softmax(1) for chunk in chunks])
+
+
 @torch.no_grad()
 def deletion_insertion(
     model: nn.Module,
@@ -45,22 +54,20 @@ def deletion_insertion(
     """Per-image areas under the deletion and the insertion curve (probability of `classes`).
 
     `images` are 0..1 `[N, 3, H, W]`; step k of `steps` deletes (inserts) the top k/steps of pixels.
+    The curves share their ends (the whole image, and a black one, the same for every image), which
+    are asked for once.
     """
     model.eval()
     n, _, h, w = images.shape
     ranks = _ranks(maps).view(n, 1, h, w).to(images.device)
-    thresholds = torch.linspace(0, h * w, steps + 1, device=images.device).round()
-    curves = {"deletion": [], "insertion": []}
-    for kind, curve in curves.items():
-        for threshold in thresholds:
-            keep = ranks >= threshold if kind == "deletion" else ranks < threshold
-            inputs = images * keep
-            probabilities = [
-                model(to_input(inputs[i : i + batch_size])).softmax(1) for i in range(0, n, batch_size)
-            ]
-            curve.append(torch.cat(probabilities).gather(1, classes.view(-1, 1))[:, 0].cpu().numpy())
-    area = lambda curve: np.trapezoid(np.stack(curve, 1), dx=1 / steps, axis=1)  # noqa: E731
-    return area(curves["deletion"]), area(curves["insertion"])
+    thresholds = torch.linspace(0, h * w, steps + 1, device=images.device).round()[1:-1]
+    probability = lambda x: probabilities(model, x, to_input, batch_size).gather(1, classes.view(-1, 1))[:, 0]  # noqa: E731
+    whole = probability(images)
+    black = probabilities(model, torch.zeros_like(images[:1]), to_input, 1)[0, classes]
+    deleted = [probability(images * (ranks >= t)) for t in thresholds]
+    inserted = [probability(images * (ranks < t)) for t in thresholds]
+    area = lambda curve: np.trapezoid(torch.stack(curve, 1).cpu().numpy(), dx=1 / steps, axis=1)  # noqa: E731
+    return area([whole, *deleted, black]), area([black, *inserted, whole])
 
 
 def _layers_top_down(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -112,8 +119,7 @@ def faithfulness_correlation(
     flat_maps = torch.from_numpy(np.ascontiguousarray(maps.reshape(n, -1))).double()
 
     def probability(x: torch.Tensor) -> torch.Tensor:
-        out = [model(to_input(x[i : i + batch_size])).softmax(1) for i in range(0, n, batch_size)]
-        return torch.cat(out).gather(1, classes.view(-1, 1))[:, 0].double().cpu()
+        return probabilities(model, x, to_input, batch_size).gather(1, classes.view(-1, 1))[:, 0].double().cpu()
 
     full, sums, falls = probability(images), [], []
     for _ in range(runs):
