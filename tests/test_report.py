@@ -28,7 +28,7 @@ def full_run(tmp_path_factory, tiny_dataset) -> Run:
     root = tmp_path_factory.mktemp("report")
     settings = tiny_settings(root, tiny_dataset)
     run = Run(settings.run_dir)
-    run_pipeline(settings, run, until="evaluate")
+    run_pipeline(settings, run, until="verdict")
     run.config.write_text(run.config.read_text() + f"# {SCRIPT}\n")
     images = run.explained_images
     with open(images, newline="") as handle:
@@ -74,9 +74,10 @@ def parsed(html: str) -> Images:
 def test_report_shows_every_section_of_a_full_run(full_run):
     result = write_report(full_run, ReportSettings(images=3, stimuli=2))
     html = result.path.read_text()
-    assert result.path == full_run.report and result.missing == [] and len(result.sections) == 7
-    assert result.size < 2e6 and result.summary() == f"{result.path} ({result.size / 1e3:.0f} kB), 7 sections"
-    for anchor in ("settings", "training", "pruning", "metrics", "grid", "stimuli", "analysis"):
+    assert result.path == full_run.report and result.missing == [] and len(result.sections) == 8
+    assert result.size < 2e6 and result.summary() == f"{result.path} ({result.size / 1e3:.0f} kB), 8 sections"
+    assert result.sections[0] == "Answer: how far can the model be pruned?"
+    for anchor in ("answer", "settings", "training", "pruning", "metrics", "grid", "stimuli", "analysis"):
         assert f'id="{anchor}"' in html and f'href="#{anchor}"' in html
     assert "<details><summary>config.toml</summary>" in html and "[prune]" in html
     assert "test top-1" in html and "measured, pruned layers" in html and "top-1 before fine-tuning" in html
@@ -93,7 +94,7 @@ def test_every_image_is_an_inline_png(full_run):
     sources = parsed(html).sources
     summaries = [json.loads(p.read_text()) for p in full_run.analysis_summaries().values()]
     models = 5  # dense and 2 methods x 2 rates
-    plots = 3  # training curves, prune/accuracy.png, evaluate/metrics.png
+    plots = 4  # training curves, prune/accuracy.png, evaluate/metrics.png, evaluate/agreement.png
     expected = plots + 3 * (1 + models) + 3 * 2 + sum(len(s["figures"]) for s in summaries)
     assert len(sources) == expected
     for source in sources:
@@ -124,9 +125,10 @@ def test_missing_sections_name_the_command_that_makes_them(tmp_path):
     run.root.mkdir()
     result = write_report(run)
     lines = parsed(result.path.read_text()).missing
-    assert result.sections == [] and len(result.missing) == 7
+    assert result.sections == [] and len(result.missing) == 8
     text = " ".join(lines)
-    for command in ("prunexplain train", "prunexplain prune", "prunexplain evaluate", "prunexplain explain",
+    for command in ("prunexplain verdict",
+                    "prunexplain train", "prunexplain prune", "prunexplain evaluate", "prunexplain explain",
                     "prunexplain study build", "analyses the answers in study/answers/"):
         assert command in text
     assert "(missing)" in result.path.read_text()

@@ -280,6 +280,22 @@ def evaluate_command(
         typer.echo(_stage("evaluate", settings))
 
 
+@app.command("verdict")
+def verdict_command(
+    run_dir: RunOption = None, config: ConfigOption = None, overrides: SetOption = None, name: NameOption = None
+) -> None:
+    """Answer the question: per pruning method, up to which compression rate accuracy and each judged
+    metric stay non-inferior to the dense model (paired, bootstrap, Holm across rates), and where they
+    break. Writes runs/<name>/verdict/verdict.json and prints its sentences and table.
+    """
+    from prunexplain.verdict.stage import read_verdict, verdict_table
+
+    with user_errors():
+        settings = _stage_settings(run_dir, config, overrides, name)
+        typer.echo(_stage("verdict", settings))
+        typer.echo(verdict_table(read_verdict(Run(settings.run_dir).verdict)))
+
+
 @app.command("report")
 def report_command(
     run_dir: Annotated[Path | None, typer.Option("--run", help="Run directory, e.g. runs/demo.")] = None,

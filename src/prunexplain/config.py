@@ -334,6 +334,10 @@ class EvaluateSettings(_Section):
     seed: int = 0
     sanity: bool = Field(True, description="cascading randomisation check of every model")
     sanity_threshold: float = Field(0.5, description="flag maps whose Spearman similarity stays above this")
+    meta_images: int = Field(
+        32, ge=0, description="meta-evaluation: images explained and scored again with input noise (0: no noise test)"
+    )
+    meta_noise: float = Field(0.02, ge=0, description="meta-evaluation: deviation of that noise (0..1 pixel values)")
 
 
 class StudySettings(_Section):
@@ -781,6 +785,43 @@ class ServeSettings(_Section):
     seed: int = Field(0, description="seed of the task order and of the attention-check draws")
 
 
+VERDICT_MARGINS = {  # 0.05 on 0..1 scales: five points, the human study's margin (see README, Verdict)
+    "energy_pointing_game": 0.05, "pointing_game_hit": 0.05, "top10_iou_mask": 0.05,
+    "deletion_auc": 0.05, "insertion_auc": 0.05, "road_morf": 0.05, "road_lerf": 0.05,
+    "faithfulness_correlation": 0.05,
+}
+
+
+class VerdictSettings(_Section):
+    """`prunexplain verdict`: up to which rate a pruned model is non-inferior to the dense one."""
+
+    margins: dict[str, float] = Field(
+        default_factory=lambda: dict(VERDICT_MARGINS),
+        description="per metric the non-inferiority margin, in the metric's units; the metrics judged",
+    )
+    accuracy_margin: float = Field(0.01, ge=0, description="top-1 accuracy: one point")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="one-sided level of each non-inferiority test")
+    correction: Literal["holm", "none"] = Field("holm", description="multiple testing across one line's rates")
+    accuracy_floor: float | None = Field(
+        None, ge=0, le=1, description="test top-1 below which a model is collapsed; None: twice chance"
+    )
+    resamples: int = Field(2000, ge=100, description="bootstrap resamples (seeds, then images within seed)")
+    seed: int = 0
+
+    @field_validator("margins")
+    @classmethod
+    def _known_metrics(cls, margins: dict[str, float]) -> dict[str, float]:
+        from prunexplain.evaluate.meta import BETTER
+
+        for metric, margin in margins.items():
+            if BETTER.get(metric, 0) == 0:
+                raise ValueError(f"verdict.margins: {metric!r} has no better direction to test; "
+                                 f"one of {', '.join(m for m, d in BETTER.items() if d)}")
+            if margin < 0:
+                raise ValueError(f"verdict.margins.{metric}: {margin} is negative")
+        return margins
+
+
 class ReportSettings(_Section):
     """`prunexplain report`: how much of a run the HTML report shows, and how small its pictures are."""
 
@@ -854,6 +895,7 @@ class Settings(_Section):
     study: StudySettings = StudySettings()
     crowd: CrowdSettings = CrowdSettings()
     analysis: AnalysisSettings = AnalysisSettings()
+    verdict: VerdictSettings = VerdictSettings()
     report: ReportSettings = ReportSettings()
     runtime: RuntimeSettings = RuntimeSettings()
 

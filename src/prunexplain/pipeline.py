@@ -53,6 +53,12 @@ def _evaluate(settings: Settings, run: Run) -> str:
     return evaluate_stage(settings, run).summary()
 
 
+def _verdict(settings: Settings, run: Run) -> str:
+    from prunexplain.verdict.stage import verdict_stage
+
+    return verdict_stage(settings, run).summary()
+
+
 def _study(settings: Settings, run: Run) -> str:
     from prunexplain.study.build import build_study
 
@@ -97,6 +103,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("prune", ("prune",), _prune),
     Stage("explain", ("explain",), _explain),
     Stage("evaluate", ("evaluate",), _evaluate),
+    Stage("verdict", ("verdict",), _verdict),
     Stage("study", ("study",), _study),
     Stage("crowd", ("crowd",), _crowd, _crowd_inputs),
     Stage("analysis", ("analysis",), _analysis),

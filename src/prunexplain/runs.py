@@ -90,6 +90,11 @@ def _of_method(stem: str, method: str, suffix: str = "") -> str:
     return f"{stem}{suffix}" if method == "gradcam" else f"{stem}-{method}{suffix}"
 
 
+def scores_key(explainer: str, key: ModelKey, metric: str) -> str:
+    """The name of one model's per-image scores of one metric and explainer in `Run.scores`."""
+    return f"{explainer}|{key}|{metric}"
+
+
 def _safe_name(name: str) -> bool:
     """A name that is one plain folder: no separators, no '.', '..' or hidden names."""
     return bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._+-]*", name)) and name not in (".", "..")
@@ -396,6 +401,25 @@ class Run:
     @property
     def metrics_plot(self) -> Path:
         return self.metrics_plot_of("gradcam")
+
+    @property
+    def verdict(self) -> Path:
+        """The answer: per method up to which rate accuracy and each metric hold (prunexplain.verdict)."""
+        return self.root / "verdict" / "verdict.json"
+
+    @property
+    def scores(self) -> Path:
+        """Every metric's per-image scores (`scores_key`), which the verdict pairs image by image."""
+        return self.root / "evaluate" / "scores.npz"
+
+    @property
+    def meta_evaluation(self) -> Path:
+        """Per explainer and metric its noise resilience and agreement with the others (evaluate.meta)."""
+        return self.root / "evaluate" / "meta.csv"
+
+    @property
+    def agreement_plot(self) -> Path:
+        return self.root / "evaluate" / "agreement.png"
 
     def metrics_plot_of(self, explainer: str) -> Path:
         """The metrics figure of one explanation method: `metrics.png` for Grad-CAM, as its maps."""

@@ -3,6 +3,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from prunexplain.config import UserError
@@ -42,7 +43,7 @@ def test_every_metric_of_every_model_lands_in_the_long_table(tmp_path, tiny_data
     assert {"energy_pointing_game", "deletion_auc", "insertion_auc", "sanity_spearman_all_layers", "gini"} <= dense
     assert pruned == dense | {"spearman_to_dense", "top10_iou_dense", "ssim_to_dense"}
     assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) and r["n"] == "4" for r in rows)
-    assert result.plots == [run.metrics_plot] and run.metrics_plot.stat().st_size > 10_000
+    assert result.plots == [run.metrics_plot, run.agreement_plot] and run.metrics_plot.stat().st_size > 10_000
     hit = next(r for r in rows if r["method"] == "dense" and r["metric"] == "pointing_game_hit")
     assert f"pointing-game hit {float(hit['mean']):.2f} [" in result.summary()
     assert "dense model's gradcam at features.42:" in result.summary()  # traced: the 32-px model's last 2x2 map
@@ -77,7 +78,7 @@ def test_every_explainer_is_scored_on_its_own_maps(tmp_path, tiny_dataset, monke
         method = "dense" if metric != "spearman_to_dense" else "local_magnitude_unstructured"
         assert table[("gradcam", method, metric)] != table[("saliency", method, metric)], metric
     assert set(sanity) == {"gradcam", "saliency"}
-    assert result.plots == [run.metrics_plot, run.metrics_plot_of("saliency")]
+    assert result.plots == [run.metrics_plot, run.metrics_plot_of("saliency"), run.agreement_plot]
     assert all(path.stat().st_size > 10_000 for path in result.plots)
 
 
@@ -94,3 +95,51 @@ def test_datasets_without_masks_skip_localisation(tmp_path, tiny_dataset):
     metrics = {r["metric"] for r in result.rows}
     assert "pointing" not in result.summary()
     assert "energy_pointing_game" not in metrics and "deletion_auc" in metrics and "entropy" in metrics
+
+
+def test_the_meta_evaluation_scores_every_metric_of_every_explainer(tmp_path, tiny_dataset, monkeypatch):
+    """Noise resilience from re-explained noisy copies of the chosen images (the classes the model
+    predicts on the copies), agreement across the run's models; without copies only the agreement."""
+    settings = tiny_settings(tmp_path, tiny_dataset, "train.epochs=1", "evaluate.resamples=200", "prune.rates=[2, 8]",
+                             'prune.methods=["local_magnitude_unstructured"]', "evaluate.sanity=false",
+                             'explain.methods=["gradcam", "saliency"]', "evaluate.meta_images=3")
+    run = Run(settings.run_dir)
+    train_stage(settings, run)
+    prune_stage(settings, run)
+    explain_stage(settings, run)
+    copied = []
+    real = stage.maps_and_predictions
+    monkeypatch.setattr(stage, "maps_and_predictions",
+                        lambda model, images, *a: copied.append(images) or real(model, images, *a))
+    evaluate_stage(settings, run)
+    with open(run.meta_evaluation) as handle:
+        meta = list(csv.DictReader(handle))
+    with open(run.metrics) as handle:
+        metrics = {(r["explainer"], r["metric"]) for r in csv.DictReader(handle)}
+    assert {(r["explainer"], r["metric"]) for r in meta} == metrics
+    assert len(copied) == 2 * 3 and all(len(images) == 3 for images in copied)  # 2 explainers x 3 models
+    clean = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32))) for p in
+                                       _explained_paths(run)])).permute(0, 3, 1, 2)
+    differences = [(copied[0].float() - clean[i].float()).abs().mean((1, 2, 3)) for i in range(len(clean))]
+    assert torch.stack(differences).min(0).values.max() < 10  # each copy is a slightly noisy explained image
+    assert not torch.equal(copied[0], clean[: len(copied[0])])
+    by_metric = {(r["explainer"], r["metric"]): r for r in meta}
+    for row in meta:
+        resilience, agreement = float(row["noise_resilience"]), float(row["agreement"])
+        assert np.isnan(resilience) or -1 <= resilience <= 1
+        assert np.isnan(agreement) or -1 <= agreement <= 1
+    assert by_metric[("gradcam", "deletion_auc")]["better"] == "lower"
+    assert by_metric[("saliency", "gini")]["better"] == ""
+    assert run.agreement_plot.stat().st_size > 10_000
+
+    settings = settings.model_copy(update={"evaluate": settings.evaluate.model_copy(update={"meta_images": 0})})
+    evaluate_stage(settings, run)
+    with open(run.meta_evaluation) as handle:
+        meta = list(csv.DictReader(handle))
+    assert all(np.isnan(float(r["noise_resilience"])) for r in meta)
+    assert any(not np.isnan(float(r["agreement"])) for r in meta)
+
+
+def _explained_paths(run: Run) -> list[str]:
+    with open(run.explained_images) as handle:
+        return [r["path"] for r in csv.DictReader(handle)]

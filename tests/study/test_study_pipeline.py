@@ -17,7 +17,7 @@ def _done_through(settings, run: Run, last: str) -> None:
 
 def test_study_crowd_analysis_and_report_follow_the_models(study_run):
     settings, run = study_run
-    _done_through(settings, run, "evaluate")
+    _done_through(settings, run, "verdict")
     report = run_pipeline(settings, run)
     assert "study: 20 images; stimuli: exp1 60, exp1_heatmap 60, exp2 60" in report
     # no real answers: model-based observers answer the run's own stimuli (crowd.mode's default)
@@ -49,7 +49,7 @@ def test_answers_of_the_self_hosted_study_replace_the_observers(study_run, monke
 
     settings, run = study_run
     settings = settings.model_copy(update={"study": settings.study.model_copy(update={"experiments": ["exp2"]})})
-    _done_through(settings, run, "evaluate")
+    _done_through(settings, run, "verdict")
     assert "crowd: exp2: 1 observers file(s)" in run_pipeline(settings, run)
     monkeypatch.setenv("PRUNEXPLAIN_ADMIN_TOKEN", "a-token-for-this-test-0123456789")
     serve = ServeSettings(experiments=["exp2"], tasks_per_participant=6, attention_checks=0)

@@ -1,6 +1,6 @@
 """`report.html`: one self-contained HTML file of a run directory, for a researcher to read.
 
-Settings, training, accuracy against compression rate, explanation metrics, a grid of example
+The answer (the verdict), settings, training, accuracy against compression rate, explanation metrics, a grid of example
 explanations, the study's stimuli and the analysed answers, each section only where its files
 exist (else one line naming the command that makes them). Python gathers each section's data
 (blocks.py, sections.py, grid.py, study.py); Jinja2 templates (templates/) hold all the markup.
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prunexplain.config import ReportSettings, UserError
+from prunexplain.report.answer import answer_section
 from prunexplain.report.grid import grid_section
 from prunexplain.report.page import render_page
 from prunexplain.report.sections import metrics_section, pruning_section, settings_section, training_section
@@ -43,7 +44,7 @@ def write_report(run: Run, settings: ReportSettings | None = None) -> ReportResu
     if not run.root.is_dir():
         raise UserError(f"report: no such run directory {run.root}")
     sections = [
-        settings_section(run), training_section(run, settings), pruning_section(run, settings),
+        answer_section(run), settings_section(run), training_section(run, settings), pruning_section(run, settings),
         metrics_section(run, settings), grid_section(run, settings), stimuli_section(run, settings),
         analysis_section(run, settings),
     ]

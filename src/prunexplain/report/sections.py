@@ -124,7 +124,7 @@ def _cell(value: str | None, digits: int | None) -> str:
 
 # --- explanation metrics ---------------------------------------------------------------------------
 
-_SANITY = "sanity_spearman_all_layers"
+_SANITY = ("sanity_spearman_top_layer", "sanity_spearman_all_layers")  # a model failing either is flagged
 
 
 @dataclass(frozen=True)
@@ -137,10 +137,19 @@ class Sanity:
 
 
 @dataclass(frozen=True)
+class Meta:
+    """The meta-evaluation: per explainer a table of each metric's noise resilience and agreement."""
+
+    tables: dict[str, Table]
+    agreement: Picture | None
+
+
+@dataclass(frozen=True)
 class Metrics:
     plots: list[Picture]  # one per explainer
     sanity: Sanity
     tables: dict[str, Table]  # by pruning method (and explainer, where the run has several)
+    meta: Meta | None = None  # absent in runs evaluated before the meta-evaluation
 
 
 def metrics_section(run: Run, settings: ReportSettings) -> Section:
@@ -157,13 +166,33 @@ def metrics_section(run: Run, settings: ReportSettings) -> Section:
                           settings.figure_width)
              for explainer in explainers if run.metrics_plot_of(explainer).exists()]
     failed = sorted({_model(r, len(explainers) > 1) for r in rows
-                     if r["metric"] == _SANITY and float(r["mean"]) > threshold})
-    sanity = Sanity(any(r["metric"] == _SANITY for r in rows), failed, threshold)
+                     if r["metric"] in _SANITY and float(r["mean"]) > threshold})
+    sanity = Sanity(any(r["metric"] in _SANITY for r in rows), failed, threshold)
     tables = {}
     for explainer in explainers:
-        for method, table in _by_method([r for r in rows if r["explainer"] == explainer], threshold).items():
+        for method, table in _by_method([r for r in rows if r["explainer"] == explainer], threshold,
+                                        _collapsed(run)).items():
             tables[f"{method} · {explainer}" if len(explainers) > 1 else method] = table
-    return Section("metrics", "Explanation metrics against compression rate", Metrics(plots, sanity, tables))
+    return Section("metrics", "Explanation metrics against compression rate",
+                   Metrics(plots, sanity, tables, _meta(run, settings)))
+
+
+def _meta(run: Run, settings: ReportSettings) -> Meta | None:
+    """The meta-evaluation's tables (one per explainer, every metric a row) and its heatmaps."""
+    if not run.meta_evaluation.exists():
+        return None
+    tables: dict[str, list] = defaultdict(list)
+    for row in read_csv(run.meta_evaluation):
+        least = row["least_agreeing"].replace("_", " ")
+        least = f"{least} ({number(row['least_agreement'])})" if least else "-"
+        tables[row["explainer"]].append([row["metric"].replace("_", " "), row["better"] or "no direction",
+                                         number(row["noise_resilience"]), number(row["agreement"]), least])
+    headers = ["metric", "better", "noise resilience", "mean agreement", "least agreeing (rho)"]
+    picture = picture_file(run.agreement_plot, "Rank agreement of every two metrics across the run's models (Spearman, "
+                           "each metric turned so that higher reads better; * no better direction). Metrics that "
+                           "measure one quality should be red together.", settings.figure_width) \
+        if run.agreement_plot.exists() else None
+    return Meta({explainer: Table.of(headers, body) for explainer, body in tables.items()}, picture)
 
 
 def _sanity_threshold(run: Run) -> float:
@@ -177,8 +206,14 @@ def _model(row: dict[str, str], explainer: bool = False) -> str:
     return f"{name} ({row['explainer']})" if explainer else name
 
 
-def _by_method(rows: list[dict[str, str]], threshold: float) -> dict[str, Table]:
-    """Per pruning method a table: one row per metric, one column per rate (the dense model first)."""
+def _collapsed(run: Run) -> dict[str, list[float]]:
+    """Per method the rates whose models the verdict found collapsed (none before a verdict)."""
+    return json.loads(run.verdict.read_text())["collapsed"] if run.verdict.exists() else {}
+
+
+def _by_method(rows: list[dict[str, str]], threshold: float, collapsed: dict[str, list[float]]) -> dict[str, Table]:
+    """Per pruning method a table: one row per metric, one column per rate (the dense model first);
+    a collapsed model's column says so: its maps explain a model that no longer classifies."""
     cells: dict[str, dict[str, dict[float, dict]]] = defaultdict(lambda: defaultdict(dict))
     for row in rows:
         cells[row["method"]][row["metric"]][float(row["rate"])] = row
@@ -192,13 +227,15 @@ def _by_method(rows: list[dict[str, str]], threshold: float) -> dict[str, Table]
             values = {**dense.get(metric, {}), **by_metric.get(metric, {})}
             cells = [_metric_cell(metric, values.get(rate), threshold) for rate in rates]
             body.append([metric.replace("_", " "), *cells])
-        tables[method] = Table.of(["metric", *((DENSE if rate == 1 else f"x{rate:g}") for rate in rates)], body)
+        gone = set(collapsed.get(method, []))
+        headers = [DENSE if rate == 1 else f"x{rate:g} (collapsed)" if rate in gone else f"x{rate:g}" for rate in rates]
+        tables[method] = Table.of(["metric", *headers], body)
     return tables
 
 
 def _metric_cell(metric: str, row: dict | None, threshold: float) -> Cell:
     if row is None:
         return Cell("-")
-    failed = metric == _SANITY and float(row["mean"]) > threshold
+    failed = metric in _SANITY and float(row["mean"]) > threshold
     title = f"95 % interval {number(row['ci_low'])} to {number(row['ci_high'])}, {row['n']} images"
     return Cell(number(row["mean"]), title=title, bad=failed)

@@ -1,0 +1,30 @@
+"""The report's first section: the verdict's answer in sentences, and the table behind it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from prunexplain.report.blocks import Cell, Table
+from prunexplain.report.page import Section
+from prunexplain.runs import Run
+from prunexplain.verdict.stage import BREAKING, breaking_rows
+
+
+@dataclass(frozen=True)
+class Answer:
+    sentences: list[str]
+    table: Table
+    floor: float
+    collapsed: dict[str, list[float]]
+    confidence: float
+
+
+def answer_section(run: Run) -> Section:
+    title = "Answer: how far can the model be pruned?"
+    if not run.verdict.exists():
+        return Section("answer", title, missing="no verdict yet: run `prunexplain verdict`")
+    verdict = json.loads(run.verdict.read_text())
+    rows = [[*row[:3], Cell(row[3], bad=row[3] != "none"), *row[4:]] for row in breaking_rows(verdict)]
+    return Section("answer", title, Answer(verdict["sentences"], Table.of(BREAKING, rows), verdict["accuracy_floor"],
+                                           verdict["collapsed"], verdict["settings"]["confidence"]))
