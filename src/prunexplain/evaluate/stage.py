@@ -186,22 +186,13 @@ def evaluate_stage(settings: Settings, run: Run) -> EvaluateResult:
             scores, dense_noisy = _Scores(), None  # the dense model comes first (Run.models)
             for key, path in models.items():
                 now = lambda metric: progress.set_postfix(model=str(key), explainer=explainer, metric=metric)  # noqa: E731
-                now("maps")
-                model, checkpoint = load_checkpoint(path, device)
-                data = as_trained(settings.data, checkpoint["meta"]["data"])
-                classes = torch.from_numpy(np.load(run.predictions(key))).to(device)
                 inputs = MetricInputs(maps=np.load(run.maps(key, explainer)), masks=masks,
                                       reference=None if key.dense else dense_maps, share=settings.explain.occlusion)
-                per_image = _per_image(settings, model, data, explainer, inputs, x01, classes, now,
-                                       settings.evaluate.sanity)
-                if len(copies.chosen):
-                    now("noisy copies")
-                    noisy_maps, noisy = _noisy_scores(settings, model, data, explainer, copies, dense_noisy, now)
-                    dense_noisy = noisy_maps if key.dense else dense_noisy
-                    for metric, values in noisy.items():
-                        scores.noisy[metric][str(key)] = values
+                per_image, noisy_maps = _score_model(settings, run, key, path, explainer, inputs, x01, copies,
+                                                     scores, dense_noisy, now)
+                dense_noisy = noisy_maps if key.dense else dense_noisy
                 for metric, values in per_image.items():
-                    scores.clean[metric][str(key)] = per_model[scores_key(explainer, key, metric)] = values
+                    per_model[scores_key(explainer, key, metric)] = values
                     mean, low, high = bootstrap_mean(values, settings.evaluate.seed, settings.evaluate.resamples)
                     rows.append({"explainer": explainer, "method": key.method or DENSE, "rate": key.rate,
                                  "metric": metric, "mean": mean, "ci_low": low, "ci_high": high, "n": len(values)})
@@ -222,6 +213,29 @@ def evaluate_stage(settings: Settings, run: Run) -> EvaluateResult:
         log.warning("maps that survive model randomisation (not explaining the model): %s", ", ".join(flagged))
     return EvaluateResult(table, plots, rows, flagged, layer,
                           None if masks is None else float(masks.mean()))
+
+
+def _score_model(
+    settings: Settings, run: Run, key: ModelKey, path: Path, explainer: str, inputs: MetricInputs,
+    x01: torch.Tensor, copies: _NoisyCopies, scores: _Scores, dense_noisy: np.ndarray | None,
+    now: Callable[[str], None],
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Every metric of one model's maps per image, recorded in `scores` with the noisy copies' ones;
+    returns them and the model's maps of the copies (None without copies)."""
+    now("maps")
+    model, checkpoint = load_checkpoint(path, x01.device)
+    data = as_trained(settings.data, checkpoint["meta"]["data"])
+    classes = torch.from_numpy(np.load(run.predictions(key))).to(x01.device)
+    per_image = _per_image(settings, model, data, explainer, inputs, x01, classes, now, settings.evaluate.sanity)
+    noisy_maps = None
+    if len(copies.chosen):
+        now("noisy copies")
+        noisy_maps, noisy = _noisy_scores(settings, model, data, explainer, copies, dense_noisy, now)
+        for metric, values in noisy.items():
+            scores.noisy[metric][str(key)] = values
+    for metric, values in per_image.items():
+        scores.clean[metric][str(key)] = values
+    return per_image, noisy_maps
 
 
 def _noisy_scores(
