@@ -350,6 +350,17 @@ class Run:
         """Every pruning method's results table, by method."""
         return {p.parent.name: p for p in sorted((self.root / "prune").glob("*/results.csv"))}
 
+    def test_accuracies(self) -> dict[str, list[tuple[float, float]]]:
+        """Per pruning method its (rate, test top-1) pairs from its results table, the dense row first.
+        The table writes rates as the study did (`:g`, six digits), so match a `ModelKey.rate` to them
+        with a relative tolerance."""
+        curves = {}
+        for method, table in self.prune_tables().items():
+            with open(table, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            curves[method] = [(float(r["sparsity"]), float(r["test_top1_accuracy"])) for r in rows]
+        return curves
+
     @property
     def accuracy_plot(self) -> Path:
         return self.root / "prune" / "accuracy.png"

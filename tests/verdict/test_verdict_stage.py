@@ -86,3 +86,16 @@ def test_a_verdict_before_evaluate_says_what_to_run(tmp_path, tiny_dataset):
 def test_a_margin_for_a_metric_without_direction_is_refused(tmp_path, tiny_dataset):
     with pytest.raises(Exception, match="'gini' has no better direction"):
         tiny_settings(tmp_path, tiny_dataset, "verdict.margins.gini=0.1")
+
+
+def test_a_rate_the_prune_table_rounds_is_still_found_below_the_floor(tmp_path):
+    """The results table writes rates with six digits (1/0.9 as 1.11111); the model's folder keeps them all."""
+    from prunexplain.runs import write_csv
+    from prunexplain.verdict.stage import _below
+
+    run = Run(tmp_path)
+    rows = [{"sparsity": f"{rate:g}", "test_top1_accuracy": accuracy} for rate, accuracy in ((1, 0.9), (1 / 0.9, 0.1))]
+    write_csv(run.prune_results("global_magnitude_unstructured"), rows)
+    tested = run.test_accuracies()["global_magnitude_unstructured"]
+    assert tested == [(1.0, 0.9), (1.11111, 0.1)]
+    assert _below(tested, 1 / 0.9, 0.2) and not _below(tested, 1 / 0.9, 0.05) and not _below(tested, 1.25, 0.2)

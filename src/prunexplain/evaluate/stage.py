@@ -13,7 +13,6 @@ explainer, and its sanity check recomputes that explainer's maps. Datasets witho
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -204,7 +203,7 @@ def evaluate_stage(settings: Settings, run: Run) -> EvaluateResult:
             means[explainer] = scores.means()
     table = write_csv(run.metrics, rows)
     write_with(run.scores, lambda handle: np.savez_compressed(handle, **per_model))
-    accuracies = _accuracies(run)
+    accuracies = run.test_accuracies()
     plots = [plot_metrics([r for r in rows if r["explainer"] == explainer], accuracies, run.metrics_plot_of(explainer))
              for explainer in explainers]
     write_csv(run.meta_evaluation, [asdict(row) for row in meta])
@@ -249,12 +248,3 @@ def _noisy_scores(
     inputs = MetricInputs(maps=maps, masks=copies.masks, reference=dense_maps, share=settings.explain.occlusion)
     classes = torch.from_numpy(predicted).to(copies.x01.device)
     return maps, _per_image(settings, model, data, explainer, inputs, copies.x01, classes, now, sanity=False)
-
-
-def _accuracies(run: Run) -> dict[str, list[tuple[float, float]]]:
-    """Test top-1 against rate per pruning method, from the prune stage's tables."""
-    curves = {}
-    for method, table in run.prune_tables().items():
-        with open(table) as handle:
-            curves[method] = [(float(r["sparsity"]), float(r["test_top1_accuracy"])) for r in csv.DictReader(handle)]
-    return curves

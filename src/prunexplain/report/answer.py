@@ -16,7 +16,6 @@ class Answer:
     sentences: list[str]
     table: Table
     floor: float
-    collapsed: dict[str, list[float]]
     confidence: float
 
 
@@ -27,4 +26,4 @@ def answer_section(run: Run) -> Section:
     verdict = json.loads(run.verdict.read_text())
     rows = [[*row[:3], Cell(row[3], bad=row[3] != "none"), *row[4:]] for row in breaking_rows(verdict)]
     return Section("answer", title, Answer(verdict["sentences"], Table.of(BREAKING, rows), verdict["accuracy_floor"],
-                                           verdict["collapsed"], verdict["settings"]["confidence"]))
+                                           verdict["settings"]["confidence"]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,19 +45,20 @@ def verdict_stage(settings: Settings, run: Run) -> Verdict:
     scores = dict(np.load(run.scores))
     labels = _labels(run)
     tests = settings.verdict
-    accuracy = {key: _tested_accuracy(run, key) for key in run.models()}
     floor = tests.accuracy_floor if tests.accuracy_floor is not None else 2 / _classes(run)
+    tested = run.test_accuracies()
     by_method: dict[str, list[ModelKey]] = {}
     for key in run.models():
         if not key.dense:
             by_method.setdefault(key.method, []).append(key)
-    judged = dict(collapsed={}, lines={})
+    dense_correct = _correct(run, ModelKey(), labels)
+    collapsed_rates, lines_by_method = {}, {}
     for method, keys in by_method.items():
-        collapsed = {key.rate for key in keys if accuracy[key] is not None and accuracy[key] < floor}
-        judged["collapsed"][method] = sorted(collapsed)
-        lines = {ACCURACY: compare(ACCURACY, {k.rate: [_correct(run, k, labels) - _correct(run, ModelKey(), labels)]
-                                              for k in keys}, tests.accuracy_margin, collapsed, tests.confidence,
-                                   tests.correction, tests.resamples, tests.seed)}
+        collapsed = {key.rate for key in keys if _below(tested.get(method, []), key.rate, floor)}
+        collapsed_rates[method] = sorted(collapsed)
+        lines = {ACCURACY: compare(ACCURACY, {k.rate: [_correct(run, k, labels) - dense_correct] for k in keys},
+                                   tests.accuracy_margin, collapsed, tests.confidence, tests.correction,
+                                   tests.resamples, tests.seed)}
         for explainer in settings.explain.methods:
             for metric, margin in tests.margins.items():
                 dense = scores.get(scores_key(explainer, ModelKey(), metric))
@@ -67,8 +69,8 @@ def verdict_stage(settings: Settings, run: Run) -> Verdict:
                 lines[f"{explainer} {metric}"] = compare(
                     f"{explainer} {metric}", {rate: [better * (v - dense)] for rate, v in pruned.items()}, margin,
                     collapsed, tests.confidence, tests.correction, tests.resamples, tests.seed)
-        judged["lines"][method] = lines
-    verdict = Verdict(floor, judged["collapsed"], judged["lines"], [])
+        lines_by_method[method] = lines
+    verdict = Verdict(floor, collapsed_rates, lines_by_method, [])
     verdict.sentences = [_sentence(method, lines, floor, tests.confidence) for method, lines in verdict.lines.items()]
     write_text(run.verdict, json.dumps(_as_json(verdict, settings), indent=1))
     return verdict
@@ -96,11 +98,10 @@ def _holds(lines: list[Line], floor: float, confidence: float, words: tuple[str,
     first = min(line.breaks_at.rate for line in broken)
     held = [rate for rate in rates if rate < first]
     span = f"{verb} up to {_rate(max(held))}" if held else f"{verb} at no tested rate"
-    at = [line.breaks_at for line in broken if line.breaks_at.rate == first]
-    if at[0].collapsed:
+    at = [line for line in broken if line.breaks_at.rate == first]
+    if at[0].breaks_at.collapsed:
         return f"{span}: from {_rate(first)} the models have collapsed (test top-1 below {floor:.0%})"
-    worst = min((line for line in broken if line.breaks_at.rate == first),
-                key=lambda line: line.breaks_at.ci_high + line.margin)
+    worst = min(at, key=lambda line: line.breaks_at.ci_high + line.margin)
     more = f"; {len(at) - 1} more metric{'s' * (len(at) > 2)} there" if len(at) > 1 else ""
     c = worst.breaks_at
     return (f"{span} and {breaks} {_rate(first)} ({worst.measure} {c.difference:+.3f}, "
@@ -132,16 +133,10 @@ def _correct(run: Run, key: ModelKey, labels: np.ndarray) -> np.ndarray:
     return (np.load(run.predictions(key)) == labels).astype(np.float64)
 
 
-def _tested_accuracy(run: Run, key: ModelKey) -> float | None:
-    """The model's test top-1 accuracy from its method's prune table (None where it lacks the rate)."""
-    if key.dense:
-        return None
-    table = run.prune_results(key.method)
-    with open(table, newline="") as handle:
-        for row in csv.DictReader(handle):
-            if abs(float(row["sparsity"]) - key.rate) < 1e-9 * key.rate:
-                return float(row["test_top1_accuracy"])
-    return None
+def _below(tested: list[tuple[float, float]], rate: float, floor: float) -> bool:
+    """Whether the model at `rate` has a test top-1 below `floor` in its method's (rate, accuracy) pairs
+    (False where the table lacks the rate)."""
+    return any(math.isclose(at, rate, rel_tol=1e-5) and accuracy < floor for at, accuracy in tested)
 
 
 def _classes(run: Run) -> int:
