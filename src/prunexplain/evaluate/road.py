@@ -233,35 +233,31 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def impute(images: torch.Tensor, removed: torch.Tensor, noise: float = 0.0, generator: torch.Generator | None = None,
-           tolerance: float = 1e-4, max_iterations: int = 1000, guess: torch.Tensor | None = None) -> torch.Tensor:
+           tolerance: float = 1e-4, max_iterations: int = 1000) -> torch.Tensor:
     """`images` `[N, C, H, W]` with the pixels where `removed` `[N, 1, H, W]` is True filled by noisy
     linear imputation (see the module's docstring), to `tolerance` of the residual's norm relative to
-    the right-hand side's; kept pixels are returned unchanged. Computes in the images' dtype.
-    `guess`: a noise-free imputation of a smaller hole (`solve`), where conjugate gradients start."""
+    the right-hand side's; kept pixels are returned unchanged. Computes in the images' dtype."""
     x = images
     hole = removed.to(x.dtype).expand_as(x)
-    v = solve(x, hole, tolerance, max_iterations, guess)
+    v = solve(x, hole, tolerance, max_iterations)
     if noise:
         v = v + noise * hole * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     return x * (1 - hole) + v * hole
 
 
-def solve(x: torch.Tensor, hole: torch.Tensor, tolerance: float = 1e-4, max_iterations: int = 1000,
-          guess: torch.Tensor | None = None) -> torch.Tensor:
+def solve(x: torch.Tensor, hole: torch.Tensor, tolerance: float = 1e-4, max_iterations: int = 1000) -> torch.Tensor:
     """The noise-free imputation of the pixels where `hole` (`[N, C, H, W]`, 0 or 1) is 1, zero
-    elsewhere: conjugate gradients preconditioned by a multigrid cycle, from `guess` where it has values
-    and from the mean of the kept pixels elsewhere. An image with no kept pixel has nothing to impute
-    from: its holes stay 0."""
+    elsewhere: conjugate gradients preconditioned by a multigrid cycle, from the mean of the kept
+    pixels. An image with no kept pixel has nothing to impute from: its holes stay 0."""
     if not bool((hole == hole[:, :1]).all()):  # holes of their own per channel: each channel its own image
         n, c, h, w = x.shape
-        flat = [None if t is None else t.reshape(n * c, 1, h, w) for t in (x, hole, guess)]
-        return solve(flat[0], flat[1], tolerance, max_iterations, flat[2]).view_as(x)
+        return solve(x.reshape(n * c, 1, h, w), hole.reshape(n * c, 1, h, w), tolerance, max_iterations).view_as(x)
     kept = 1 - hole
     weights = _neighbour_sum(torch.ones_like(x[:, :1]))  # the valid neighbours' weight sum
     b = hole * _neighbour_sum(x * kept)
     count = kept.sum((2, 3), keepdim=True)
     start = (x * kept).sum((2, 3), keepdim=True) / count.clamp(min=1) * (count > 0)
-    v = hole * (start if guess is None else torch.where(guess != 0, guess * (count > 0), start))
+    v = hole * start
     return _conjugate_gradients(_operator(hole, weights), b, v, tolerance, max_iterations,
                                 _Multigrid(hole[:, :1], weights))[0]
 
