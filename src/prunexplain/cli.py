@@ -286,7 +286,7 @@ def verdict_command(
 ) -> None:
     """Answer the question: per pruning method, up to which compression rate accuracy and each judged
     metric stay non-inferior to the dense model (paired, bootstrap, Holm across rates), and where they
-    break. Writes runs/<name>/verdict/verdict.json and prints its sentences and table.
+    break. Writes runs/<name>/verdict.json and prints its sentences and table.
     """
     from prunexplain.verdict.stage import read_verdict, verdict_table
 

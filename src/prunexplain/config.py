@@ -785,6 +785,17 @@ class ServeSettings(_Section):
     seed: int = Field(0, description="seed of the task order and of the attention-check draws")
 
 
+# Which way each metric of the evaluate stage reads better: +1 higher, -1 lower, 0 no direction (a sharp
+# map is not a good map). Here, on the ground floor, so that settings can check `verdict.margins`.
+BETTER: dict[str, int] = {
+    "energy_pointing_game": 1, "pointing_game_hit": 1, "top10_iou_mask": 1,
+    "spearman_to_dense": 1, "top10_iou_dense": 1, "ssim_to_dense": 1,
+    "entropy": 0, "gini": 0,
+    "deletion_auc": -1, "insertion_auc": 1, "road_morf": -1, "road_lerf": 1, "faithfulness_correlation": 1,
+    "sanity_spearman_top_layer": -1, "sanity_spearman_all_layers": -1,
+}
+
+
 VERDICT_MARGINS = {  # 0.05 on 0..1 scales: five points, the human study's margin (see README, Verdict)
     "energy_pointing_game": 0.05, "pointing_game_hit": 0.05, "top10_iou_mask": 0.05,
     "deletion_auc": 0.05, "insertion_auc": 0.05, "road_morf": 0.05, "road_lerf": 0.05,
@@ -811,8 +822,6 @@ class VerdictSettings(_Section):
     @field_validator("margins")
     @classmethod
     def _known_metrics(cls, margins: dict[str, float]) -> dict[str, float]:
-        from prunexplain.evaluate.meta import BETTER
-
         for metric, margin in margins.items():
             if BETTER.get(metric, 0) == 0:
                 raise ValueError(f"verdict.margins: {metric!r} has no better direction to test; "

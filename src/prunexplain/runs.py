@@ -291,7 +291,7 @@ class Run:
             files = [p for p in self.stage_dir(stage).rglob("*") if not p.name.startswith(".")]
         else:
             files = {"study": self.study.built_files(), "crowd": self.study.crowd_files(),
-                     "report": [self.report]}.get(stage, [])
+                     "verdict": [self.verdict], "report": [self.report]}.get(stage, [])
         return sorted(p for p in files if p.is_file())
 
     def output_stamps(self, stage: str) -> dict[str, list[int]]:
@@ -416,7 +416,7 @@ class Run:
     @property
     def verdict(self) -> Path:
         """The answer: per method up to which rate accuracy and each metric hold (prunexplain.verdict)."""
-        return self.root / "verdict" / "verdict.json"
+        return self.root / "verdict.json"
 
     @property
     def scores(self) -> Path:

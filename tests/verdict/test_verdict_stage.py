@@ -99,3 +99,17 @@ def test_a_rate_the_prune_table_rounds_is_still_found_below_the_floor(tmp_path):
     tested = run.test_accuracies()["global_magnitude_unstructured"]
     assert tested == [(1.0, 0.9), (1.11111, 0.1)]
     assert _below(tested, 1 / 0.9, 0.2) and not _below(tested, 1 / 0.9, 0.05) and not _below(tested, 1.25, 0.2)
+
+
+def test_a_deleted_verdict_is_computed_again(tmp_path, tiny_dataset):
+    """The run directory never claims a verdict it does not hold: its file is the stage's output."""
+    from prunexplain.pipeline import run_stage
+
+    settings = tiny_settings(tmp_path, tiny_dataset, "train.epochs=1", "prune.rates=[2]", "evaluate.sanity=false",
+                             'prune.methods=["local_magnitude_unstructured"]', "evaluate.meta_images=0",
+                             "evaluate.resamples=200", "verdict.resamples=200")
+    run = Run(settings.run_dir)
+    run_pipeline(settings, run, until="verdict")
+    assert run.verdict == run.root / "verdict.json" and run.verdict.is_file()
+    run.verdict.unlink()
+    assert "skipped" not in run_stage(settings, run, "verdict") and run.verdict.is_file()

@@ -25,15 +25,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
+from prunexplain.config import BETTER
 from prunexplain.runs import write_with
-
-BETTER: dict[str, int] = {  # +1: higher is better, -1: lower is better, 0: no direction
-    "energy_pointing_game": 1, "pointing_game_hit": 1, "top10_iou_mask": 1,
-    "spearman_to_dense": 1, "top10_iou_dense": 1, "ssim_to_dense": 1,
-    "entropy": 0, "gini": 0,
-    "deletion_auc": -1, "insertion_auc": 1, "road_morf": -1, "road_lerf": 1, "faithfulness_correlation": 1,
-    "sanity_spearman_top_layer": -1, "sanity_spearman_all_layers": -1,
-}
 
 
 @dataclass(frozen=True)

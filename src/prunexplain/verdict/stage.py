@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prunexplain.config import Settings, UserError
-from prunexplain.evaluate.meta import BETTER
+from prunexplain.config import BETTER, Settings, UserError
 from prunexplain.runs import ModelKey, Run, scores_key, write_text
 from prunexplain.verdict.stats import Line, compare
 
