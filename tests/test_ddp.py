@@ -33,8 +33,11 @@ def test_torchrun_two_processes_on_gloo(tmp_path, tiny_dataset):
     assert Run(tmp_path / "runs" / "ddp").record("train")["settings"]["train"]["epochs"] == 2  # recorded once
     # the sharded, summed test accuracy is the saved model's accuracy on the whole test split
     settings = tiny_settings(tmp_path, tiny_dataset)
-    model, _ = load_checkpoint(tmp_path / "runs" / "ddp" / "train" / "model.pt")
+    model, checkpoint = load_checkpoint(tmp_path / "runs" / "ddp" / "train" / "model.pt")
     test = load_splits(tiny_dataset).test
     dataset = image_dataset(test, settings.data, tmp_path / "cache", "test", settings.runtime)
     loader = make_loader(dataset, 16, torch.device("cpu"))
-    assert evaluate(model, loader, settings.data, torch.device("cpu"))["top1"] == pytest.approx(result["test_top1"])
+    alone = evaluate(model, loader, settings.data, torch.device("cpu"))
+    assert alone["top1"] == pytest.approx(result["test_top1"])
+    # and each image's answer, gathered from the two shards, is in the test split's order
+    assert checkpoint["meta"]["test_correct"] == alone["correct"] and len(alone["correct"]) == len(dataset)

@@ -14,6 +14,7 @@ from prunexplain.config import ReportSettings
 from prunexplain.pipeline import run_pipeline
 from prunexplain.report import write_report
 from prunexplain.runs import Run
+from prunexplain.verdict.stage import verdict_stage
 from tests.browser import browser_page
 from tests.conftest import tiny_settings
 from tests.report.fixtures import add_analysis, add_study
@@ -28,7 +29,7 @@ def full_run(tmp_path_factory, tiny_dataset) -> Run:
     root = tmp_path_factory.mktemp("report")
     settings = tiny_settings(root, tiny_dataset)
     run = Run(settings.run_dir)
-    run_pipeline(settings, run, until="verdict")
+    run_pipeline(settings, run, until="evaluate")
     run.config.write_text(run.config.read_text() + f"# {SCRIPT}\n")
     images = run.explained_images
     with open(images, newline="") as handle:
@@ -40,6 +41,7 @@ def full_run(tmp_path_factory, tiny_dataset) -> Run:
         writer.writerows(rows)
     add_study(run, images=2, label_prefix=SCRIPT)
     add_analysis(run, root / "answers", {"exp1": "simulated", "exp2": "real"})
+    verdict_stage(settings, run)  # the people's side from the answers above
     return run
 
 
@@ -69,6 +71,17 @@ def parsed(html: str) -> Images:
     parser = Images()
     parser.feed(html)
     return parser
+
+
+def test_the_answer_states_the_people_beside_the_metrics_and_which_predict_them(full_run):
+    html = write_report(full_run).path.read_text()
+    answer = html.split("<section>")[1]
+    # exp2's answers are marked real, exp1's simulated: each sentence names its source
+    assert "People (exp2, real answers, local_magnitude_unstructured): recognition" in answer
+    assert "People (exp1, simulated answers, local_magnitude_unstructured): preference" in answer
+    assert "Which measures predict the people" in answer and "people exp2 recognition" in answer
+    assert "intervals over images (one seed)" in answer
+    assert "(one seed)" in html.split('id="metrics"')[1]  # the metrics' figures say over what they vary
 
 
 def test_report_shows_every_section_of_a_full_run(full_run):

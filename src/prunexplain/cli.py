@@ -16,6 +16,7 @@ import typer
 
 from prunexplain.config import UserError
 from prunexplain.experiments import COMPARE, EXPERIMENTS, RECOGNISE
+from prunexplain.preflight import STAGES
 from prunexplain.runs import Run
 
 app = typer.Typer(
@@ -284,9 +285,10 @@ def evaluate_command(
 def verdict_command(
     run_dir: RunOption = None, config: ConfigOption = None, overrides: SetOption = None, name: NameOption = None
 ) -> None:
-    """Answer the question: per pruning method, up to which compression rate accuracy and each judged
-    metric stay non-inferior to the dense model (paired, bootstrap, Holm across rates), and where they
-    break. Writes runs/<name>/verdict.json and prints its sentences and table.
+    """Answer the question: per pruning method, up to which compression rate accuracy, each judged
+    metric and the study's answers stay non-inferior to the dense model (paired, bootstrap over seeds
+    and images, Holm across rates), where they break, and which metrics decide as the people do.
+    Writes runs/<name>/verdict.json and verdict/ and prints its sentences and table.
     """
     from prunexplain.verdict.stage import read_verdict, verdict_table
 
@@ -324,14 +326,15 @@ def run(
     until: Annotated[
         str | None,
         typer.Option(
-            help="Stop after this stage: data, train, prune, explain, evaluate, study, crowd, analysis, report."
+            help=f"Stop after this stage: {', '.join(STAGES)}."
         ),
     ] = None,
 ) -> None:
     """Run every stage in order over runs/<name>, skipping stages already done with the same settings.
 
     data -> train -> prune -> explain -> evaluate -> study (stimuli) -> crowd (real answers, else a
-    simulated crowd) -> analysis -> report (runs/<name>/report.html). Killed at any point, it resumes.
+    simulated crowd) -> analysis -> seeds (the other replicates of run.seeds) -> verdict (verdict.json) ->
+    report (runs/<name>/report.html). Killed at any point, it resumes.
     """
     from prunexplain.pipeline import run_pipeline
 

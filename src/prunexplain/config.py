@@ -350,6 +350,9 @@ class StudySettings(_Section):
     per_class: int = Field(50, ge=1, description="test images per class that every model classifies correctly")
     explainer: str = Field("gradcam", description="the explanation method of the stimuli, one of explain.methods")
     seed: int = Field(0, description="seed of the image draw, the sides of experiment 1 and the input order")
+    seed_model: int | None = Field(
+        None, description="with run.seeds: the replicate whose models the study shows; None: the first seed"
+    )
     experiments: list[str] = Field(
         default_factory=lambda: list(EXPERIMENTS),
         description="experiments of the spec (prunexplain.experiments): "
@@ -818,6 +821,15 @@ class VerdictSettings(_Section):
     )
     resamples: int = Field(2000, ge=100, description="bootstrap resamples (seeds, then images within seed)")
     seed: int = 0
+    human_margins: dict[Literal["recognition", "preference"], float] = Field(
+        default_factory=lambda: {"recognition": 0.05, "preference": 0.10},
+        description="the study's answers judged, and their margins: recognition (share of right classes, exp2) "
+        "and preference (share preferring the pruned map minus share preferring the dense one, exp1)",
+    )
+    min_resilience: float = Field(
+        0.5, ge=-1, le=1, description="a metric whose noise resilience (evaluate/meta.csv) is below this is "
+        "judged but left out of the answer's sentences: its per-image verdicts are mostly noise",
+    )
 
     @field_validator("margins")
     @classmethod
@@ -876,6 +888,18 @@ class CrowdSettings(_Section):
 class RunSettings(_Section):
     name: str = Field("demo", description="one plain folder name under root: letters, digits, . _ + -")
     root: PathSetting = Path("runs")
+    seeds: list[int] = Field(
+        default_factory=list, description="replicates: per seed its own training, pruning, explanations and "
+        "metrics (train.seed and prune.seed = the seed); the run's folder holds study.seed_model's, the others "
+        "seeds/<seed>/; []: one, with train.seed",
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"run.seeds: {seeds} repeats a seed")
+        return seeds
 
     @field_validator("name")
     @classmethod
@@ -908,13 +932,55 @@ class Settings(_Section):
     report: ReportSettings = ReportSettings()
     runtime: RuntimeSettings = RuntimeSettings()
 
+    @model_validator(mode="after")
+    def _replicate_of_the_study(self) -> Settings:
+        """With run.seeds, the run's own models are the replicate the study shows: trained and pruned
+        with its seed (a replicate's seed decides both)."""
+        chosen = self.study.seed_model
+        if not self.run.seeds:
+            if chosen is not None:
+                raise ValueError(f"study.seed_model = {chosen}: set run.seeds, the replicates to choose from")
+            return self
+        chosen = self.run.seeds[0] if chosen is None else chosen
+        if chosen not in self.run.seeds:
+            raise ValueError(f"study.seed_model = {chosen} is not one of run.seeds {self.run.seeds}")
+        for section in ("train", "prune"):
+            given = getattr(self, section)
+            if "seed" in given.model_fields_set and given.seed != chosen:
+                raise ValueError(f"{section}.seed = {given.seed}, but with run.seeds the run's models take "
+                                 f"study.seed_model's seed ({chosen}); drop {section}.seed")
+            if given.seed != chosen:
+                setattr(self, section, given.model_copy(update={"seed": chosen}))
+        return self
+
+    def replicate(self, seed: int) -> Settings:
+        """The settings of seed `seed`'s replicate of this run: its folder `seeds/<seed>/` under the run's,
+        its training and pruning seeded with it (its own copy of a synthetic dataset: nothing in it names
+        the run's folder, so a moved run keeps its replicates)."""
+        from prunexplain.runs import Run
+
+        return self.model_copy(update={
+            "run": RunSettings(name=str(seed), root=Run(self.run_dir).replicate(seed).parent),
+            "train": self.train.model_copy(update={"seed": seed}),
+            "prune": self.prune.model_copy(update={"seed": seed}),
+            "study": self.study.model_copy(update={"seed_model": None}),
+        })
+
     @property
     def run_dir(self) -> Path:
         return self.run.root / self.run.name
 
     def fingerprint(self, *sections: str) -> str:
-        """Hash of the named sections: a stage whose sections are unchanged need not run again."""
-        return json_digest({name: getattr(self, name).model_dump(mode="json") for name in sections})
+        """Hash of the named sections (or `section.field`s): a stage whose sections are unchanged need not
+        run again."""
+        return json_digest({name: self.section(name) for name in sections})
+
+    def section(self, name: str) -> Any:
+        """A section (`train`) or one field of one (`run.seeds`) as JSON values."""
+        value = self
+        for part in name.split("."):
+            value = getattr(value, part)
+        return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))

@@ -53,6 +53,18 @@ def _evaluate(settings: Settings, run: Run) -> str:
     return evaluate_stage(settings, run).summary()
 
 
+def _seeds(settings: Settings, run: Run) -> str:
+    """Every other seed of `run.seeds` as a replicate of its own through `evaluate` (each resumable on
+    its own, under `seeds/<seed>/`): what the verdict's intervals over training randomness need."""
+    others = [seed for seed in settings.run.seeds if seed != settings.train.seed]
+    for number, seed in enumerate(others, 1):
+        log.info("seed %d (%d of %d other seeds): replicate in %s", seed, number, len(others), run.replicate(seed))
+        run_pipeline(settings.replicate(seed), Run(run.replicate(seed)), until="evaluate")
+    if not others:
+        return "one seed (run.seeds names no other): intervals over images only"
+    return f"replicates of seeds {', '.join(map(str, others))} in {run.replicate(others[0]).parent}"
+
+
 def _verdict(settings: Settings, run: Run) -> str:
     from prunexplain.verdict.stage import verdict_stage
 
@@ -103,10 +115,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("prune", ("prune",), _prune),
     Stage("explain", ("explain",), _explain),
     Stage("evaluate", ("evaluate",), _evaluate),
-    Stage("verdict", ("verdict",), _verdict),
     Stage("study", ("study",), _study),
     Stage("crowd", ("crowd",), _crowd, _crowd_inputs),
     Stage("analysis", ("analysis",), _analysis),
+    Stage("seeds", ("run.seeds",), _seeds),
+    Stage("verdict", ("verdict",), _verdict),
     Stage("report", ("report",), _report),
 )
 
@@ -149,7 +162,7 @@ def _execute(settings: Settings, run: Run, number: int, total: int, stage: Stage
 
 
 def _record(settings: Settings, run: Run, stage: Stage, fingerprint: str) -> None:
-    sections = {name: getattr(settings, name).model_dump(mode="json") for name in stage.sections}
+    sections = {name: settings.section(name) for name in stage.sections}
     run.mark_done(stage.name, fingerprint, sections)
     for later in STAGES[stage_names().index(stage.name) + 1 :]:
         run.clear_done(later.name)
@@ -212,14 +225,18 @@ def _not_ready(settings: Settings, run: Run, stage: Stage, wanted: str) -> str:
                 f"run `prunexplain run --until {wanted}`")
     recorded = record.get("settings", {})
     for section in stage.sections:
-        now = getattr(settings, section).model_dump(mode="json")
-        for key in sorted(set(now) | set(recorded.get(section, {}))):
-            if now.get(key) != recorded.get(section, {}).get(key):
-                return (f"{wanted}: {section}.{key} = {now.get(key)!r}, but the run's {stage.name} stage was computed "
-                        f"with {recorded.get(section, {}).get(key)!r} ({run.config}); drop the override or rerun "
-                        f"`prunexplain run` with it")
+        now, then = _fields(section, settings.section(section)), _fields(section, recorded.get(section, {}))
+        for key in sorted(set(now) | set(then)):
+            if now.get(key) != then.get(key):
+                return (f"{wanted}: {key} = {now.get(key)!r}, but the run's {stage.name} stage was computed "
+                        f"with {then.get(key)!r} ({run.config}); drop the override or rerun `prunexplain run` with it")
     return (f"{wanted}: the run's {stage.name} stage is out of date (its outputs changed since it finished, or an "
             f"earlier stage changed); run `prunexplain run --until {wanted}`")
+
+
+def _fields(name: str, value) -> dict[str, object]:
+    """A section's values by qualified name (`train.seed`); a stage's single field (`run.seeds`) as itself."""
+    return {f"{name}.{key}": v for key, v in value.items()} if isinstance(value, dict) else {name: value}
 
 
 def predict_study(settings: Settings, run: Run) -> str:

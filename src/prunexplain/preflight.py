@@ -21,9 +21,9 @@ from prunexplain.runs import ModelKey, Run
 
 # The pipeline's stages (pipeline.STAGES, which imports every stage); those that read the dataset, and
 # those that run a model on a device.
-STAGES = ("data", "train", "prune", "explain", "evaluate", "verdict", "study", "crowd", "analysis", "report")
-_DATA = frozenset({"data", "train", "prune", "explain", "evaluate", "study"})
-_TORCH = frozenset({"train", "prune", "explain", "evaluate", "study"})
+STAGES = ("data", "train", "prune", "explain", "evaluate", "study", "crowd", "analysis", "seeds", "verdict", "report")
+_DATA = frozenset({"data", "train", "prune", "explain", "evaluate", "study", "seeds"})
+_TORCH = frozenset({"train", "prune", "explain", "evaluate", "study", "seeds"})
 
 
 def preflight(settings: Settings, stages: Collection[str] | None = None) -> None:

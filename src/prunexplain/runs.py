@@ -203,6 +203,11 @@ class AnalysisFolder:
         return self.root / "summary.json"
 
     @property
+    def items(self) -> Path:
+        """Answers per stimulus and option: what the verdict pairs image by image."""
+        return self.root / "items.csv"
+
+    @property
     def workers(self) -> Path:
         return self.root / "workers.csv"
 
@@ -290,8 +295,8 @@ class Run:
         if stage in ("train", "prune", "explain", "evaluate", "analysis"):
             files = [p for p in self.stage_dir(stage).rglob("*") if not p.name.startswith(".")]
         else:
-            files = {"study": self.study.built_files(), "crowd": self.study.crowd_files(),
-                     "verdict": [self.verdict], "report": [self.report]}.get(stage, [])
+            files = {"study": self.study.built_files(), "crowd": self.study.crowd_files(), "seeds": self.replicated(),
+                     "verdict": [self.verdict, *self.verdict_dir.glob("*")], "report": [self.report]}.get(stage, [])
         return sorted(p for p in files if p.is_file())
 
     def output_stamps(self, stage: str) -> dict[str, list[int]]:
@@ -303,6 +308,16 @@ class Run:
         return stamps
 
     # data
+    def replicate(self, seed: int) -> Path:
+        """The folder of seed `seed`'s replicate (with `run.seeds`): a run folder of its own."""
+        return self.root / "seeds" / str(seed)
+
+    def replicated(self) -> list[Path]:
+        """What the replicates under `seeds/` hold for the verdict: per seed its per-image scores, its
+        prune tables and per-image test answers."""
+        return [path for pattern in ("*/evaluate/scores.npz", "*/prune/*/results.csv", "*/prune/*/test_correct.json")
+                for path in (self.root / "seeds").glob(pattern)]
+
     @property
     def synthetic_data(self) -> Path:
         """Where the embedded dataset is generated when `data.root` is not set."""
@@ -345,6 +360,19 @@ class Run:
 
     def prune_per_class(self, method: str) -> Path:
         return self.root / "prune" / method / "per_class.csv"
+
+    def prune_correct(self, method: str) -> Path:
+        """Per rate (`:g`; "1": the dense model) a string of "1" (right) and "0" per test image, in the test
+        split's order: whether each model's top-1 is right, what the verdict pairs between models."""
+        return self.root / "prune" / method / "test_correct.json"
+
+    def test_correct(self, method: str) -> dict[float, list[int]]:
+        """`prune_correct(method)` read back: per rate (1.0: dense) each test image's 1 (right) or 0; {}
+        where the prune stage predates it."""
+        path = self.prune_correct(method)
+        if not path.is_file():
+            return {}
+        return {float(rate): [int(c) for c in answers] for rate, answers in json.loads(path.read_text()).items()}
 
     def prune_tables(self) -> dict[str, Path]:
         """Every pruning method's results table, by method."""
@@ -417,6 +445,18 @@ class Run:
     def verdict(self) -> Path:
         """The answer: per method up to which rate accuracy and each metric hold (prunexplain.verdict)."""
         return self.root / "verdict.json"
+
+    @property
+    def verdict_dir(self) -> Path:
+        """The verdict's tables and figures: every measure over seeds and images, collapsed models marked."""
+        return self.root / "verdict"
+
+    @property
+    def verdict_metrics(self) -> Path:
+        return self.verdict_dir / "metrics.csv"
+
+    def verdict_plot(self, explainer: str) -> Path:
+        return self.verdict_dir / _of_method("metrics", explainer, ".png")
 
     @property
     def scores(self) -> Path:

@@ -116,17 +116,20 @@ def _sum_over_processes(values: list[float], device: torch.device) -> list[float
 def evaluate(
     model: nn.Module, loader: DataLoader, data: DataSettings, device: torch.device, amp: bool = True
 ) -> dict[str, float]:
-    """Top-1 and top-5 accuracy, mean loss and each class's top-1 accuracy (`per_class`, NaN for a class
-    without images) over the loader, summed over DDP processes."""
+    """Top-1 and top-5 accuracy, mean loss, each class's top-1 accuracy (`per_class`, NaN for a class
+    without images) and per image whether top-1 is right (`correct`, "0"/"1" in the dataset's order:
+    what the verdict pairs between models) over the loader, summed over DDP processes."""
     model.eval()
     correct1 = correct5 = loss = count = 0.0
     hits = seen = None
+    right = []
     for images, labels in loader:
         x, y = prepare(images.to(device, non_blocking=True), data), labels.to(device)
         with _autocast(device, amp):
             logits = model(x).float()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top[:, 0] == y).sum().item()
+        right.append((top[:, 0] == y).cpu())
+        correct1 += right[-1].sum().item()
         correct5 += (top == y[:, None]).any(dim=1).sum().item()
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         count += len(y)
@@ -140,7 +143,19 @@ def evaluate(
         classes = len(hits)
         per_class = [h / s if s else float("nan") for h, s in zip(totals[4:4 + classes], totals[4 + classes:])]
     return {"top1": correct1 / count, "top5": correct5 / count, "loss": loss / count, "n": int(count),
-            "per_class": per_class}
+            "per_class": per_class, "correct": _in_dataset_order(torch.cat(right) if right else torch.zeros(0))}
+
+
+def _in_dataset_order(right: torch.Tensor) -> str:
+    """Per image "1" (right) or "0" in the dataset's order: under DDP process r scored images r, r + world,
+    ... (`make_loader`), so the processes' answers are gathered and interleaved back."""
+    hits = [int(v) for v in right.tolist()]
+    if dist.is_available() and dist.is_initialized():
+        world = dist.get_world_size()
+        parts: list[list[int]] = [[] for _ in range(world)]
+        dist.all_gather_object(parts, hits)
+        hits = [parts[i % world][i // world] for i in range(sum(map(len, parts)))]
+    return "".join(map(str, hits))
 
 
 def _or_empty(counts: torch.Tensor | None) -> list[float]:
@@ -452,7 +467,7 @@ def train_stage(settings: Settings, run: Run) -> TrainResult | None:
         )
         if not procs.main:
             return None
-        _write_outputs(settings, run, model, splits.train.classes, fitted, result, test["per_class"])
+        _write_outputs(settings, run, model, splits.train.classes, fitted, result, test)
         return result
 
 
@@ -508,12 +523,14 @@ def _datasets_on_main_first(settings: Settings, run: Run, procs: Processes):
     return prepared if procs.main else prepare_all(settings.runtime.model_copy(update={"progress": False}))
 
 
-def _write_outputs(settings, run, model, classes, fitted: FitResult, result: TrainResult, per_class) -> None:
+def _write_outputs(settings, run, model, classes, fitted: FitResult, result: TrainResult, test: dict) -> None:
     meta = {
         "classes": list(classes),
         "data": settings.data.model_dump(mode="json", include={"image_size", "normalize", "mean", "std"}),
         "train": asdict(result),
-        "per_class": per_class,  # test accuracy of each class, as every pruned checkpoint keeps it
+        # as every pruned checkpoint keeps them: each class's test accuracy, each test image's right answer
+        "per_class": test["per_class"],
+        "test_correct": test["correct"],
     }
     path = save_checkpoint(run.dense_checkpoint, model, settings.model, len(classes), meta=meta)
     write_csv(run.train_history, fitted.history)

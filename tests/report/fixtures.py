@@ -83,5 +83,5 @@ def add_analysis(run: Run, scratch: Path, sources: dict[str, str], images: int =
         file = answers[experiment.kind.name]
         analyze(experiment.kind.name, [file], settings, run.analysis(key))
         if key in sources:
-            listed[key] = {"source": sources[key], "files": [file.name]}
+            listed[key] = {"kind": experiment.kind.name, "source": sources[key], "files": [file.name]}
     write_json(run.analysis_source, listed)

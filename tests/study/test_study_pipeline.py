@@ -4,6 +4,7 @@ import json
 import shutil
 
 from prunexplain.pipeline import STAGES, fingerprints, run_pipeline
+from prunexplain.report import write_report
 from prunexplain.runs import Run
 
 
@@ -17,8 +18,8 @@ def _done_through(settings, run: Run, last: str) -> None:
 
 def test_study_crowd_analysis_and_report_follow_the_models(study_run):
     settings, run = study_run
-    _done_through(settings, run, "verdict")
-    report = run_pipeline(settings, run)
+    _done_through(settings, run, "evaluate")
+    report = run_pipeline(settings, run, until="analysis")
     assert "study: 20 images; stimuli: exp1 60, exp1_heatmap 60, exp2 60" in report
     # no real answers: model-based observers answer the run's own stimuli (crowd.mode's default)
     assert "crowd: exp1: 1 observers file(s)" in report and "analysis: exp1: 300 observers answers" in report
@@ -27,14 +28,14 @@ def test_study_crowd_analysis_and_report_follow_the_models(study_run):
                                                                "exp2": "observers"}
     summary = json.loads((run.analysis("exp2") / "summary.json").read_text())
     assert summary["answers"] == 300 and [m for m in summary["models"]] == ["nonpruned", "2pruned", "32pruned"]
-    html = run.report.read_text()
+    html = write_report(run, settings.report).path.read_text()
     assert "Predicted by model-based observers, not people" in html and "exp1_heatmap" in html
     assert "Why: no answer files exp2*.csv" in html  # the report says why no people answered
     # people's answers dropped into study/answers/ replace the observers of that experiment only
     real = run.study.answers / "exp2_batch1.csv"
     real.parent.mkdir()
     shutil.copy(run.study.simulated("exp2") / "exp2_results.csv", real)
-    again = run_pipeline(settings, run)
+    again = run_pipeline(settings, run, until="analysis")
     assert "study: done (skipped)" in again and "crowd: exp1: 1 observers file(s)" in again
     assert "exp2: 1 real file(s)" in again
     assert json.loads(run.analysis_source.read_text())["exp2"]["files"] == [str(real)]
@@ -49,14 +50,14 @@ def test_answers_of_the_self_hosted_study_replace_the_observers(study_run, monke
 
     settings, run = study_run
     settings = settings.model_copy(update={"study": settings.study.model_copy(update={"experiments": ["exp2"]})})
-    _done_through(settings, run, "verdict")
-    assert "crowd: exp2: 1 observers file(s)" in run_pipeline(settings, run)
+    _done_through(settings, run, "evaluate")
+    assert "crowd: exp2: 1 observers file(s)" in run_pipeline(settings, run, until="analysis")
     monkeypatch.setenv("PRUNEXPLAIN_ADMIN_TOKEN", "a-token-for-this-test-0123456789")
     serve = ServeSettings(experiments=["exp2"], tasks_per_participant=6, attention_checks=0)
     with TestClient(create_app(run.study.root, serve)) as participant:
         join(participant, "W1")
         assert len(answer_all(participant)) == 6
-    again = run_pipeline(settings, run)
+    again = run_pipeline(settings, run, until="analysis")
     assert "study: done (skipped)" in again and "crowd: exp2: 1 real file(s)" in again
     assert "analysis: exp2: 6 real answers" in again
     assert json.loads(run.analysis_source.read_text())["exp2"]["files"] == [

@@ -28,7 +28,6 @@ from prunexplain.runs import AnalysisFolder, write_csv, write_json
 log = logging.getLogger(__name__)
 
 _PROBLEMS_LISTED = 200  # summary.json lists this many problems; counts cover all
-ITEMS = "items.csv"  # answers per stimulus and option, beside workers.csv
 
 
 @dataclass
@@ -61,7 +60,7 @@ def analyze(
     written = [write_csv(folder.workers, _worker_rows(stats.worker_stats(answers.frame)))]
     kind = answers.kind
     items = stats.item_table(answers.frame, kind.shows, kind.options(answers.labels), answers.labels)
-    written.append(write_csv(folder.root / ITEMS, items.to_dict("records")))
+    written.append(write_csv(folder.items, items.to_dict("records")))
     if preprocessed is not None:
         from prunexplain.analysis.preprocess import write_preprocessed
 

@@ -14,8 +14,17 @@ from matplotlib.figure import Figure
 from prunexplain.runs import write_with
 
 
-def plot_metrics(rows: list[dict], accuracies: dict[str, list[tuple[float, float]]], path: Path) -> Path:
-    """Write the figure of metrics.csv's rows and each method's (rate, accuracy) points to `path` (PNG)."""
+def plot_metrics(rows: list[dict], accuracies: dict[str, list[tuple[float, float]]], path: Path,
+                 collapsed: dict[str, list[float]] | None = None) -> Path:
+    """Write `metrics_figure` to `path` (PNG)."""
+    figure = metrics_figure(rows, accuracies, collapsed)
+    return write_with(path, lambda handle: figure.savefig(handle, format="png"))
+
+
+def metrics_figure(rows: list[dict], accuracies: dict[str, list[tuple[float, float]]],
+                   collapsed: dict[str, list[float]] | None = None) -> Figure:
+    """The figure of metrics.csv's rows and each method's (rate, accuracy) points; the `collapsed` rates
+    of each method crossed out in grey (their numbers describe no classifier)."""
     by_metric: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         by_metric[row["metric"]][row["method"]].append(row)
@@ -41,13 +50,25 @@ def plot_metrics(rows: list[dict], accuracies: dict[str, list[tuple[float, float
                 axis.plot(rates, [r["mean"] for r in line], "o-", color=colours[method], label=method)
                 axis.fill_between(rates, [r["ci_low"] for r in line], [r["ci_high"] for r in line],
                                   color=colours[method], alpha=0.15)
+                _cross_out(axis, [r for r in points if _among(r["rate"], (collapsed or {}).get(method, []))])
         axis.set_title(panel.replace("_", " "), fontsize=10)
         axis.set_xscale("log", base=2)
         axis.grid(alpha=0.3)
     for axis in list(axes.flat)[len(panels):]:
         axis.axis("off")
+    if any((collapsed or {}).values()):
+        figure.suptitle("x: collapsed (test top-1 below the accuracy floor)", fontsize=9)
     if axes.flat[0].get_legend_handles_labels()[0]:
         axes.flat[0].legend(fontsize=7)
     figure.supxlabel("compression rate")
     figure.tight_layout()
-    return write_with(path, lambda handle: figure.savefig(handle, format="png"))
+    return figure
+
+
+def _cross_out(axis, rows: list[dict]) -> None:
+    if rows:
+        axis.plot([r["rate"] for r in rows], [r["mean"] for r in rows], "x", color="0.3", markersize=11, mew=2)
+
+
+def _among(rate: float, rates: list[float]) -> bool:
+    return any(math.isclose(rate, other, rel_tol=1e-5) for other in rates)

@@ -57,7 +57,7 @@ from prunexplain.pruning.methods import (
 from prunexplain.pruning.plot import plot_accuracy
 from prunexplain.pruning.remove import remove_pruned, save_removed
 from prunexplain.pruning.retrain import check_retrain, load_rewind, retraining
-from prunexplain.runs import ModelKey, Run, fault_point, write_csv
+from prunexplain.runs import ModelKey, Run, fault_point, write_csv, write_json
 from prunexplain.train import device_for, evaluate, fit, recalibrate_batch_norm, run_loaders, train_steps
 
 log = logging.getLogger(__name__)
@@ -284,8 +284,10 @@ def prune_method(
              **model_cost(model, size)}]
     part = _part(checkpoint["arch"], prune.scope)
     classes = meta.get("classes") or [str(i) for i in range(checkpoint["num_classes"])]  # an imported model's
-    per_class = {1.0: meta.get("per_class")  # kept by training; an imported model is evaluated here
-                 or evaluate(model, loaders["test"], settings.data, device, settings.runtime.amp)["per_class"]}
+    dense_test = ({"per_class": meta["per_class"], "correct": meta["test_correct"]}  # kept by training
+                  if "per_class" in meta and "test_correct" in meta  # else an imported model, evaluated here
+                  else evaluate(model, loaders["test"], settings.data, device, settings.runtime.amp))
+    per_class, correct = {1.0: dense_test["per_class"]}, {1.0: dense_test["correct"]}
     recomputed = False
     for step, rate in enumerate(prune.rates):
         key = ModelKey.pruned(name, rate)
@@ -302,6 +304,8 @@ def prune_method(
             rows.append(saved["meta"]["row"])
             if "per_class" in saved["meta"]:  # absent from checkpoints written before the table
                 per_class[rate] = saved["meta"]["per_class"]
+            if "test_correct" in saved["meta"]:  # absent from checkpoints written before the verdict
+                correct[rate] = saved["meta"]["test_correct"]
             log.info("%s %gx: done already", name, rate)
             continue
         recomputed, start = True, time.perf_counter()
@@ -337,9 +341,9 @@ def prune_method(
         }
         removed = _removed(model, masks, size) if groups is not None else None
         row.update(model_cost(removed[0] if removed else model, size))
-        per_class[rate] = test["per_class"]
+        per_class[rate], correct[rate] = test["per_class"], test["correct"]
         saved_meta = {**meta, "prune": {"method": name, "rate": rate, "step": step}, "row": row,
-                      "per_class": test["per_class"], "fingerprint": fingerprint}
+                      "per_class": test["per_class"], "test_correct": test["correct"], "fingerprint": fingerprint}
         # the smaller model first: a run killed between the two recomputes the rate and rewrites both
         _write_removed(run, key, removed if keep_removed else None, checkpoint, masks, size, saved_meta)
         save_checkpoint(path, model, model_settings(checkpoint), checkpoint["num_classes"], masks, saved_meta)
@@ -349,6 +353,7 @@ def prune_method(
         log.info("%s %gx: test top-1 %.4f (before retraining %.4f)", name, rate, test["top1"], before["top1"])
         fault_point(f"rate:{key}")
     write_csv(run.prune_results(name), rows)
+    write_json(run.prune_correct(name), {f"{rate:g}": answers for rate, answers in sorted(correct.items())})
     table = per_class_rows(classes, per_class)
     write_csv(run.prune_per_class(name), table)
     if len(per_class) > 1:
@@ -399,6 +404,7 @@ def retire_unscheduled(settings: Settings, run: Run) -> list[ModelKey]:
         if method not in names:
             table.unlink()
             run.prune_per_class(method).unlink(missing_ok=True)
+            run.prune_correct(method).unlink(missing_ok=True)
     return stale
 
 

@@ -11,6 +11,7 @@ import json
 import tomllib
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 from matplotlib.figure import Figure
 
@@ -157,14 +158,13 @@ def metrics_section(run: Run, settings: ReportSettings) -> Section:
         return Section("metrics", "Explanation metrics against compression rate",
                        missing="no explanation metrics yet: run `prunexplain evaluate`")
     threshold = _sanity_threshold(run)
-    rows = [{"explainer": "gradcam", **row} for row in read_csv(run.metrics)]  # files from before the column
+    rows = _metric_rows(run)
     explainers = list(dict.fromkeys(r["explainer"] for r in rows))
-    plots = [picture_file(run.metrics_plot_of(explainer),
-                          f"{explainer}: each metric (mean, shaded 95 % interval) and test accuracy against "
-                          "compression rate, one line per pruning method, starting at the dense model (rate 1). Look "
-                          "for the rate where the agreement with the dense model and the localisation start to fall.",
-                          settings.figure_width)
-             for explainer in explainers if run.metrics_plot_of(explainer).exists()]
+    plots = [picture_file(plot, f"{explainer}: each metric (mean, shaded {_interval(run)}) and test accuracy "
+                          "against compression rate, one line per pruning method, starting at the dense model "
+                          "(rate 1); collapsed models crossed out. Look for the rate where the agreement with the "
+                          "dense model and the localisation start to fall.", settings.figure_width)
+             for explainer in explainers if (plot := _metrics_plot(run, explainer)).exists()]
     failed = sorted({_model(r, len(explainers) > 1) for r in rows
                      if r["metric"] in _SANITY and float(r["mean"]) > threshold})
     sanity = Sanity(any(r["metric"] in _SANITY for r in rows), failed, threshold)
@@ -204,6 +204,27 @@ def _sanity_threshold(run: Run) -> float:
 def _model(row: dict[str, str], explainer: bool = False) -> str:
     name = DENSE if row["method"] == DENSE else f"{row['method']} x{float(row['rate']):g}"
     return f"{name} ({row['explainer']})" if explainer else name
+
+
+def _metric_rows(run: Run) -> list[dict[str, str]]:
+    """Per explainer, metric, method and rate its mean and interval: over every seed where the run has
+    several (the verdict's table), else over the images of the run's one (the evaluate stage's)."""
+    if run.verdict.exists() and len(json.loads(run.verdict.read_text()).get("seeds", [])) > 1:
+        return [{**row, "n": f"{row['seeds']} seeds x {row['images']}"} for row in read_csv(run.verdict_metrics)
+                if row["explainer"] != "-"]  # test accuracy has tables of its own
+    return [{"explainer": "gradcam", **row} for row in read_csv(run.metrics)]  # files from before the column
+
+
+def _metrics_plot(run: Run, explainer: str) -> Path:
+    """The verdict's figure (over every seed, collapsed models crossed out), else the evaluate stage's."""
+    return run.verdict_plot(explainer) if run.verdict_plot(explainer).exists() else run.metrics_plot_of(explainer)
+
+
+def _interval(run: Run) -> str:
+    if not run.verdict.exists():
+        return "95 % interval over images"
+    verdict = json.loads(run.verdict.read_text())
+    return f"{verdict['settings']['confidence']:.0%} interval {verdict.get('intervals', 'over images')}"
 
 
 def _collapsed(run: Run) -> dict[str, list[float]]:
