@@ -152,7 +152,9 @@ def test_the_pil_kernel_is_pils_bicubic_resize_in_one_batched_call(shape, size):
     ours = upsample(torch.from_numpy(maps), size, kernel="pil")
     assert ours.shape == (4, *size) and ours.dtype == torch.float32
     assert np.abs(ours.numpy() - _pil_resize(maps, size)).max() < 1e-5
-    assert torch.equal(upsample(torch.from_numpy(maps[1:2]), size, kernel="pil")[0], ours[1])
+    # a map's result does not depend on the others in its batch (to rounding: the matrix product's
+    # blocking, and so its last bit, can change with the batch's size on some CPUs)
+    assert torch.allclose(upsample(torch.from_numpy(maps[1:2]), size, kernel="pil")[0], ours[1], rtol=0, atol=1e-6)
     assert torch.equal(ours[0], torch.zeros(size))
 
 
