@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PYTHON) -m pip install --quiet -e ".[dev,timm]"
+	$(PYTHON) -m pip install --quiet -e ".[dev,timm,cluster]"
 	$(PYTHON) -m pip check
 	touch $(STAMP)
 

@@ -329,19 +329,51 @@ def run(
             help=f"Stop after this stage: {', '.join(STAGES)}."
         ),
     ] = None,
+    backend: Annotated[
+        str, typer.Option(help="serial (this process), or the run's jobs side by side: local (process pool), ray "
+                          "(--address joins a cluster), slurm (submitit; see [cluster]).")
+    ] = "serial",
+    workers: Annotated[int | None, typer.Option(help="local/ray: jobs at once; default: GPUs, else cores / 2.")] = None,
+    address: Annotated[str | None, typer.Option(help="ray: the address of an existing Ray cluster.")] = None,
+    retries: Annotated[int, typer.Option(help="times a failed job is run again before the run stops.")] = 0,
 ) -> None:
     """Run every stage in order over runs/<name>, skipping stages already done with the same settings.
 
     data -> train -> prune -> explain -> evaluate -> study (stimuli) -> crowd (real answers, else a
     simulated crowd) -> analysis -> seeds (the other replicates of run.seeds) -> verdict (verdict.json) ->
-    report (runs/<name>/report.html). Killed at any point, it resumes.
+    report (runs/<name>/report.html). Killed at any point, it resumes. With --backend, the independent
+    jobs (per seed: training, one pruning chain per method, explaining and scoring) run side by side.
     """
     from prunexplain.pipeline import run_pipeline
 
     with user_errors():
         settings = _settings(config, overrides, name)
-        report = run_pipeline(settings, Run(settings.run_dir), until)
+        if backend == "serial":
+            report = run_pipeline(settings, Run(settings.run_dir), until)
+        else:
+            from prunexplain.jobs.backends import run_jobs
+
+            report = run_jobs(settings, backend, workers, address, retries, until)
         typer.echo(report)
+
+
+@app.command("sweep")
+def sweep_command(
+    grid: Annotated[Path, typer.Argument(help="Grid TOML: name, base config, combine, [[axis]] key and values.")],
+    overrides: SetOption = None,
+    until: Annotated[str | None, typer.Option(help="Stop every point after train, prune or evaluate.")] = None,
+    backend: Annotated[str, typer.Option(help="serial, local, ray or slurm (as `run`).")] = "serial",
+    workers: Annotated[int | None, typer.Option(help="local/ray: jobs at once.")] = None,
+    address: Annotated[str | None, typer.Option(help="ray: the address of an existing Ray cluster.")] = None,
+    retries: Annotated[int, typer.Option(help="times a failed job is run again before the sweep stops.")] = 0,
+) -> None:
+    """Run a grid of settings: one run per point under sweeps/<name>/, all points' jobs as one graph
+    (dense models shared between points that train alike), then results.csv, verdicts.csv and a
+    report comparing the points. Killed, it resumes without recomputing finished work."""
+    from prunexplain.jobs.sweep import sweep
+
+    with user_errors():
+        typer.echo(sweep(grid, backend, workers, address, retries, until, overrides or []))
 
 
 analyze_app = typer.Typer(

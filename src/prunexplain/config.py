@@ -182,7 +182,10 @@ class RuntimeSettings(_Section):
     channels_last: bool = Field(True, description="channels_last memory format on cuda")
     progress: bool = Field(True, description="progress bars")
     num_workers: int = Field(0, ge=0, description="data loader worker processes")
-    threads: int | None = Field(None, ge=1, description="CPU threads of torch; None: torch's default")
+    threads: int | None = Field(None, ge=1, description="CPU threads of torch; None: torch's default (a job "
+                                "backend: the cores divided among its workers)")
+    deterministic: bool = Field(False, description="torch's deterministic algorithms: equal results in every "
+                                "backend and process, at some speed")
     cache: bool = Field(True, description="decode images once into a memory-mapped uint8 array")
     cache_dir: PathSetting | None = Field(None, description="None: <run>/cache")
     model_path: PathSetting | None = Field(
@@ -191,6 +194,16 @@ class RuntimeSettings(_Section):
     results_path: PathSetting | None = Field(
         None, description="append training results to this JSON array (study: results_path)"
     )
+
+
+class ClusterSettings(_Section):
+    """`prunexplain run --backend slurm`: what each Slurm job asks for (how work runs: in no fingerprint)."""
+
+    executor: Literal["slurm", "local"] = Field("slurm", description="local: submitit's local processes (tests)")
+    partition: str | None = Field(None, description="Slurm partition; None: the cluster's default")
+    time_minutes: int = Field(240, ge=1, description="each job's time limit; a preempted job is requeued")
+    gpus_per_job: int = Field(1, ge=0)
+    cpus_per_job: int = Field(4, ge=1)
 
 
 # Runtime keys that older settings files set in their stage sections: read there with one warning.
@@ -931,6 +944,7 @@ class Settings(_Section):
     verdict: VerdictSettings = VerdictSettings()
     report: ReportSettings = ReportSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @model_validator(mode="after")
     def _replicate_of_the_study(self) -> Settings:

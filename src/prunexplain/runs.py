@@ -312,6 +312,14 @@ class Run:
         """The folder of seed `seed`'s replicate (with `run.seeds`): a run folder of its own."""
         return self.root / "seeds" / str(seed)
 
+    @property
+    def jobs_dir(self) -> Path:
+        """Per job of a backend's run its provenance: code, settings, seed, machine, times, failures."""
+        return self.root / "jobs"
+
+    def job_record(self, job: str) -> Path:
+        return self.jobs_dir / f"{re.sub(r'[^A-Za-z0-9._+-]+', '_', job)}.json"
+
     def replicated(self) -> list[Path]:
         """What the replicates under `seeds/` hold for the verdict: per seed its per-image scores, its
         prune tables and per-image test answers."""

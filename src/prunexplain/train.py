@@ -426,6 +426,9 @@ def device_for(runtime: RuntimeSettings) -> torch.device:
     """The device of `runtime.device`; under torchrun, this process's GPU. Sets the CPU threads."""
     if runtime.threads is not None:
         torch.set_num_threads(runtime.threads)
+    if runtime.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
+    torch.use_deterministic_algorithms(runtime.deterministic)  # process-wide: each run sets it its way
     device = select_device(runtime.device)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:

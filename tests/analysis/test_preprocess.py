@@ -8,8 +8,9 @@ import pytest
 from prunexplain.analysis import stats
 from prunexplain.analysis.load import read_answers
 from prunexplain.analysis.preprocess import preprocessed_table, write_preprocessed
-from prunexplain.analysis.stage import ITEMS, analyze
+from prunexplain.analysis.stage import analyze
 from prunexplain.config import AnalysisSettings, UserError
+from prunexplain.runs import AnalysisFolder
 
 RAW1 = ["HITId", "AssignmentId", "WorkerId", "AssignmentStatus", "Input.image_url", "Answer.algorithms.alg1",
         "Answer.algorithms.alg2", "Answer.algorithms.none"]
@@ -75,8 +76,8 @@ def test_a_folder_is_no_preprocessed_file(tmp_path):
 def test_item_table_counts_each_option_per_stimulus_in_class_and_image_order(tmp_path):
     answers = read_answers("exp2", [write(tmp_path / "raw.csv", RAW2, ROWS2)])
     result = analyze("exp2", [tmp_path / "raw.csv"], AnalysisSettings(plots=False, bootstrap=0), tmp_path / "a")
-    assert tmp_path / "a" / ITEMS in result.written
-    items = pd.read_csv(tmp_path / "a" / ITEMS)
+    assert AnalysisFolder(tmp_path / "a").items in result.written
+    items = pd.read_csv(AnalysisFolder(tmp_path / "a").items)
     assert items.to_dict("records") == [
         {"item": "3_0-fish_nonpruned.png", "image": 3, "label": "0-fish", "model": "nonpruned", "answers": 2,
          "0-fish": 1, "1-dog": 1, "none": 0, "correct": 1},

@@ -421,8 +421,20 @@ def check_schedules(settings: Settings) -> None:
 
 
 def prune_stage(settings: Settings, run: Run) -> PruneResult:
-    """Every method of `settings.prune` over its schedule, starting from the run's trained model."""
+    """Every method of `settings.prune` over its schedule, starting from the run's trained model; the
+    outputs of methods and rates no longer scheduled are retired first."""
     check_schedules(settings)  # unknown names, impossible rates and regimes fail before any work
+    retire_unscheduled(settings, run)
+    rows = prune_methods(settings, run, variants(settings.prune))
+    tables = {name: run.prune_results(name) for name in rows}
+    return PruneResult(tables, rows, plot_accuracy(rows, run.accuracy_plot))
+
+
+def prune_methods(settings: Settings, run: Run, names: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The named methods (of `variants(settings.prune)`), each one pruning chain over its schedule: a job
+    backend runs the chains side by side, and a later `prune_stage` finds their rates finished (each
+    pruned checkpoint keeps the fingerprint of what made it)."""
+    check_schedules(settings)
     dense = run.dense_checkpoint
     if not dense.exists():
         raise UserError(f"{dense}: no trained model; run `prunexplain train` (or `prunexplain run`) first")
@@ -431,13 +443,10 @@ def prune_stage(settings: Settings, run: Run) -> PruneResult:
     splits, loaders = run_loaders(settings, run, device)
     trained = torch.load(dense, map_location="cpu", weights_only=True)
     check_fits(trained, dense, splits.train.classes, settings.data.image_size)
-    retire_unscheduled(settings, run)
     # save_removed only adds a file beside each checkpoint: finished rates stay valid when it changes
     # neither do the other families of models, nor the calibration batch of criteria that do not read it
     prune = settings.prune.model_dump(mode="json", exclude=FAMILY_SETTINGS)
     base = settings.fingerprint("data", "model", "train") + json.dumps(prune, sort_keys=True) + file_digest(dense)
     settings = settings.model_copy(update={"data": as_trained(settings.data, trained["meta"]["data"])})
-    rows = {name: prune_method(name, settings, run, loaders, splits.train, device, dense, base, rewind)
-            for name in variants(settings.prune)}
-    tables = {name: run.prune_results(name) for name in rows}
-    return PruneResult(tables, rows, plot_accuracy(rows, run.accuracy_plot))
+    return {name: prune_method(name, settings, run, loaders, splits.train, device, dense, base, rewind)
+            for name in names}
