@@ -116,3 +116,22 @@ def test_a_backend_computes_what_serial_computes(backend, until, serial, tmp_pat
     assert Run(run.replicate(1)).checkpoint(ModelKey.pruned("local_random_unstructured", 2.0)).stat().st_mtime_ns \
         == stamp
     assert json.loads(run.job_record("seed 1 train").read_text())["status"] == "done"
+
+
+def test_a_failed_job_is_recorded_with_its_error_and_log_tail(tmp_path, tiny_dataset):
+    import logging
+
+    from prunexplain.jobs.graph import execute
+
+    settings = _settings(tmp_path, tiny_dataset)
+    job = Job("seed 0 prune local_random_unstructured", "prune", 0, ("seed 0 train",), "local_random_unstructured")
+    logging.getLogger("prunexplain").setLevel(logging.INFO)
+    try:
+        with pytest.raises(UserError, match="no trained model"):
+            execute(job, settings)
+    finally:
+        logging.getLogger("prunexplain").setLevel(logging.NOTSET)
+    record = json.loads(Run(settings.run_dir).job_record(job.name).read_text())
+    assert record["status"] == "failed" and "UserError" in record["error"] and record["seed"] == 0
+    assert any(f"{job.name}: started on" in line for line in record["log_tail"]) and record["settings"]
+    assert not any(type(h).__name__ == "_LogTail" for h in logging.getLogger().handlers)  # removed after use

@@ -10,6 +10,7 @@ result.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -88,6 +89,9 @@ def execute(job: Job, settings: Settings) -> str:
     own, run = replicate_of(settings, job.seed)
     record = _provenance(job, settings)
     started = time.time()
+    tail = _LogTail()
+    logging.getLogger().addHandler(tail)
+    log.info("%s: started on %s (pid %d)", job.name, record["host"], record["pid"])
     try:
         if job.part == SHARE:
             _link_training(Path(job.source), run)
@@ -104,10 +108,24 @@ def execute(job: Job, settings: Settings) -> str:
             summary = run_pipeline(settings, run)
     except BaseException as error:
         _record(settings, job, {**record, "started": started, "ended": time.time(), "status": "failed",
-                                "error": f"{type(error).__name__}: {error}"})
+                                "error": f"{type(error).__name__}: {error}", "log_tail": list(tail.lines)})
         raise
+    finally:
+        logging.getLogger().removeHandler(tail)
     _record(settings, job, {**record, "started": started, "ended": time.time(), "status": "done"})
     return summary
+
+
+class _LogTail(logging.Handler):
+    """The last log lines of one job, for the record of a failure."""
+
+    def __init__(self, lines: int = 40) -> None:
+        super().__init__(logging.INFO)
+        self.lines: collections.deque[str] = collections.deque(maxlen=lines)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
 
 
 def _link_training(source: Path, run: Run) -> None:
