@@ -116,6 +116,7 @@ def test_a_backend_computes_what_serial_computes(backend, until, serial, tmp_pat
     assert Run(run.replicate(1)).checkpoint(ModelKey.pruned("local_random_unstructured", 2.0)).stat().st_mtime_ns \
         == stamp
     assert json.loads(run.job_record("seed 1 train").read_text())["status"] == "done"
+    assert not any(record["computed"] for record in job_records(settings).values())  # every job found it done
 
 
 def test_a_failed_job_is_recorded_with_its_error_and_log_tail(tmp_path, tiny_dataset):

@@ -1,6 +1,7 @@
 """`prunexplain sweep`: a grid of settings as one job graph, shared dense models, combined results."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -113,3 +114,7 @@ def test_a_killed_sweep_resumes_without_recomputing_what_finished(tmp_path, tiny
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps  # the finished work was kept
     assert "point-00: seed 0 train: run directory" in done.stdout and "train: done (skipped)" in done.stdout
     assert Run(tmp_path / "sweeps" / "tiny" / "point-03").checkpoint(ModelKey.pruned(METHOD, 2.0)).exists()
+    # the rerun computed exactly what was unfinished: the other three points' pruning
+    records = [json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "tiny").glob("point-*/jobs/*.json")]
+    assert len(records) == 8 and sorted(r["job"]["name"] for r in records if r["computed"]) == [
+        f"point-0{i}: seed 0 prune {METHOD}" for i in (1, 2, 3)]

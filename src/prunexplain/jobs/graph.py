@@ -112,8 +112,19 @@ def execute(job: Job, settings: Settings) -> str:
         raise
     finally:
         logging.getLogger().removeHandler(tail)
-    _record(settings, job, {**record, "started": started, "ended": time.time(), "status": "done"})
+    computed = _computed(job, run, summary, started)
+    _record(settings, job, {**record, "started": started, "ended": time.time(), "status": "done",
+                            "computed": computed})
     return summary
+
+
+def _computed(job: Job, run: Run, summary: str, started: float) -> bool:
+    """Whether the job computed anything, or found all of it finished: a stage that ran (its summary is
+    not "done (skipped)"), or a pruned checkpoint written since the job started."""
+    if job.part == PRUNE:
+        return any(path.stat().st_mtime >= started for key, path in run.models().items()
+                   if not key.dense and key.method == job.method)
+    return any(not line.endswith("(skipped)") for line in summary.splitlines()[1:])
 
 
 class _LogTail(logging.Handler):
