@@ -331,7 +331,7 @@ def run(
     ] = None,
     backend: Annotated[
         str, typer.Option(help="serial (this process), or the run's jobs side by side: local (process pool), ray "
-                          "(--address joins a cluster), slurm (submitit; see [cluster]).")
+                          "(--address joins a cluster), slurm (submitit; the cluster section of the settings).")
     ] = "serial",
     workers: Annotated[int | None, typer.Option(help="local/ray: jobs at once; default: GPUs, else cores / 2.")] = None,
     address: Annotated[str | None, typer.Option(help="ray: the address of an existing Ray cluster.")] = None,
@@ -359,7 +359,8 @@ def run(
 
 @app.command("sweep")
 def sweep_command(
-    grid: Annotated[Path, typer.Argument(help="Grid TOML: name, base config, combine, [[axis]] key and values.")],
+    grid: Annotated[Path, typer.Argument(
+        help="Grid TOML: name, base config, combine, and per swept setting an axis table (key, values).")],
     overrides: SetOption = None,
     until: Annotated[str | None, typer.Option(help="Stop every point after train, prune or evaluate.")] = None,
     backend: Annotated[str, typer.Option(help="serial, local, ray or slurm (as `run`).")] = "serial",
