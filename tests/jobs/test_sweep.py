@@ -118,3 +118,25 @@ def test_a_killed_sweep_resumes_without_recomputing_what_finished(tmp_path, tiny
     records = [json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "tiny").glob("point-*/jobs/*.json")]
     assert len(records) == 8 and sorted(r["job"]["name"] for r in records if r["computed"]) == [
         f"point-0{i}: seed 0 prune {METHOD}" for i in (1, 2, 3)]
+
+
+def test_the_sweep_figure_draws_each_point_from_its_own_dense_model(tmp_path, tiny_dataset):
+    from prunexplain.jobs.sweep import _lines, combine
+    from prunexplain.runs import write_csv
+
+    path = _grid(tmp_path, tiny_dataset)
+    runs = point_settings(read_grid(path), path)[:2]
+    for index, settings in enumerate(runs):  # the verdict's table of each point: dense 0.5 / 0.6, 2x lower
+        rows = [{"explainer": "gradcam", "metric": "energy_pointing_game", "method": method, "rate": rate,
+                 "mean": mean + index / 10, "ci_low": mean - 0.1, "ci_high": mean + 0.1}
+                for method, rate, mean in (("dense", 1.0, 0.5), (METHOD, 2.0, 0.4))]
+        rows.append({**rows[1], "explainer": "saliency"})  # other explainers stay out of the figure
+        write_csv(Run(settings.run_dir).verdict_metrics, rows)
+    lines = _lines(runs)
+    assert [(r["method"], r["rate"], round(r["mean"], 3)) for r in lines] == [
+        (f"point-00 {METHOD}", 1.0, 0.5), (f"point-00 {METHOD}", 2.0, 0.4),
+        (f"point-01 {METHOD}", 1.0, 0.6), (f"point-01 {METHOD}", 2.0, 0.5)]
+    write_csv(tmp_path / "sweeps" / "tiny" / "points.csv", [{"point": s.run.name} for s in runs])
+    written = combine(runs, tmp_path / "sweeps" / "tiny")
+    assert tmp_path / "sweeps" / "tiny" / "metrics.png" in written
+    assert 'src="metrics.png"' in (tmp_path / "sweeps" / "tiny" / "report.html").read_text()

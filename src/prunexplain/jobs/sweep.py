@@ -13,7 +13,7 @@ Every point is a run folder `sweeps/<name>/point-<i>/`; its jobs join one graph 
 backend, and points whose data, model and training settings are equal share one dense training per
 seed (hard links of the first point's). `sweeps/<name>/points.csv` maps points to their settings,
 `results.csv` holds every point's test accuracy and metric means per method and rate, `verdicts.csv`
-its breaking points, and `report.html` compares the points.
+its breaking points, `metrics.png` one line per point and method, and `report.html` compares them.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from prunexplain.config import Settings, UserError, load_settings, read_toml
+from prunexplain.evaluate.plot import plot_metrics
 from prunexplain.jobs.backends import run_graph
 from prunexplain.jobs.graph import SHARE, TRAIN, Job, job_graph, replicate_of
 from prunexplain.runs import Run, write_csv, write_text
@@ -137,7 +138,10 @@ def combine(runs: list[Settings], folder: Path) -> list[Path]:
     written = [write_csv(folder / "results.csv", results)]
     if verdicts:
         written.append(write_csv(folder / "verdicts.csv", verdicts))
-    written.append(write_text(folder / "report.html", _report(folder, runs, results, verdicts)))
+    lines = _lines(runs)
+    if lines:
+        written.append(plot_metrics(lines, {}, folder / "metrics.png"))
+    written.append(write_text(folder / "report.html", _report(folder, runs, results, verdicts, bool(lines))))
     return written
 
 
@@ -158,7 +162,27 @@ def _results(run: Run) -> list[dict]:
     return [{column: row.get(column, "") for column in columns} for row in rows.values()]
 
 
-def _report(folder: Path, runs: list[Settings], results: list[dict], verdicts: list[dict]) -> str:
+def _lines(runs: list[Settings]) -> list[dict]:
+    """Every point's measures as lines of one figure, one per point and method, each from its point's
+    dense model: the verdict's table (intervals over seeds and images) where a point has one, else its
+    evaluate table; the study's explainer (Grad-CAM) and test accuracy, so the figure stays readable."""
+    lines = []
+    for settings in runs:
+        run = Run(settings.run_dir)
+        table = run.verdict_metrics if run.verdict_metrics.is_file() else run.metrics
+        if not table.is_file():
+            continue
+        with open(table, newline="") as handle:
+            rows = [{**row, **{k: float(row[k]) for k in ("rate", "mean", "ci_low", "ci_high")}}
+                    for row in csv.DictReader(handle) if row.get("explainer", "gradcam") in ("gradcam", "-")]
+        methods = {row["method"] for row in rows} - {"dense"}
+        for row in rows:
+            for method in methods if row["method"] == "dense" else [row["method"]]:
+                lines.append({**row, "method": f"{settings.run.name} {method}"})
+    return lines
+
+
+def _report(folder: Path, runs: list[Settings], results: list[dict], verdicts: list[dict], figure: bool) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     environment = Environment(loader=PackageLoader("prunexplain.jobs"), autoescape=select_autoescape())
@@ -167,4 +191,4 @@ def _report(folder: Path, runs: list[Settings], results: list[dict], verdicts: l
     reports = {s.run.name: Run(s.run_dir).report.relative_to(folder).as_posix() for s in runs
                if Run(s.run_dir).report.is_file()}
     return environment.get_template("sweep.html").render(name=folder.name, points=listed, results=results,
-                                                         verdicts=verdicts, reports=reports)
+                                                         verdicts=verdicts, reports=reports, figure=figure)
