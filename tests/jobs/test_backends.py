@@ -136,3 +136,16 @@ def test_a_failed_job_is_recorded_with_its_error_and_log_tail(tmp_path, tiny_dat
     assert record["status"] == "failed" and "UserError" in record["error"] and record["seed"] == 0
     assert any(f"{job.name}: started on" in line for line in record["log_tail"]) and record["settings"]
     assert not any(type(h).__name__ == "_LogTail" for h in logging.getLogger().handlers)  # removed after use
+
+
+def test_a_preempted_slurm_job_is_requeued_with_the_same_job_and_settings(tmp_path, tiny_dataset):
+    """submitit calls `checkpoint` on preemption or timeout and resubmits what it returns; the rerun skips
+    what finished through the done-markers (as every test of a rerun above shows)."""
+    submitit = pytest.importorskip("submitit")
+    from prunexplain.jobs.backends import Resumable
+
+    settings = _settings(tmp_path, tiny_dataset)
+    job = Job("seed 0 train", "train", 0)
+    again = Resumable().checkpoint(job, settings)
+    assert isinstance(again, submitit.helpers.DelayedSubmission)
+    assert isinstance(again.function, Resumable) and again.args == (job, settings)
