@@ -141,3 +141,18 @@ def test_original_layout_panels_are_the_notebooks_figure(tmp_path):
     assert alpha[:90, 1500:2250].any() and not alpha[90:120].any()  # the suptitle, centred at the top
     for left in (469, 1494, 2520):  # each axes: about 855 px square, its title above it
         assert alpha[120:168, left:left + 855].any() and alpha[180:1020, left + 5:left + 850].all()
+
+
+@pytest.mark.parametrize("layout", ["compact", "original"])
+def test_stimuli_carry_no_metadata_beside_the_picture(tmp_path, layout):
+    """Blind stimuli: no text chunk (software, title, anything) in the PNGs workers download."""
+    from prunexplain.explain.render import Exp2Pictures
+
+    picture = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    with Exp1Panels(layout) as draw:
+        draw(picture, picture, picture, "0-fish", tmp_path / "exp1.png")
+    with Exp2Pictures(layout) as draw:
+        draw(picture, tmp_path / "exp2.png")
+    for name in ("exp1.png", "exp2.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.text == {} and not {"Software", "Title", "Comment"} & set(image.info), name

@@ -199,11 +199,14 @@ def _show(shown, picture: np.ndarray, layout: str) -> None:
 
 
 def _save(figure: Figure, path: Path, layout: str) -> Path:
+    """A stimulus carries no text chunk (matplotlib writes its name and version by default): nothing in
+    the file a worker downloads but the picture."""
+    blank = {"metadata": {"Software": None}}
     if layout == "original":
         # the study's plt.savefig(..., dpi=150, transparent=True): no figure or axes background
-        write_with(path, lambda handle: figure.savefig(handle, format="png", dpi=150, transparent=True))
+        write_with(path, lambda handle: figure.savefig(handle, format="png", dpi=150, transparent=True, **blank))
     else:
-        write_with(path, lambda handle: figure.savefig(handle, format="png"))
+        write_with(path, lambda handle: figure.savefig(handle, format="png", **blank))
     return Path(path)
 
 
