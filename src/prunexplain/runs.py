@@ -90,6 +90,12 @@ def _of_method(stem: str, method: str, suffix: str = "") -> str:
     return f"{stem}{suffix}" if method == "gradcam" else f"{stem}-{method}{suffix}"
 
 
+def same_rate(rate: float, other: float) -> bool:
+    """Whether two compression rates are one: tables write rates as the study did (`:g`, six digits:
+    1/0.9 is 1.11111), a model's folder keeps them whole."""
+    return math.isclose(rate, other, rel_tol=1e-5)
+
+
 def scores_key(explainer: str, key: ModelKey, metric: str) -> str:
     """The name of one model's per-image scores of one metric and explainer in `Run.scores`."""
     return f"{explainer}|{key}|{metric}"

@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-from prunexplain.runs import write_with
+from prunexplain.runs import same_rate, write_with
 
 
 def plot_metrics(rows: list[dict], accuracies: dict[str, list[tuple[float, float]]], path: Path,
@@ -50,7 +50,8 @@ def metrics_figure(rows: list[dict], accuracies: dict[str, list[tuple[float, flo
                 axis.plot(rates, [r["mean"] for r in line], "o-", color=colours[method], label=method)
                 axis.fill_between(rates, [r["ci_low"] for r in line], [r["ci_high"] for r in line],
                                   color=colours[method], alpha=0.15)
-                _cross_out(axis, [r for r in points if _among(r["rate"], (collapsed or {}).get(method, []))])
+                gone = (collapsed or {}).get(method, [])
+                _cross_out(axis, [r for r in points if any(same_rate(r["rate"], rate) for rate in gone)])
         axis.set_title(panel.replace("_", " "), fontsize=10)
         axis.set_xscale("log", base=2)
         axis.grid(alpha=0.3)
@@ -68,7 +69,3 @@ def metrics_figure(rows: list[dict], accuracies: dict[str, list[tuple[float, flo
 def _cross_out(axis, rows: list[dict]) -> None:
     if rows:
         axis.plot([r["rate"] for r in rows], [r["mean"] for r in rows], "x", color="0.3", markersize=11, mew=2)
-
-
-def _among(rate: float, rates: list[float]) -> bool:
-    return any(math.isclose(rate, other, rel_tol=1e-5) for other in rates)

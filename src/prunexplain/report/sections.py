@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from prunexplain.config import EvaluateSettings, ReportSettings
 from prunexplain.report.blocks import Card, Cell, Picture, Table, number, percent, picture_file, picture_plot, read_csv
 from prunexplain.report.page import Section
-from prunexplain.runs import DENSE, Run
+from prunexplain.runs import DENSE, Run, same_rate
 
 
 def settings_section(run: Run) -> Section:
@@ -248,8 +248,9 @@ def _by_method(rows: list[dict[str, str]], threshold: float, collapsed: dict[str
             values = {**dense.get(metric, {}), **by_metric.get(metric, {})}
             cells = [_metric_cell(metric, values.get(rate), threshold) for rate in rates]
             body.append([metric.replace("_", " "), *cells])
-        gone = set(collapsed.get(method, []))
-        headers = [DENSE if rate == 1 else f"x{rate:g} (collapsed)" if rate in gone else f"x{rate:g}" for rate in rates]
+        gone = collapsed.get(method, [])
+        headers = [DENSE if rate == 1 else f"x{rate:g} (collapsed)" if any(same_rate(rate, g) for g in gone)
+                   else f"x{rate:g}" for rate in rates]
         tables[method] = Table.of(["metric", *headers], body)
     return tables
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from prunexplain.config import Settings, UserError, VerdictSettings
 from prunexplain.evaluate.plot import plot_metrics
-from prunexplain.runs import ModelKey, Run, write_csv
+from prunexplain.runs import ModelKey, Run, same_rate, write_csv
 from prunexplain.verdict.stats import hierarchical_means
 
 log = logging.getLogger(__name__)
@@ -68,9 +67,8 @@ def _explained_correct(run: Run, method: str, rates: list[float]) -> dict[float,
 
 
 def at_rate(values: dict[float, object], rate: float):
-    """The value of `values` at `rate`, matched with a relative tolerance (tables write rates with six
-    digits: 1/0.9 is 1.11111); None where it has none."""
-    return next((v for r, v in values.items() if math.isclose(r, rate, rel_tol=1e-5)), None)
+    """The value of `values` at `rate` (`same_rate`); None where it has none."""
+    return next((v for r, v in values.items() if same_rate(r, rate)), None)
 
 
 def collapsed_rates(reps: list[Replicate], floor: float) -> dict[str, list[float]]:
@@ -86,7 +84,7 @@ def collapsed_rates(reps: list[Replicate], floor: float) -> dict[str, list[float
 
 
 def is_collapsed(collapsed: dict[str, list[float]], method: str, rate: float) -> bool:
-    return any(math.isclose(rate, other, rel_tol=1e-5) for other in collapsed.get(method, []))
+    return any(same_rate(rate, other) for other in collapsed.get(method, []))
 
 
 def accuracy_pairs(reps: list[Replicate], method: str, rate: float) -> list[np.ndarray]:
