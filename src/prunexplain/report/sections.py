@@ -158,9 +158,10 @@ def metrics_section(run: Run, settings: ReportSettings) -> Section:
         return Section("metrics", "Explanation metrics against compression rate",
                        missing="no explanation metrics yet: run `prunexplain evaluate`")
     threshold = _sanity_threshold(run)
-    rows = _metric_rows(run)
+    verdict = json.loads(run.verdict.read_text()) if run.verdict.exists() else {}
+    rows = _metric_rows(run, verdict)
     explainers = list(dict.fromkeys(r["explainer"] for r in rows))
-    plots = [picture_file(plot, f"{explainer}: each metric (mean, shaded {_interval(run)}) and test accuracy "
+    plots = [picture_file(plot, f"{explainer}: each metric (mean, shaded {_interval(verdict)}) and test accuracy "
                           "against compression rate, one line per pruning method, starting at the dense model "
                           "(rate 1); collapsed models crossed out. Look for the rate where the agreement with the "
                           "dense model and the localisation start to fall.", settings.figure_width)
@@ -171,7 +172,7 @@ def metrics_section(run: Run, settings: ReportSettings) -> Section:
     tables = {}
     for explainer in explainers:
         for method, table in _by_method([r for r in rows if r["explainer"] == explainer], threshold,
-                                        _collapsed(run)).items():
+                                        verdict.get("collapsed", {})).items():
             tables[f"{method} · {explainer}" if len(explainers) > 1 else method] = table
     return Section("metrics", "Explanation metrics against compression rate",
                    Metrics(plots, sanity, tables, _meta(run, settings)))
@@ -206,10 +207,10 @@ def _model(row: dict[str, str], explainer: bool = False) -> str:
     return f"{name} ({row['explainer']})" if explainer else name
 
 
-def _metric_rows(run: Run) -> list[dict[str, str]]:
+def _metric_rows(run: Run, verdict: dict) -> list[dict[str, str]]:
     """Per explainer, metric, method and rate its mean and interval: over every seed where the run has
     several (the verdict's table), else over the images of the run's one (the evaluate stage's)."""
-    if run.verdict.exists() and len(json.loads(run.verdict.read_text()).get("seeds", [])) > 1:
+    if len(verdict.get("seeds", [])) > 1:
         return [{**row, "n": f"{row['seeds']} seeds x {row['images']}"} for row in read_csv(run.verdict_metrics)
                 if row["explainer"] != "-"]  # test accuracy has tables of its own
     return [{"explainer": "gradcam", **row} for row in read_csv(run.metrics)]  # files from before the column
@@ -220,16 +221,11 @@ def _metrics_plot(run: Run, explainer: str) -> Path:
     return run.verdict_plot(explainer) if run.verdict_plot(explainer).exists() else run.metrics_plot_of(explainer)
 
 
-def _interval(run: Run) -> str:
-    if not run.verdict.exists():
+def _interval(verdict: dict) -> str:
+    """Over what the figures' intervals vary: the verdict's (its confidence; seeds and images, or images)."""
+    if not verdict:
         return "95 % interval over images"
-    verdict = json.loads(run.verdict.read_text())
     return f"{verdict['settings']['confidence']:.0%} interval {verdict.get('intervals', 'over images')}"
-
-
-def _collapsed(run: Run) -> dict[str, list[float]]:
-    """Per method the rates whose models the verdict found collapsed (none before a verdict)."""
-    return json.loads(run.verdict.read_text())["collapsed"] if run.verdict.exists() else {}
 
 
 def _by_method(rows: list[dict[str, str]], threshold: float, collapsed: dict[str, list[float]]) -> dict[str, Table]:
