@@ -967,12 +967,18 @@ class Settings(_Section):
                 setattr(self, section, given.model_copy(update={"seed": chosen}))
         return self
 
+    def replicate_seeds(self) -> list[int]:
+        """Every replicate's seed, the run's own (the study's models: train.seed) first."""
+        return [self.train.seed, *(seed for seed in self.run.seeds if seed != self.train.seed)]
+
     def replicate(self, seed: int) -> Settings:
-        """The settings of seed `seed`'s replicate of this run: its folder `seeds/<seed>/` under the run's,
-        its training and pruning seeded with it (its own copy of a synthetic dataset: nothing in it names
-        the run's folder, so a moved run keeps its replicates)."""
+        """The settings of seed `seed`'s replicate of this run: these for the run's own seed, else its
+        folder `seeds/<seed>/` under the run's, its training and pruning seeded with it (its own copy of a
+        synthetic dataset: nothing in it names the run's folder, so a moved run keeps its replicates)."""
         from prunexplain.runs import Run
 
+        if seed == self.train.seed:
+            return self
         return self.model_copy(update={
             "run": RunSettings(name=str(seed), root=Run(self.run_dir).replicate(seed).parent),
             "train": self.train.model_copy(update={"seed": seed}),

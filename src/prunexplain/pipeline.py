@@ -56,7 +56,7 @@ def _evaluate(settings: Settings, run: Run) -> str:
 def _seeds(settings: Settings, run: Run) -> str:
     """Every other seed of `run.seeds` as a replicate of its own through `evaluate` (each resumable on
     its own, under `seeds/<seed>/`): what the verdict's intervals over training randomness need."""
-    others = [seed for seed in settings.run.seeds if seed != settings.train.seed]
+    others = settings.replicate_seeds()[1:]
     for number, seed in enumerate(others, 1):
         log.info("seed %d (%d of %d other seeds): replicate in %s", seed, number, len(others), run.replicate(seed))
         run_pipeline(settings.replicate(seed), Run(run.replicate(seed)), until="evaluate")

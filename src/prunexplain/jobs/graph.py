@@ -55,9 +55,8 @@ def job_graph(settings: Settings, until: str | None = None, prefix: str = "") ->
 
     if until is not None and until not in UNTIL:
         raise UserError(f"--until with a backend: one of {', '.join(UNTIL)}, or none for every stage")
-    seeds = [settings.train.seed, *(seed for seed in settings.run.seeds if seed != settings.train.seed)]
     jobs, last = [], []
-    for seed in seeds:
+    for seed in settings.replicate_seeds():
         train = Job(f"{prefix}seed {seed} train", TRAIN, seed)
         chains = [Job(f"{prefix}seed {seed} prune {method}", PRUNE, seed, (train.name,), method)
                   for method in variants(settings.prune)] if until != "train" else []
@@ -70,13 +69,6 @@ def job_graph(settings: Settings, until: str | None = None, prefix: str = "") ->
     return [*jobs, Job(f"{prefix}study, analysis, verdict and report", REST, settings.train.seed, tuple(last))]
 
 
-def replicate_of(settings: Settings, seed: int) -> tuple[Settings, Run]:
-    """The settings and run folder of one seed's replicate: the run's own for the study's seed."""
-    if seed == settings.train.seed:
-        return settings, Run(settings.run_dir)
-    return settings.replicate(seed), Run(Run(settings.run_dir).replicate(seed))
-
-
 def execute(job: Job, settings: Settings) -> str:
     """Run one job in this process, recording its provenance in `jobs/<name>.json` of the run."""
     import torch
@@ -86,7 +78,8 @@ def execute(job: Job, settings: Settings) -> str:
 
     if settings.runtime.threads is not None:  # this process's share of the cores, from the first line on
         torch.set_num_threads(settings.runtime.threads)
-    own, run = replicate_of(settings, job.seed)
+    own = settings.replicate(job.seed)
+    run = Run(own.run_dir)
     record = _provenance(job, settings)
     started = time.time()
     tail = _LogTail()

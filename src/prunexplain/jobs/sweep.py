@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from prunexplain.config import Settings, UserError, load_settings, read_toml
 from prunexplain.evaluate.plot import plot_metrics
 from prunexplain.jobs.backends import run_graph
-from prunexplain.jobs.graph import SHARE, TRAIN, Job, job_graph, replicate_of
+from prunexplain.jobs.graph import SHARE, TRAIN, Job, job_graph
 from prunexplain.runs import Run, write_csv, write_text
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def _sweep_graph(runs: list[Settings], until: str | None) -> list[tuple[Job, Set
         trained_by = first.setdefault(key, settings)
         for job in job_graph(settings, until, prefix=f"{settings.run.name}: "):
             if job.part == TRAIN and trained_by is not settings:
-                source = replicate_of(trained_by, job.seed)[1].root
+                source = trained_by.replicate(job.seed).run_dir
                 job = replace(job, part=SHARE, needs=(f"{trained_by.run.name}: seed {job.seed} train",),
                               source=str(source))
             jobs.append((job, settings))

@@ -38,8 +38,8 @@ class Replicate:
 
 def replicates(settings: Settings, run: Run) -> list[Replicate]:
     """Every replicate of the run, the run's own (the study's models) first."""
-    seeds = [settings.train.seed, *(seed for seed in settings.run.seeds if seed != settings.train.seed)]
-    return [_read(seed, run if seed == settings.train.seed else Run(run.replicate(seed))) for seed in seeds]
+    return [_read(seed, run if seed == settings.train.seed else Run(run.replicate(seed)))
+            for seed in settings.replicate_seeds()]
 
 
 def _read(seed: int, run: Run) -> Replicate:
@@ -101,20 +101,22 @@ def accuracy_pairs(reps: list[Replicate], method: str, rate: float) -> list[np.n
 def aggregate(reps: list[Replicate], tests: VerdictSettings, collapsed: dict[str, list[float]]) -> list[dict]:
     """Every measure's mean and interval per (explainer, metric, method, rate) over the replicates:
     test accuracy (explainer "-") and each metric of the per-image scores; the dense model once."""
-    rows = []
-    for method, answers in reps[0].correct.items():
-        for rate in sorted(answers):
-            if rate == 1 and rows:
-                continue
-            values = [np.asarray(a, np.float64) for rep in reps
-                      if (a := at_rate(rep.correct.get(method, {}), rate)) is not None]
-            rows.append(_row("-", ACCURACY, ModelKey() if rate == 1 else ModelKey.pruned(method, rate), values,
-                             tests, collapsed))
+    methods = list(reps[0].correct)
+    rows = [_row("-", ACCURACY, ModelKey(), _answers(reps, methods[0], 1.0), tests, collapsed)] if methods else []
+    for method in methods:
+        for rate in sorted(rate for rate in reps[0].correct[method] if rate != 1):
+            rows.append(_row("-", ACCURACY, ModelKey.pruned(method, rate), _answers(reps, method, rate), tests,
+                             collapsed))
     for name in reps[0].scores:
         explainer, model, metric = name.split("|")
         values = [rep.scores[name] for rep in reps if name in rep.scores]
         rows.append(_row(explainer, metric, ModelKey.parse(model), values, tests, collapsed))
     return rows
+
+
+def _answers(reps: list[Replicate], method: str, rate: float) -> list[np.ndarray]:
+    """Per replicate each test image's right answer (1 or 0) of the model at `rate` (1: dense)."""
+    return [np.asarray(a, np.float64) for rep in reps if (a := at_rate(rep.correct.get(method, {}), rate)) is not None]
 
 
 def _row(explainer: str, metric: str, key: ModelKey, values: list[np.ndarray], tests: VerdictSettings,
