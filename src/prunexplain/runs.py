@@ -299,11 +299,11 @@ class Run:
     def stage_outputs(self, stage: str) -> list[Path]:
         """The files a pipeline stage writes (markers and temp files aside)."""
         if stage in ("train", "prune", "explain", "evaluate", "analysis"):
-            files = [p for p in self.stage_dir(stage).rglob("*") if not p.name.startswith(".")]
+            files = list(self.stage_dir(stage).rglob("*"))
         else:
             files = {"study": self.study.built_files(), "crowd": self.study.crowd_files(), "seeds": self.replicated(),
                      "verdict": [self.verdict, *self.verdict_dir.glob("*")], "report": [self.report]}.get(stage, [])
-        return sorted(p for p in files if p.is_file())
+        return sorted(p for p in files if p.is_file() and not p.name.startswith("."))
 
     def output_stamps(self, stage: str) -> dict[str, list[int]]:
         """Size and modification time of each output file: cheap, and changed by any rewrite."""

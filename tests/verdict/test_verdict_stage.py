@@ -126,6 +126,8 @@ def test_a_deleted_verdict_is_computed_again(tmp_path, tiny_dataset):
     _without_study(settings, run)
     run_stage(settings, run, "verdict")
     assert run.verdict == run.root / "verdict.json" and run.verdict.is_file()
+    # finished, it stays finished: its done-marker, in verdict/ beside its figures, is not one of its outputs
+    assert "skipped" in run_stage(settings, run, "verdict") and "skipped" in run_stage(settings, run, "verdict")
     run.verdict.unlink()
     assert "skipped" not in run_stage(settings, run, "verdict") and run.verdict.is_file()
 
