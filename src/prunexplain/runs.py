@@ -146,6 +146,26 @@ class StudyFolder:
         return self.root / "layouts" / f"{experiment}.html"
 
     @property
+    def key(self) -> Path:
+        """Opaque stimulus names -> what they show (`study.stimulus_names = "opaque"`): the analysis'
+        way back from a blind file name to its image, class and models."""
+        return self.root / "key.csv"
+
+    @property
+    def preregistration(self) -> Path:
+        """`study preregister`'s document for people; its SHA-256 is frozen in the manifest."""
+        return self.root / "preregistration.md"
+
+    @property
+    def preregistration_data(self) -> Path:
+        """The same pre-registration as data: what the report compares the analysis with."""
+        return self.root / "preregistration.json"
+
+    def hits(self, experiment: str) -> Path:
+        """The MTurk HITs `study mturk create` made for one experiment (HITId per stimulus URL)."""
+        return self.root / "hits" / f"{experiment}.csv"
+
+    @property
     def database(self) -> Path:
         return self.root / "study.db"
 
@@ -172,6 +192,11 @@ class StudyFolder:
     @property
     def attention_checks(self) -> Path:
         return self.export / "attention_checks.csv"
+
+    @property
+    def flow(self) -> Path:
+        """The self-hosted study's participant flow (started, consented, ... excluded and why)."""
+        return self.export / "flow.json"
 
     def simulated(self, experiment: str) -> Path:
         """A simulated crowd's answers to one experiment (published effects or model-based observers)."""
