@@ -416,8 +416,14 @@ Preprocessed = Annotated[
 ]
 
 
+StimulusKey = Annotated[
+    Path | None,
+    typer.Option("--key", exists=True, dir_okay=False, help="The study's key.csv, for stimuli with opaque names."),
+]
+
+
 def _analyze(key: str, files, out, min_work_time, repeated_items, models, bootstrap, seed, plots,
-             preprocessed) -> None:
+             preprocessed, stimulus_key) -> None:
     from prunexplain.analysis.stage import analyze
     from prunexplain.config import AnalysisSettings, from_options
 
@@ -428,7 +434,7 @@ def _analyze(key: str, files, out, min_work_time, repeated_items, models, bootst
             bootstrap=bootstrap, seed=seed, plots=plots,
         )
         kind = EXPERIMENTS[key].kind.name  # the analysis depends on the kind; the folder is the experiment's
-        result = analyze(kind, files, settings, out or Path("analysis") / key, preprocessed)
+        result = analyze(kind, files, settings, out or Path("analysis") / key, preprocessed, key=stimulus_key)
         typer.echo(result.markdown)
         outside = [path for path in result.written if path.parent != result.out_dir]
         inside = [path.name for path in result.written if path.parent == result.out_dir]
@@ -448,8 +454,10 @@ def _analyze_command(key: str, doc: str) -> None:
         seed: AnalyzeSeed = None,
         plots: Plots = True,
         preprocessed: Preprocessed = None,
+        stimulus_key: StimulusKey = None,
     ) -> None:
-        _analyze(key, files, out, min_work_time, repeated_items, models, bootstrap, seed, plots, preprocessed)
+        _analyze(key, files, out, min_work_time, repeated_items, models, bootstrap, seed, plots, preprocessed,
+                 stimulus_key)
 
     command.__doc__ = doc
     analyze_app.command(key)(command)

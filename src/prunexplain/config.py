@@ -399,6 +399,11 @@ class StudySettings(_Section):
         "(25x8 in at 150 dpi, titles 22/15 pt) and exp2 images at about 453 px in a 900x600 canvas",
     )
     url_prefix: str = Field("", description="prefix of image_url in the input CSVs, e.g. the published bucket URL")
+    stimulus_names: Literal["opaque", "study"] = Field(
+        "opaque",
+        description="opaque: file names are a keyed hash, study/key.csv maps them back (workers cannot read the "
+        "models or the class off the image URL); study: the original's {i}_{left}_{class}_{right}.png names",
+    )
     batch_size: int = Field(64, ge=1)
 
     @field_validator("models")

@@ -214,9 +214,9 @@ class StudyFolder:
         return self.root / "crowd.json"
 
     def built_files(self) -> list[Path]:
-        """What `study build` writes: manifest, selection, MTurk inputs and layouts, the stimuli."""
+        """What `study build` writes: manifest, selection, MTurk inputs and layouts, the key, the stimuli."""
         return [self.manifest, self.selection, *self.root.glob("*_input.csv"), *self.root.glob("layouts/*.html"),
-                *self.root.glob("*/*.png")]
+                *self.root.glob("key.csv"), *self.root.glob("*/*.png")]
 
     def crowd_files(self) -> list[Path]:
         """What the crowd stage writes: crowd.json and the simulated crowds' answers."""

@@ -12,12 +12,16 @@ not file-name safe is there as `file_label(label)`, mapped back through the clas
 columns, a preprocessed class column or the study's manifest name (`label_of_file`). The answer
 columns, options and preprocessed columns come from the same spec. Rows are numbered as a
 spreadsheet shows them: the header is row 1.
+
+Studies built with opaque stimulus names (the default) carry a key, `study/key.csv`: each opaque
+file name with its name in the scheme. Given the key (`key`, `read_key`), a file name found there is
+read as that name; names in the scheme are read as they are, so one analysis takes both.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +33,8 @@ from prunexplain.experiments import DENSE_NAME, KINDS, NONE, STUDY_MODEL_HINT, K
 log = logging.getLogger(__name__)
 
 REQUIRED = ("HITId", "WorkerId", "Input.image_url")
+_OPAQUE = r"[0-9a-f]{20}\.(?:png|jpe?g)"  # study.stimuli.Naming's opaque names
+_GIVEN_URL = "Given.image_url"  # Input.image_url as the file has it, where a key renamed its stimulus
 _TRUE = {"true", "1", "1.0", "yes", "on", "x"}
 _FALSE = {"false", "0", "0.0", "no", "off", ""}
 _RAW_MARKERS = ("AssignmentId", "AssignmentStatus", "WorkTimeInSeconds")
@@ -100,27 +106,38 @@ def sort_models(names) -> list[str]:
 
 
 def read_answers(
-    experiment: str, paths: Sequence[Path], settings: AnalysisSettings | None = None, classes: Sequence[str] = ()
+    experiment: str, paths: Sequence[Path], settings: AnalysisSettings | None = None, classes: Sequence[str] = (),
+    key: Mapping[str, str] | None = None,
 ) -> Answers:
     """Read, validate and join the answer files of one experiment; `classes` (a study manifest's) turn
-    the file-name forms of labels back into the labels where the files alone do not name them (exp1)."""
+    the file-name forms of labels back into the labels where the files alone do not name them (exp1);
+    `key` (`read_key`) turns opaque stimulus names into the scheme's."""
     if not paths:
         raise UserError(f"analyze {experiment}: give at least one CSV file")
     tables = [(str(path), _read_csv(Path(path))) for path in paths]
-    return parse_tables(experiment, tables, settings, classes)
+    return parse_tables(experiment, tables, settings, classes, key)
+
+
+def read_key(path: Path) -> dict[str, str]:
+    """A study's key.csv: each opaque stimulus file name -> its name in the study's scheme."""
+    table = _read_csv(Path(path))
+    missing = sorted({"file", "name"} - set(table.columns))
+    if missing:
+        raise UserError(f"{path}: not a stimulus key (no column {', '.join(missing)}); give the study's key.csv")
+    return dict(zip(table["file"].str.strip(), table["name"].str.strip()))
 
 
 def parse_tables(
     experiment: str, tables: Sequence[tuple[str, pd.DataFrame]], settings: AnalysisSettings | None = None,
-    classes: Sequence[str] = (),
+    classes: Sequence[str] = (), key: Mapping[str, str] | None = None,
 ) -> Answers:
-    """Validate tables read as strings (name, table) and join their good rows; `classes` as in
-    `read_answers`."""
+    """Validate tables read as strings (name, table) and join their good rows; `classes` and `key` as
+    in `read_answers`."""
     settings = settings or AnalysisSettings()
     if experiment not in KINDS:
         raise UserError(f"unknown experiment {experiment!r} (known: {', '.join(KINDS)})")
     kind = KINDS[experiment]
-    tables = [(name, _expand_label_column(table.copy(), classes)) for name, table in tables]
+    tables = [(name, _expand_label_column(_unkeyed(table.copy(), key or {}), classes)) for name, table in tables]
     labels = _answer_labels(kind, tables)
     known = _known_classes(kind, tables, [*labels, *classes])
     parts, problems, files = [], [], []
@@ -256,7 +273,7 @@ def _parse_table(kind: Kind, name, table, labels, settings, classes) -> tuple[pd
             "work_time": pd.to_numeric(table.get("WorkTimeInSeconds"), errors="coerce")
             if "WorkTimeInSeconds" in table
             else float("nan"),
-            "url": table["Input.image_url"],  # as given: the preprocessed table keeps it
+            "url": table.get(_GIVEN_URL, table["Input.image_url"]),  # as given: the preprocessed table keeps it
         }
     )
     flag(frame["worker"] == "", "WorkerId", "empty")
@@ -364,12 +381,28 @@ def _wrong_scheme_hint(kind: Kind, name: str, table: pd.DataFrame) -> None:
     items = _file_names(table["Input.image_url"])
     if not len(items) or items.str.match(kind.pattern).any():
         return
+    if items.str.fullmatch(_OPAQUE).mean() > 0.5:
+        raise UserError(f"{name}: column Input.image_url: opaque stimulus names that no key maps; give the study's "
+                        "key.csv (`prunexplain analyze --key`; the analysis stage reads the run's study/key.csv)")
     for other in KINDS.values():
         if other is not kind and items.str.match(other.pattern).mean() > 0.5:
             raise UserError(
                 f"{name}: column Input.image_url: file names follow {other.scheme} ({other.name}), not "
                 f"{kind.scheme}; use `prunexplain analyze {other.name}`"
             )
+
+
+def _unkeyed(table: pd.DataFrame, key: Mapping[str, str]) -> pd.DataFrame:
+    """The table with each keyed (opaque) stimulus file name in `Input.image_url` replaced by its name
+    in the scheme, the URL as given kept in a column of its own."""
+    if not key or "Input.image_url" not in table:
+        return table
+    urls = table["Input.image_url"]
+    names = _file_names(urls)
+    keyed = names.isin(key.keys())
+    table[_GIVEN_URL] = urls
+    table["Input.image_url"] = urls.where(~keyed, names.map(key))
+    return table
 
 
 def _file_names(urls: pd.Series) -> pd.Series:

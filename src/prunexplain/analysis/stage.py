@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from prunexplain.analysis import stats
-from prunexplain.analysis.load import Answers, read_answers
+from prunexplain.analysis.load import Answers, read_answers, read_key
 from prunexplain.config import AnalysisSettings, UserError
 from prunexplain.experiments import DENSE_NAME, KINDS, NONE, Kind
 from prunexplain.runs import AnalysisFolder, write_csv, write_json
@@ -41,11 +41,12 @@ class AnalysisResult:
 
 def analyze(
     experiment: str, files: Sequence[Path], settings: AnalysisSettings | None = None, out_dir: Path = Path("analysis"),
-    preprocessed: Path | None = None, classes: Sequence[str] = (),
+    preprocessed: Path | None = None, classes: Sequence[str] = (), key: Path | None = None,
 ) -> AnalysisResult:
     """Analyse one experiment's answer files; write summary.json, workers.csv, items.csv and plots into
     out_dir, and the study's preprocessed table of the kept answers to `preprocessed` if given.
-    `classes`: the study's class labels, which file-name safe forms in stimulus names stand for."""
+    `classes`: the study's class labels, which file-name safe forms in stimulus names stand for;
+    `key`: the study's key.csv, where its stimuli have opaque names."""
     settings = settings or AnalysisSettings()
     out_dir = Path(out_dir)
     existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())  # refused now, not after the work
@@ -54,7 +55,7 @@ def analyze(
         raise UserError(f"{out_dir}: {blocker} is a file; the analysis output must be a folder (new or existing)")
     if preprocessed is not None and Path(preprocessed).is_dir():  # refused now, not after the work
         raise UserError(f"{preprocessed}: is a folder; --preprocessed takes a CSV file name")
-    answers = read_answers(experiment, files, settings, classes)
+    answers = read_answers(experiment, files, settings, classes, read_key(key) if key else None)
     summary = summarise(answers, settings)
     folder = AnalysisFolder(out_dir)
     written = [write_csv(folder.workers, _worker_rows(stats.worker_stats(answers.frame)))]

@@ -2,15 +2,19 @@
 
 Writes into `study/` (the files `runs.StudyFolder` names): `selection.csv`, one folder of PNGs per
 experiment of `study.experiments` (keys of the experiment spec), its MTurk input CSV and HIT layout,
-and `manifest.json`:
+`key.csv` where the stimuli have opaque names (`study.stimulus_names`), and `manifest.json`:
 every stimulus with its SHA-256, the SHA-256 of each model's checkpoint, the seed, the complete
-settings and the software versions, so `rebuild_study` can make the same files again and prove it.
+settings, the naming key, the verified counterbalancing (`study.balance`) and the software versions,
+so `rebuild_study` can make the same files again and prove it. A rebuild keeps the naming key and
+the frozen pre-registration of the manifest it replaces.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
+import secrets
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -24,10 +28,19 @@ from prunexplain.data.loaders import ImageSet, as_trained, image_dataset, stacke
 from prunexplain.experiments import EXPERIMENTS, RENDERINGS, study_model_name
 from prunexplain.explain import maps_and_predictions
 from prunexplain.models import file_digest, load_checkpoint, select_device
-from prunexplain.runs import ModelKey, Run, StudyFolder, write_json
+from prunexplain.runs import ModelKey, Run, StudyFolder, write_csv, write_json
+from prunexplain.study.balance import check_balance
 from prunexplain.study.mturk import write_input, write_layout
 from prunexplain.study.select import Selection, from_csv, read_selection, select, study_key
-from prunexplain.study.stimuli import Stimulus, draw_maps, exp1_stimuli, exp2_stimuli, shared_sides, study_pairs
+from prunexplain.study.stimuli import (
+    Naming,
+    Stimulus,
+    draw_maps,
+    exp1_stimuli,
+    exp2_stimuli,
+    shared_sides,
+    study_pairs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +149,8 @@ def _sha256(path: Path) -> str:
 def _remove_stale(folder: StudyFolder, experiments: list[str], stimuli: list[Stimulus]) -> None:
     """Files of an earlier build that this one did not make would be served and published: remove them."""
     keep = {folder.stimulus(s.file) for s in stimuli}
+    if not any(s.name for s in stimuli):
+        folder.key.unlink(missing_ok=True)
     for key in EXPERIMENTS:
         for path in folder.stimuli(key).glob("*.png"):
             if path not in keep:
@@ -177,10 +192,13 @@ def _shown(settings: Settings, loaded: _Models, selection: Selection, classes: l
     return Shown(images.permute(0, 2, 3, 1).numpy(), maps, labels, selection.ids, classes)
 
 
-def build_study(settings: Settings, run: Run, out: Path | None = None) -> StudyResult:
-    """Select the images, render both experiments, write the MTurk files and the manifest."""
+def build_study(settings: Settings, run: Run, out: Path | None = None, naming_key: bytes | None = None) -> StudyResult:
+    """Select the images, render both experiments, write the MTurk files and the manifest; opaque
+    names are keyed with `naming_key`, else the key of the manifest already there, else a new one."""
     folder = StudyFolder(out) if out is not None else run.study
     study = settings.study
+    earlier = read_json(folder.manifest) if folder.manifest.is_file() else {}
+    naming = _naming(study, earlier, naming_key)
     chosen = study_models(settings, run)
     pairs = _pairs(settings, list(chosen))
     loaded = _load_models(settings, chosen)
@@ -188,12 +206,39 @@ def build_study(settings: Settings, run: Run, out: Path | None = None) -> StudyR
     selection = _selection(settings, run, loaded.models, test, root, loaded.data, loaded.device)
     selection.write(folder.selection)
     shown = _shown(settings, loaded, selection, list(test.classes))
-    stimuli = _render(settings, shown, pairs, folder)
+    stimuli = _render(settings, shown, pairs, folder, naming)
+    balance = check_balance(stimuli, {key: _input_files(folder, key, study.url_prefix) for key in study.experiments})
     _remove_stale(folder, study.experiments, stimuli)
-    _write_manifest(folder, settings, run, chosen, shown.classes, stimuli)
+    _write_key(folder, stimuli)
+    extra = {"names": {"scheme": naming.scheme, "key": naming.key.hex() or None}, "counterbalancing": balance}
+    if "preregistration" in earlier:
+        extra["preregistration"] = earlier["preregistration"]
+    _write_manifest(folder, settings, run, chosen, shown.classes, stimuli, extra)
     counts = {key: sum(s.experiment == key for s in stimuli) for key in study.experiments}
     log.info("study: %d images, %s in %s", len(shown.labels), counts, folder.root)
     return StudyResult(folder.root, len(shown.labels), counts)
+
+
+def _naming(study: StudySettings, earlier: dict, key: bytes | None) -> Naming:
+    if study.stimulus_names == "study":
+        return Naming("study")
+    kept = (earlier.get("names") or {}).get("key")
+    return Naming("opaque", key or (bytes.fromhex(kept) if kept else secrets.token_bytes(16)))
+
+
+def _input_files(folder: StudyFolder, key: str, url_prefix: str) -> list[str]:
+    """The stimulus files an experiment's input CSV lists, read back as MTurk will read them."""
+    with folder.input_csv(key).open(newline="") as handle:
+        return [row["image_url"].removeprefix(url_prefix) for row in csv.DictReader(handle)]
+
+
+def _write_key(folder: StudyFolder, stimuli: list[Stimulus]) -> None:
+    """`key.csv`: each opaque file name (as answer files carry it, without folders) and what it shows."""
+    named = [s for s in stimuli if s.name]
+    if named:
+        write_csv(folder.key, [{"file": Path(s.file).name, "experiment": s.experiment, "name": s.name,
+                                "image": s.image, "label": s.label, "left": s.left or "", "right": s.right or "",
+                                "model": s.model or ""} for s in named])
 
 
 def shown_again(settings: Settings, run: Run) -> Shown:
@@ -230,7 +275,7 @@ def _selection(settings: Settings, run: Run, models, test, root: Path, data, dev
 
 
 def _render(settings: Settings, shown: Shown, pairs: dict[str, list[tuple[str, str]]],
-            folder: StudyFolder) -> list[Stimulus]:
+            folder: StudyFolder, naming: Naming) -> list[Stimulus]:
     """Every experiment's stimuli, input CSV and layout; the sides of the pairs drawn once for every
     experiment that compares (the same model on the same side of an image in both renderings)."""
     study, progress = settings.study, settings.runtime.progress
@@ -245,9 +290,9 @@ def _render(settings: Settings, shown: Shown, pairs: dict[str, list[tuple[str, s
             drawn[rendering] = shown.drawn(study, rendering)
         if experiment.kind.compares:
             made = exp1_stimuli(experiment, shown.pictures, drawn[rendering], labels, pairs[rendering],
-                                sides[rendering], folder, progress, ids, study.layout)
+                                sides[rendering], folder, progress, ids, study.layout, naming)
         else:
-            made = exp2_stimuli(experiment, drawn[rendering], labels, folder, progress, ids, study.layout)
+            made = exp2_stimuli(experiment, drawn[rendering], labels, folder, progress, ids, study.layout, naming)
         write_input(folder.input_csv(key), [s.file for s in made], study.url_prefix, study.seed)
         write_layout(folder.layout(key), experiment, shown.classes)
         stimuli += made
@@ -255,10 +300,11 @@ def _render(settings: Settings, shown: Shown, pairs: dict[str, list[tuple[str, s
 
 
 def _write_manifest(folder: StudyFolder, settings: Settings, run: Run, chosen, classes,
-                    stimuli: list[Stimulus]) -> Path:
+                    stimuli: list[Stimulus], extra: dict) -> Path:
     experiments = _experiments(settings, classes, folder)
     files = [folder.relative(folder.selection), *(e["input"] for e in experiments.values()),
              *(e["layout"] for e in experiments.values())]
+    files += [folder.relative(folder.key)] if folder.key.is_file() else []
     manifest = {
         "software": {name: _version(name) for name in _SOFTWARE},
         "settings": settings.model_dump(mode="json"),
@@ -271,6 +317,7 @@ def _write_manifest(folder: StudyFolder, settings: Settings, run: Run, chosen, c
         "experiments": experiments,
         "files": {name: _sha256(folder.stimulus(name)) for name in files},
         "stimuli": [{**s.record(), "sha256": _sha256(folder.stimulus(s.file))} for s in stimuli],
+        **extra,
     }
     return write_json(folder.manifest, manifest)
 
@@ -312,12 +359,13 @@ def rebuild_study(manifest_path: Path, run: Run, out: Path) -> RebuildResult:
     """
     manifest = read_manifest(manifest_path)
     settings = Settings.model_validate(manifest["settings"])
+    key = (manifest.get("names") or {}).get("key")
     for name, model in manifest["models"].items():
         path = run.checkpoint(_manifest_key(manifest_path, name, model))
         if not path.is_file() or file_digest(path) != model["sha256"]:
             raise UserError(
                 f"{manifest_path}: model {name} ({path}) is missing or not the checkpoint it was built from")
-    build_study(settings, run, out)
+    build_study(settings, run, out, bytes.fromhex(key) if key else None)
     folder = StudyFolder(out)
     expected = {**manifest["files"], **{s["file"]: s["sha256"] for s in manifest["stimuli"]}}
     different = [name for name, digest in expected.items()

@@ -1,14 +1,19 @@
 """The pictures people judge: experiment 1 panels and experiment 2 occlusion maps.
 
 Randomness is drawn first and recorded (which model goes left), then rendering is deterministic:
-the same maps, sides and settings give byte-identical PNGs. File names follow the study's scheme,
-which the experiment spec (`prunexplain.experiments`) both writes and parses back for the analysis.
+the same maps, sides and settings give byte-identical PNGs. Every stimulus has a name in the study's
+scheme, which the experiment spec (`prunexplain.experiments`) both writes and parses back for the
+analysis. Its file is called so with `study.stimulus_names = "study"` (the original's, which tells a
+worker who looks at the image URL the models and the class); by default the file name is opaque, a
+keyed hash of that name (`Naming`), and `study/key.csv` maps it back.
 """
 
 from __future__ import annotations
 
+import hmac
 import itertools
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,9 +33,27 @@ class Stimulus:
     left: str | None = None
     right: str | None = None
     model: str | None = None
+    name: str | None = None  # its name in the study's scheme, where the file is named otherwise (opaque)
 
     def record(self) -> dict:
         return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+@dataclass(frozen=True)
+class Naming:
+    """How stimulus files are called: `study`, the study's scheme itself, or `opaque`, the first 20 hex
+    digits of HMAC-SHA256(key, "<experiment>/<study name>"). The key is random per study and kept in
+    its manifest (private; only the PNGs are published): without it nobody can tell from a name which
+    models or class it shows, and with it a rebuild gives the same names."""
+
+    scheme: str  # opaque | study
+    key: bytes = b""
+
+    def file_name(self, experiment: str, name: str) -> str:
+        if self.scheme == "study":
+            return name
+        digest = hmac.new(self.key, f"{experiment}/{name}".encode(), "sha256").hexdigest()[:20]
+        return digest + Path(name).suffix
 
 
 def study_pairs(names: list[str], pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -80,16 +103,20 @@ def draw_maps(variant: str, images: np.ndarray, maps: np.ndarray, occlusion: flo
     return np.stack([heatmap(image, cam, alpha, exponent) for image, cam in zip(images, maps)])
 
 
-def _stimulus(experiment: Experiment, folder: StudyFolder, image: int, label: str, models: tuple[str, ...]) -> Stimulus:
-    """The stimulus of `models` on one image, named as the spec says, in the experiment's folder."""
+def _stimulus(experiment: Experiment, folder: StudyFolder, naming: Naming, image: int, label: str,
+              models: tuple[str, ...]) -> Stimulus:
+    """The stimulus of `models` on one image in the experiment's folder, its file called as `naming` says."""
     name = experiment.kind.stimulus_name(image, label, models)
-    file = folder.relative(folder.stimuli(experiment.key) / name)
-    return Stimulus(experiment.key, file, image, label, **dict(zip(experiment.kind.shows, models)))
+    called = naming.file_name(experiment.key, name)
+    file = folder.relative(folder.stimuli(experiment.key) / called)
+    return Stimulus(experiment.key, file, image, label, **dict(zip(experiment.kind.shows, models)),
+                    name=None if called == name else name)
 
 
 def exp1_stimuli(experiment: Experiment, images: np.ndarray, drawn: dict[str, np.ndarray], labels: list[str],
                  pairs: list[tuple[str, str]], sides: np.ndarray, folder: StudyFolder,
-                 progress: bool, ids: list[int] | None = None, layout: str = "compact") -> list[Stimulus]:
+                 progress: bool, ids: list[int] | None = None, layout: str = "compact",
+                 naming: Naming = Naming("study")) -> list[Stimulus]:
     """Three panels per image and pair: the two models' maps around the original image. `ids` are
     the image ids the file names carry (default: positions 0..N-1)."""
     ids = list(range(len(images))) if ids is None else ids
@@ -99,21 +126,22 @@ def exp1_stimuli(experiment: Experiment, images: np.ndarray, drawn: dict[str, np
         for p, i in tqdm(jobs, desc=experiment.key, unit="stimulus", disable=not progress):
             a, b = pairs[p]
             left, right = (a, b) if sides[p, i] else (b, a)
-            stimulus = _stimulus(experiment, folder, ids[i], labels[i], (left, right))
+            stimulus = _stimulus(experiment, folder, naming, ids[i], labels[i], (left, right))
             panel(drawn[left][i], images[i], drawn[right][i], labels[i], folder.stimulus(stimulus.file))
             stimuli.append(stimulus)
     return stimuli
 
 
 def exp2_stimuli(experiment: Experiment, drawn: dict[str, np.ndarray], labels: list[str], folder: StudyFolder,
-                 progress: bool, ids: list[int] | None = None, layout: str = "compact") -> list[Stimulus]:
+                 progress: bool, ids: list[int] | None = None, layout: str = "compact",
+                 naming: Naming = Naming("study")) -> list[Stimulus]:
     """One occluded image per image and model; `ids` as in `exp1_stimuli`."""
     ids = list(range(len(labels))) if ids is None else ids
     stimuli = []
     jobs = [(name, i) for name in drawn for i in range(len(labels))]
     with Exp2Pictures(layout) as picture:
         for name, i in tqdm(jobs, desc=experiment.key, unit="stimulus", disable=not progress):
-            stimulus = _stimulus(experiment, folder, ids[i], labels[i], (name,))
+            stimulus = _stimulus(experiment, folder, naming, ids[i], labels[i], (name,))
             picture(drawn[name][i], folder.stimulus(stimulus.file))
             stimuli.append(stimulus)
     return stimuli
