@@ -251,7 +251,8 @@ def predict_study(settings: Settings, run: Run) -> str:
     listing, parts = {}, []
     for key, result in observed.items():
         folder = run.prediction.answers(key)
-        analysed = analyze(result.kind, [result.results], settings.analysis, run.prediction.analysis(key))
+        analysed = analyze(result.kind, [result.results], settings.analysis, run.prediction.analysis(key),
+                           key=run.study.key_if_any())
         listing[key] = {"kind": result.kind, "source": "observers", "files": [str(result.results)],
                         "truth": str(folder.truth), "analysis": str(run.prediction.analysis(key)),
                         "power": str(folder.power) if result.power else None}

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
-from prunexplain.analysis.load import read_answers
+from prunexplain.analysis.load import read_answers, read_key
 from prunexplain.analysis.stage import analyze
 from prunexplain.cli import app
 from prunexplain.config import AnalysisSettings
@@ -90,13 +90,15 @@ def test_observer_answers_are_mturk_batch_results_the_analysis_reads_unchanged(a
     manifest = read_manifest(run.study.manifest)
     for key in KEYS:
         spec = EXPERIMENTS[key].kind
-        answers = read_answers(spec.name, [run.study.simulated(key) / f"{spec.name}_results.csv"])
+        answers = read_answers(spec.name, [run.study.simulated(key) / f"{spec.name}_results.csv"],
+                               key=read_key(run.study.key))
         stimuli = [s for s in manifest["stimuli"] if s["experiment"] == key]
         assert not answers.problems and len(answers.frame) == len(stimuli) * settings.crowd.answers_per_item
         assert (answers.frame.groupby("hit")["worker"].nunique() == settings.crowd.answers_per_item).all()
-        assert set(answers.frame["item"]) == {s["file"].split("/")[-1] for s in stimuli}
+        assert set(answers.frame["url"]) == {s["file"].split("/")[-1] for s in stimuli}  # the opaque names
+        assert set(answers.frame["item"]) == {s["name"] for s in stimuli}  # read through the key
         summary = analyze(spec.name, [run.study.simulated(key) / f"{spec.name}_results.csv"],
-                          AnalysisSettings(bootstrap=0, plots=False), tmp_path / key).summary
+                          AnalysisSettings(bootstrap=0, plots=False), tmp_path / key, key=run.study.key).summary
         assert summary["answers"] == len(answers.frame) and summary["validation"]
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from prunexplain.analysis.load import parse_tables
+from prunexplain.analysis.load import parse_tables, read_key
 from prunexplain.config import StudySettings, UserError
 from prunexplain.data.loaders import ImageSet, prepare, stacked
 from prunexplain.experiments import EXPERIMENTS, RECOGNISE, SHOWN_AS, Experiment
@@ -48,7 +48,7 @@ def test_every_selected_image_is_classified_correctly_by_every_model(built):
             assert net(x).argmax(1).tolist() == labels
 
 
-def test_stimuli_follow_the_study_names_and_both_sides_are_balanced(built):
+def test_stimuli_have_opaque_names_the_key_maps_back_and_both_sides_are_balanced(built):
     settings, run, result = built
     assert result.stimuli == {"exp1": 60, "exp1_heatmap": 60, "exp2": 60}
     manifest = json.loads(run.study.manifest.read_text())
@@ -56,14 +56,58 @@ def test_stimuli_follow_the_study_names_and_both_sides_are_balanced(built):
     for a, b in [("nonpruned", "2pruned"), ("nonpruned", "32pruned"), ("2pruned", "32pruned")]:
         pair = [s for s in exp1 if {s["left"], s["right"]} == {a, b}]
         assert len(pair) == 20 and sum(s["left"] == a for s in pair) == 10
+    recorded = {(p["a"], p["b"]): (p["a_left"], p["b_left"]) for p in manifest["counterbalancing"]["exp1"]["pairs"]}
+    assert set(recorded.values()) == {(10, 10)} and len(recorded) == 3
+    # blind: a file name says nothing of the models or the class; the key says what it shows
+    key = {row["file"]: row for row in _rows(run.study.key)}
+    assert len(key) == 180 and all(re.fullmatch(r"[0-9a-f]{20}\.png", name) for name in key)
+    assert all(PurePosixPath(s["file"]).name in key for s in manifest["stimuli"])
     first = exp1[0]
-    assert first["file"] == f"exp1/{first['image']}_{first['left']}_{first['label']}_{first['right']}.png"
+    row = key[PurePosixPath(first["file"]).name]
+    assert row["name"] == first["name"] == f"{first['image']}_{first['left']}_{first['label']}_{first['right']}.png"
+    assert (row["experiment"], row["left"], row["right"]) == ("exp1", first["left"], first["right"])
     assert run.study.stimulus(first["file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the heatmap variant puts the same model on the same side of the same image
-    heat = {(s["image"], s["left"], s["right"]) for s in manifest["stimuli"] if s["experiment"] == "exp1_heatmap"}
-    assert heat == {(s["image"], s["left"], s["right"]) for s in exp1}
-    exp2 = {s["file"] for s in manifest["stimuli"] if s["experiment"] == "exp2"}
-    assert "exp2/0_0-disk_32pruned.png" in exp2
+    # the heatmap variant puts the same model on the same side of the same image, under other names
+    heatmap = [s for s in manifest["stimuli"] if s["experiment"] == "exp1_heatmap"]
+    assert {(s["image"], s["left"], s["right"]) for s in heatmap} == {(s["image"], s["left"], s["right"]) for s in exp1}
+    assert not {PurePosixPath(s["file"]).name for s in heatmap} & {PurePosixPath(s["file"]).name for s in exp1}
+    exp2 = {s["name"] for s in manifest["stimuli"] if s["experiment"] == "exp2"}
+    assert "0_0-disk_32pruned.png" in exp2
+
+
+def test_the_original_names_remain_a_setting_and_a_rebuild_keeps_the_opaque_names(built, tmp_path):
+    settings, run, _ = built
+    copy, copied = copy_run(settings, run, tmp_path)
+    manifest = json.loads(copied.study.manifest.read_text())
+    build_study(copy, copied)  # the same folder again: the manifest's key, so the same names
+    assert [s["file"] for s in json.loads(copied.study.manifest.read_text())["stimuli"]] == \
+        [s["file"] for s in manifest["stimuli"]]
+    named = copy.model_copy(update={"study": copy.study.model_copy(update={"stimulus_names": "study"})})
+    build_study(named, copied)
+    stimuli = json.loads(copied.study.manifest.read_text())["stimuli"]
+    first = next(s for s in stimuli if s["experiment"] == "exp1")
+    assert first["file"] == f"exp1/{first['image']}_{first['left']}_{first['label']}_{first['right']}.png"
+    assert "name" not in first and not copied.study.key.exists()
+    assert len(list(copied.study.stimuli("exp1").glob("*.png"))) == 60  # the opaque files are gone
+
+
+def test_a_counterbalancing_violation_stops_the_build_naming_the_pair(study_run, monkeypatch):
+    settings, run = study_run
+    import prunexplain.study.build as build
+
+    monkeypatch.setattr(build, "shared_sides", _lopsided(build.shared_sides))
+    with pytest.raises(UserError, match=r"counterbalancing: exp1 pair 2pruned vs nonpruned puts 2pruned left on 0 "
+                                        r"and nonpruned left on 20 images"):
+        build_study(settings, run)
+    assert not run.study.manifest.exists()
+
+
+def _lopsided(shared_sides):
+    def sides(images, pair_lists, seed):
+        drawn = shared_sides(images, pair_lists, seed)
+        drawn[0][0, :] = True  # exp1's first pair: its first model left on every image
+        return drawn
+    return sides
 
 
 def test_sides_are_balanced_random_and_reproducible():
@@ -76,18 +120,24 @@ def test_sides_are_balanced_random_and_reproducible():
 
 def test_file_names_and_layout_answers_parse_back_with_analyze(built):
     settings, run, _ = built
+    key = read_key(run.study.key)
     urls = [row["image_url"] for row in _rows(run.study.input_csv("exp1"))]
     table = pd.DataFrame({"HITId": [f"H{i}" for i in range(len(urls))], "WorkerId": "W1", "Input.image_url": urls,
                           "Answer.algorithms.label": ["alg1", "alg2", "none"] * (len(urls) // 3)})
-    answers = parse_tables("exp1", [("export.csv", table)])
+    with pytest.raises(UserError, match="opaque stimulus names that no key maps"):
+        parse_tables("exp1", [("export.csv", table)])
+    answers = parse_tables("exp1", [("export.csv", table)], key=key)
     assert not answers.problems and len(answers.frame) == 60
     assert answers.models == ["nonpruned", "2pruned", "32pruned"]
     assert answers.frame["answer"].value_counts().to_dict() == {"alg1": 20, "alg2": 20, "none": 20}
+    shown = {s["file"]: (s["image"], s.get("left"), s.get("right")) for s in json.loads(run.study.manifest.read_text())["stimuli"]}
+    read = answers.frame[["url", "image", "left", "right"]].itertuples(index=False)
+    assert all(shown[url] == (int(image), left, right) for url, image, left, right in read)  # the URL as given
     urls = [row["image_url"] for row in _rows(run.study.input_csv("exp2"))]
-    labels = [u.split("_")[1] for u in urls]
+    labels = [key[u.rsplit("/", 1)[-1]].split("_")[1] for u in urls]
     table = pd.DataFrame({"HITId": [f"H{i}" for i in range(len(urls))], "WorkerId": "W1", "Input.image_url": urls,
                           "Answer.classes.label": labels})
-    answers = parse_tables("exp2", [("export.csv", table)])
+    answers = parse_tables("exp2", [("export.csv", table)], key=key)
     assert not answers.problems and answers.frame["correct"].all()
     assert answers.labels == [f"{i}-{n}" for i, n in enumerate(SHAPES)]
 
@@ -111,11 +161,7 @@ def test_input_csvs_are_shuffled_from_the_seed_with_the_url_prefix(study_run):
 def test_rebuilding_from_the_manifest_gives_identical_files(built, tmp_path):
     settings, run, _ = built
     result = rebuild_study(run.study.manifest, run, tmp_path / "again")
-    assert result.different == [] and result.checked == 180 + 7
-    original = run.study.stimuli("exp1_heatmap") / "0_2pruned_0-disk_nonpruned.png"
-    again = tmp_path / "again" / "exp1_heatmap" / original.name
-    if original.exists():
-        assert original.read_bytes() == again.read_bytes()
+    assert result.different == [] and result.checked == 180 + 8  # with key.csv, under the same opaque names
     some = sorted(run.study.stimuli("exp1").glob("*.png"))[:3]
     assert all(p.read_bytes() == (tmp_path / "again" / "exp1" / p.name).read_bytes() for p in some)
 
@@ -170,17 +216,17 @@ def test_a_new_experiment_in_the_spec_is_built_served_and_analysed(study_run, mo
     assert (described["kind"], described["variant"], described["question"]) == (
         RECOGNISE.name, "heatmap", RECOGNISE.question)
     heat = [s for s in manifest["stimuli"] if s["experiment"] == "exp2_heatmap"]
-    assert [s["file"] for s in heat] == [
-        f"exp2_heatmap/{RECOGNISE.stimulus_name(s['image'], s['label'], (s['model'],))}" for s in heat]
-    occluded = run.study.stimuli("exp2") / PurePosixPath(heat[0]["file"]).name
-    assert run.study.stimulus(heat[0]["file"]).read_bytes() != occluded.read_bytes()  # drawn as a heatmap
+    assert [s["name"] for s in heat] == [RECOGNISE.stimulus_name(s["image"], s["label"], (s["model"],)) for s in heat]
+    occluded = next(s["file"] for s in manifest["stimuli"] if s["experiment"] == "exp2" and s["name"] == heat[0]["name"])
+    assert run.study.stimulus(heat[0]["file"]).read_bytes() != run.study.stimulus(occluded).read_bytes()  # a heatmap
     assert SHOWN_AS["heatmap"] in run.study.layout("exp2_heatmap").read_text()
     served = load_study(run.study.root)
     assert served.experiments["exp2_heatmap"].spec is RECOGNISE and len(served.of("exp2_heatmap")) == 60
     urls = [row["image_url"] for row in _rows(run.study.input_csv("exp2_heatmap"))]
+    key = read_key(run.study.key)
     table = pd.DataFrame({"HITId": [f"H{i}" for i in range(len(urls))], "WorkerId": "W1", "Input.image_url": urls,
-                          RECOGNISE.prefix + "label": [u.split("_")[-2] for u in urls]})
-    answers = parse_tables(described["kind"], [("export.csv", table)])
+                          RECOGNISE.prefix + "label": [key[PurePosixPath(u).name].split("_")[-2] for u in urls]})
+    answers = parse_tables(described["kind"], [("export.csv", table)], key=key)
     assert not answers.problems and answers.frame["correct"].all() and len(answers.frame) == 60
 
 

@@ -38,7 +38,7 @@ def analyze_run(settings: Settings, run: Run) -> RunAnalysis:
     for key, source in sources.items():
         files = [Path(f) for f in source["files"]]
         result = analyze(source["kind"], files, settings.analysis, run.analysis(key), classes=classes,
-                         key=run.study.key if run.study.key.is_file() else None)
+                         key=run.study.key_if_any())
         answers[key] = result.summary["answers"]
     write_json(run.analysis_source, sources)
     return RunAnalysis(sources, answers)

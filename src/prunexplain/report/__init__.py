@@ -1,8 +1,9 @@
 """`report.html`: one self-contained HTML file of a run directory, for a researcher to read.
 
-The answer (the verdict), settings, training, accuracy against compression rate, explanation metrics, a grid of example
-explanations, the study's stimuli and the analysed answers, each section only where its files
-exist (else one line naming the command that makes them). Python gathers each section's data
+The answer (the verdict), settings, training, accuracy against compression rate, explanation metrics,
+a grid of example explanations, the study's stimuli, its pre-registration and participant flow, and
+the analysed answers, each section only where its files exist (else one line naming the command that
+makes them). Python gathers each section's data
 (blocks.py, sections.py, grid.py, study.py); Jinja2 templates (templates/) hold all the markup.
 Pictures are inline PNG data URIs and the page forbids network requests, so the file can be mailed
 and opened offline.
@@ -18,6 +19,7 @@ from prunexplain.config import ReportSettings, UserError
 from prunexplain.report.answer import answer_section
 from prunexplain.report.grid import grid_section
 from prunexplain.report.page import render_page
+from prunexplain.report.plan import plan_section
 from prunexplain.report.sections import metrics_section, pruning_section, settings_section, training_section
 from prunexplain.report.study import analysis_section, stimuli_section
 from prunexplain.runs import Run, write_text
@@ -46,7 +48,7 @@ def write_report(run: Run, settings: ReportSettings | None = None) -> ReportResu
     sections = [
         answer_section(run), settings_section(run), training_section(run, settings), pruning_section(run, settings),
         metrics_section(run, settings), grid_section(run, settings), stimuli_section(run, settings),
-        analysis_section(run, settings),
+        plan_section(run, settings), analysis_section(run, settings),
     ]
     text = render_page(f"prunexplain report: {run.root.name}", f"Run directory {run.root}", sections)
     path = write_text(run.report, text)
