@@ -10,10 +10,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from prunexplain.cli import app
-from prunexplain.config import ReportSettings
+from prunexplain.config import ReportSettings, ServeSettings
 from prunexplain.pipeline import run_pipeline
 from prunexplain.report import write_report
-from prunexplain.runs import Run
+from prunexplain.runs import Run, write_json
+from prunexplain.study.preregistration import preregister
 from prunexplain.verdict.stage import verdict_stage
 from tests.browser import browser_page
 from tests.conftest import tiny_settings
@@ -40,6 +41,9 @@ def full_run(tmp_path_factory, tiny_dataset) -> Run:
         writer.writeheader()
         writer.writerows(rows)
     add_study(run, images=2, label_prefix=SCRIPT)
+    preregister(settings, run, ServeSettings(), now=SCRIPT)
+    write_json(run.study.flow, {"consented": 9, "comprehension_passed": 8, "comprehension_failed": 1, "completed": 7,
+                                "abandoned": 1, "analysed": 7, "excluded": {SCRIPT: 1}})
     add_analysis(run, root / "answers", {"exp1": "simulated", "exp2": "real"})
     verdict_stage(settings, run)  # the people's side from the answers above
     return run
@@ -87,10 +91,10 @@ def test_the_answer_states_the_people_beside_the_metrics_and_which_predict_them(
 def test_report_shows_every_section_of_a_full_run(full_run):
     result = write_report(full_run, ReportSettings(images=3, stimuli=2))
     html = result.path.read_text()
-    assert result.path == full_run.report and result.missing == [] and len(result.sections) == 8
-    assert result.size < 2e6 and result.summary() == f"{result.path} ({result.size / 1e3:.0f} kB), 8 sections"
+    assert result.path == full_run.report and result.missing == [] and len(result.sections) == 9
+    assert result.size < 2e6 and result.summary() == f"{result.path} ({result.size / 1e3:.0f} kB), 9 sections"
     assert result.sections[0] == "Answer: how far can the model be pruned?"
-    for anchor in ("answer", "settings", "training", "pruning", "metrics", "grid", "stimuli", "analysis"):
+    for anchor in ("answer", "settings", "training", "pruning", "metrics", "grid", "stimuli", "plan", "analysis"):
         assert f'id="{anchor}"' in html and f'href="#{anchor}"' in html
     assert "<details><summary>config.toml</summary>" in html and "[prune]" in html
     assert "test top-1" in html and "measured, pruned layers" in html and "top-1 before fine-tuning" in html
@@ -107,7 +111,7 @@ def test_every_image_is_an_inline_png(full_run):
     sources = parsed(html).sources
     summaries = [json.loads(p.read_text()) for p in full_run.analysis_summaries().values()]
     models = 5  # dense and 2 methods x 2 rates
-    plots = 4  # training curves, prune/accuracy.png, evaluate/metrics.png, evaluate/agreement.png
+    plots = 5  # training curves, prune/accuracy.png, evaluate/metrics.png, evaluate/agreement.png, participant flow
     expected = plots + 3 * (1 + models) + 3 * 2 + sum(len(s["figures"]) for s in summaries)
     assert len(sources) == expected
     for source in sources:
@@ -138,11 +142,11 @@ def test_missing_sections_name_the_command_that_makes_them(tmp_path):
     run.root.mkdir()
     result = write_report(run)
     lines = parsed(result.path.read_text()).missing
-    assert result.sections == [] and len(result.missing) == 8
+    assert result.sections == [] and len(result.missing) == 9
     text = " ".join(lines)
     for command in ("prunexplain verdict",
                     "prunexplain train", "prunexplain prune", "prunexplain evaluate", "prunexplain explain",
-                    "prunexplain study build", "analyses the answers in study/answers/"):
+                    "prunexplain study build", "prunexplain study preregister", "analyses the answers in study/answers/"):
         assert command in text
     assert "(missing)" in result.path.read_text()
 

@@ -664,5 +664,97 @@ def study_export(
         typer.echo(export_study(_study_dir(run_dir), out, experiment).summary())
 
 
+mturk_app = typer.Typer(
+    help="Mechanical Turk through its API: create the study's HITs, follow them, collect and approve the answers. "
+    "The sandbox unless --live; credentials from the environment.",
+    no_args_is_help=True,
+)
+study_app.add_typer(mturk_app, name="mturk")
+
+LiveOption = Annotated[
+    bool, typer.Option("--live", help="Production MTurk: real workers, real money. Default: the sandbox.")
+]
+MTurkExperiments = Annotated[
+    list[str] | None,
+    typer.Option("--experiment", "-e", help="Experiment key of the built study; repeatable. Default: all of them."),
+]
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+@mturk_app.command("create")
+def mturk_create(run_dir: StudyRun, live: LiveOption = False, experiments: MTurkExperiments = None,
+                 yes: YesOption = False, config: ConfigOption = None, overrides: SetOption = None) -> None:
+    """Create one HIT per stimulus: the input CSVs' rows shown with the layouts, under the mturk settings.
+
+    Prints the cost (rewards plus MTurk's fee) and asks before creating. Each HIT is recorded in
+    study/hits/EXPERIMENT.csv as it is made, so a create that stopped creates only the rest when run
+    again. The image URLs must be public http(s) URLs: `study publish`, then build with study.url_prefix.
+    """
+    from prunexplain.study import hits
+
+    with user_errors():
+        settings = _stage_settings(run_dir, config, overrides, None)
+        folder = Run(_study_dir(run_dir).parent).study
+        plan = hits.plan_create(folder, settings.mturk, experiments, live)
+        typer.echo(plan.summary())
+        if not plan.hits:
+            return
+        client = hits.connect(live)
+        typer.echo(hits.account_balance(client, plan))
+        if not yes:
+            typer.confirm(f"Create {len(plan.hits)} HITs on MTurk {plan.endpoint} for ${plan.cost.total}?", abort=True)
+        typer.echo(hits.create_hits(client, plan, folder).summary())
+
+
+@mturk_app.command("status")
+def mturk_status(run_dir: StudyRun, live: LiveOption = False, experiments: MTurkExperiments = None) -> None:
+    """Per experiment: HITs, assignments available, pending and completed, work awaiting review, approved, rejected."""
+    from prunexplain.study import hits
+
+    with user_errors():
+        folder = Run(_study_dir(run_dir).parent).study
+        typer.echo(hits.status(hits.connect(live), folder, experiments, live).summary())
+
+
+@mturk_app.command("collect")
+def mturk_collect(run_dir: StudyRun, live: LiveOption = False, experiments: MTurkExperiments = None) -> None:
+    """Download every submitted assignment as MTurk batch results that `prunexplain analyze` reads.
+
+    Live answers go to study/answers/EXPERIMENT_mturk.csv, where `prunexplain run` takes them as the
+    study's; sandbox answers to study/hits/EXPERIMENT_sandbox_answers.csv, never taken for real ones.
+    """
+    from prunexplain.study import hits
+
+    with user_errors():
+        folder = Run(_study_dir(run_dir).parent).study
+        typer.echo(hits.collect(hits.connect(live), folder, experiments, live).summary())
+
+
+@mturk_app.command("approve")
+def mturk_approve(run_dir: StudyRun, live: LiveOption = False, experiments: MTurkExperiments = None,
+                  dry_run: Annotated[bool, typer.Option("--dry-run", help="List the decisions; tell MTurk nothing.")]
+                  = False, yes: YesOption = False, config: ConfigOption = None, overrides: SetOption = None) -> None:
+    """Approve submitted work, or reject it by the pre-registered exclusion rules.
+
+    Rejected: assignments without a readable answer, and all submitted work of a worker whose median
+    work time in the experiment is below min_median_work_time of study/preregistration.json (without
+    one, analysis.min_median_work_time, with a warning). Rejections hurt workers' standing, so they
+    are confirmed first; the feedback names the rule. Decisions go to study/hits/decisions.csv.
+    """
+    from prunexplain.study import hits
+
+    with user_errors():
+        settings = _stage_settings(run_dir, config, overrides, None)
+        folder = Run(_study_dir(run_dir).parent).study
+        client = hits.connect(live)
+        plan = hits.plan_approval(client, folder, experiments, live, settings.analysis.min_median_work_time)
+        typer.echo(plan.summary())
+        if plan.rejections and not dry_run and not yes:
+            workers = len({d.worker for d in plan.rejections})
+            typer.confirm(f"Reject {len(plan.rejections)} assignments of {workers} workers? Rejections lower their "
+                          "approval rates", abort=True)
+        typer.echo(hits.send_decisions(client, plan, folder, dry_run).summary())
+
+
 def main() -> None:
     app()

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import tomllib
 import types
 from collections.abc import Callable
@@ -417,6 +418,117 @@ class StudySettings(_Section):
     @classmethod
     def _known_experiments(cls, keys: list[str]) -> list[str]:
         return _known(keys, EXPERIMENTS, "experiment")
+
+
+# MTurk's system qualification types: the same ids in the sandbox and in production.
+SYSTEM_QUALIFICATIONS = {
+    "PercentAssignmentsApproved": "000000000000000000L0",
+    "NumberHITsApproved": "00000000000000000040",
+    "Locale": "00000000000000000071",
+}
+_LOCALE = r"[A-Z]{2}(-[A-Z0-9]{1,3})?"  # ISO 3166 country, optionally a subdivision: US, US-NY
+
+
+class QualificationSetting(_Section):
+    """One QualificationRequirement of the HITs: who may accept them (MTurk's API names the fields)."""
+
+    type: str = Field(description="PercentAssignmentsApproved, NumberHITsApproved, Locale, or any qualification "
+                      "type id")
+    comparator: Literal["LessThan", "LessThanOrEqualTo", "GreaterThan", "GreaterThanOrEqualTo", "EqualTo",
+                        "NotEqualTo", "Exists", "DoesNotExist", "In", "NotIn"]
+    values: list[int] = Field(default_factory=list, description="integer values (every type but Locale)")
+    locales: list[str] = Field(default_factory=list, description="Locale: country codes such as US or US-NY")
+    actions_guarded: Literal["Accept", "PreviewAndAccept", "DiscoverPreviewAndAccept"] = Field(
+        "Accept", description="what a worker without it may not do"
+    )
+
+    @property
+    def type_id(self) -> str:
+        return SYSTEM_QUALIFICATIONS.get(self.type, self.type)
+
+    @model_validator(mode="after")
+    def _values_fit_comparator(self) -> QualificationSetting:
+        is_locale = self.type_id == SYSTEM_QUALIFICATIONS["Locale"]
+        given = self.locales if is_locale else self.values
+        other, other_name = (self.values, "values") if is_locale else (self.locales, "locales")
+        if other:
+            raise ValueError(f"{self.type}: give {'locales' if is_locale else 'values'}, not {other_name}")
+        bad = [code for code in self.locales if not re.fullmatch(_LOCALE, code)]
+        if bad:
+            raise ValueError(f"{self.type}: {bad[0]!r} is no country code such as US or US-NY")
+        wanted = {"Exists": "no value", "DoesNotExist": "no value", "In": "at least one value",
+                  "NotIn": "at least one value"}
+        count = wanted.get(self.comparator, "exactly one value")
+        if (count == "no value" and given) or (count == "at least one value" and not given) or (
+                count == "exactly one value" and len(given) != 1):
+            raise ValueError(f"{self.type} {self.comparator} takes {count}, got {len(given)}")
+        return self
+
+
+def _default_qualifications() -> list[QualificationSetting]:
+    return [
+        QualificationSetting(type="PercentAssignmentsApproved", comparator="GreaterThanOrEqualTo", values=[95]),
+        QualificationSetting(type="NumberHITsApproved", comparator="GreaterThanOrEqualTo", values=[100]),
+        QualificationSetting(type="Locale", comparator="In", locales=["US", "GB", "CA", "AU", "NZ", "IE"]),
+    ]
+
+
+class MTurkSettings(_Section):
+    """`prunexplain study mturk`: the HITs created through MTurk's API (prunexplain.study.hits).
+
+    The defaults are the reproduced study's where its published batch results say them (Reward,
+    AssignmentDurationInSeconds, AutoApprovalDelayInSeconds, Keywords, experiment 1's Description,
+    Expiration - CreationTime); they are in no stage's fingerprint: HITs are not a computed output.
+    """
+
+    reward: float = Field(
+        0.01, ge=0.01, description="USD per assignment (the study's $0.01, about $2.40 an hour at its 15 s median "
+        "work time); whole cents"
+    )
+    assignments: int = Field(
+        5, ge=1, description="assignments per HIT: distinct workers per stimulus (the study's 5; MTurk never gives "
+        "one worker two assignments of one HIT)"
+    )
+    assignment_duration_seconds: int = Field(
+        300, ge=30, le=31_536_000, description="time a worker has for one assignment (the study's 300)"
+    )
+    lifetime_seconds: int = Field(
+        7 * 86_400, ge=30, le=31_536_000, description="how long HITs can be accepted (the study's 7 days)"
+    )
+    auto_approval_delay_seconds: int = Field(
+        5 * 86_400, ge=0, le=2_592_000, description="submitted work is approved after this unless rejected before "
+        "(the study's 5 days)"
+    )
+    keywords: str = Field("AI, explainability, machine learning, images", description="the study's keywords")
+    descriptions: dict[str, str] = Field(
+        default_factory=lambda: {
+            "exp1": "This experiment investigates the reasonability of algorithms when they classify images. You "
+            "will decide which of the algorithms makes a more reasonable decision based on the parts of the image "
+            "it uses for its decision.",
+            "exp2": "This experiment investigates what people recognise in the parts of an image an algorithm used "
+            "for its decision. You will choose what you see on the image.",
+        },
+        description="per kind of task (exp1, exp2) the HIT description workers read (exp1: the study's; exp2's "
+        "is not in its published files)",
+    )
+    qualifications: list[QualificationSetting] = Field(
+        default_factory=_default_qualifications,
+        description="who may accept (the study's are not in its published files): by default an approval rate of "
+        "95 %, 100 approved HITs and an English-speaking country",
+    )
+
+    @field_validator("reward")
+    @classmethod
+    def _whole_cents(cls, reward: float) -> float:
+        if abs(reward * 100 - round(reward * 100)) > 1e-6:
+            raise ValueError(f"{reward} is not a whole number of cents")
+        return reward
+
+    @field_validator("descriptions")
+    @classmethod
+    def _known_kinds(cls, descriptions: dict[str, str]) -> dict[str, str]:
+        _known(list(descriptions), KINDS, "kind of task")
+        return descriptions
 
 
 # The reference's named-run JSON keys and where each lands in Settings.
@@ -944,6 +1056,7 @@ class Settings(_Section):
     explain: ExplainSettings = ExplainSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
     study: StudySettings = StudySettings()
+    mturk: MTurkSettings = MTurkSettings()
     crowd: CrowdSettings = CrowdSettings()
     analysis: AnalysisSettings = AnalysisSettings()
     verdict: VerdictSettings = VerdictSettings()

@@ -165,6 +165,21 @@ class StudyFolder:
         """The MTurk HITs `study mturk create` made for one experiment (HITId per stimulus URL)."""
         return self.root / "hits" / f"{experiment}.csv"
 
+    def mturk_answers(self, experiment: str) -> Path:
+        """`study mturk collect`: the answers to one experiment's live HITs (MTurk's batch-results format),
+        among the real answers the crowd stage reads."""
+        return self.answers / f"{experiment}_mturk.csv"
+
+    def sandbox_answers(self, experiment: str) -> Path:
+        """`study mturk collect` in the sandbox: test answers, kept out of answers/ so that no analysis
+        takes them for the study's."""
+        return self.root / "hits" / f"{experiment}_sandbox_answers.csv"
+
+    @property
+    def hit_decisions(self) -> Path:
+        """`study mturk approve`: per assignment approve or reject, the rule, and whether MTurk was told."""
+        return self.root / "hits" / "decisions.csv"
+
     @property
     def database(self) -> Path:
         return self.root / "study.db"

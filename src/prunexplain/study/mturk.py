@@ -8,6 +8,11 @@ the name `<group>.label`, so the answer column `Answer.<group>.label` names an o
 `prunexplain analyze` reads like the study's true/false columns. (A `crowd-classifier` would show
 workers its categories as they are submitted, i.e. the raw values.) What is asked, which options
 there are and their labels come from the experiment spec (`prunexplain.experiments`).
+
+These files also serve MTurk's requester website (a project with the layout, a batch from the input
+CSV). Through MTurk's API instead, `prunexplain study mturk create|status|collect|approve`
+(`prunexplain.study.hits`) makes one HIT per input row from the same layout, and reads the submitted
+`<group>.label` back into the batch-results columns `prunexplain analyze` reads.
 """
 
 from __future__ import annotations
