@@ -146,7 +146,8 @@ def test_missing_sections_name_the_command_that_makes_them(tmp_path):
     text = " ".join(lines)
     for command in ("prunexplain verdict",
                     "prunexplain train", "prunexplain prune", "prunexplain evaluate", "prunexplain explain",
-                    "prunexplain study build", "prunexplain study preregister", "analyses the answers in study/answers/"):
+                    "prunexplain study build", "prunexplain study preregister",
+                    "analyses the answers in study/answers/"):
         assert command in text
     assert "(missing)" in result.path.read_text()
 
