@@ -22,6 +22,8 @@ test: $(STAMP)
 	$(PYTHON) -m pytest
 
 demo: $(STAMP)
+	$(VENV)/bin/prunexplain run --config examples/demo.toml --until study
+	$(VENV)/bin/prunexplain study preregister --run runs/demo
 	$(VENV)/bin/prunexplain run --config examples/demo.toml
 
 bench: $(STAMP)

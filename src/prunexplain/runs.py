@@ -151,6 +151,10 @@ class StudyFolder:
         way back from a blind file name to its image, class and models."""
         return self.root / "key.csv"
 
+    def key_if_any(self) -> Path | None:
+        """The key where the stimuli have opaque names; None where they are named in the scheme."""
+        return self.key if self.key.is_file() else None
+
     @property
     def preregistration(self) -> Path:
         """`study preregister`'s document for people; its SHA-256 is frozen in the manifest."""
@@ -328,6 +332,17 @@ class Run:
         return record is not None and record.get("fingerprint") == fingerprint and record.get("outputs") == (
             self.output_stamps(stage)
         )
+
+    @contextlib.contextmanager
+    def amending(self, stage: str) -> Iterator[None]:
+        """A command that deliberately rewrites a finished stage's output (`study preregister` its
+        manifest) keeps the stage finished: its recorded stamps follow the change, where they were
+        the outputs' before it (a stage already out of date stays out of date)."""
+        record = self.record(stage)
+        current = record is not None and record.get("outputs") == self.output_stamps(stage)
+        yield
+        if current:
+            write_json(self.stage_dir(stage) / ".done", {**record, "outputs": self.output_stamps(stage)})
 
     def mark_done(self, stage: str, fingerprint: str, settings: dict[str, Any] | None = None) -> None:
         record = {"fingerprint": fingerprint, "settings": settings or {}, "outputs": self.output_stamps(stage)}

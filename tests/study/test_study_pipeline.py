@@ -62,3 +62,18 @@ def test_answers_of_the_self_hosted_study_replace_the_observers(study_run, monke
     assert "analysis: exp2: 6 real answers" in again
     assert json.loads(run.analysis_source.read_text())["exp2"]["files"] == [
         str(run.study.exported("exp2"))]
+
+
+def test_preregistering_a_finished_study_keeps_it_finished(study_run):
+    from prunexplain.config import ServeSettings
+    from prunexplain.study.preregistration import preregister
+
+    settings, run = study_run
+    _done_through(settings, run, "evaluate")
+    run_pipeline(settings, run, until="study")
+    preregister(settings, run, ServeSettings())
+    assert "study: done (skipped)" in run_pipeline(settings, run, until="study")
+    assert "preregistration" in json.loads(run.study.manifest.read_text())
+    run.study.manifest.write_text(run.study.manifest.read_text() + " ")  # any other change is not the freeze
+    assert "study: done (skipped)" not in run_pipeline(settings, run, until="study")
+    assert "preregistration" in json.loads(run.study.manifest.read_text())  # a rebuild keeps the frozen plan

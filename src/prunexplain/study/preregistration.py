@@ -96,7 +96,8 @@ def preregister(settings: Settings, run: Run, serve: ServeSettings, now: str | N
     digest = file_sha256(folder.preregistration)
     manifest["preregistration"] = {"file": folder.relative(folder.preregistration), "sha256": digest,
                                    "data_sha256": file_sha256(folder.preregistration_data), "frozen_at": plan["date"]}
-    write_json(folder.manifest, manifest)
+    with run.amending("study"):  # the freeze is no reason to build the study again
+        write_json(folder.manifest, manifest)
     log.info("pre-registration frozen: %s, SHA-256 %s", folder.preregistration, digest)
     return Preregistration(folder.preregistration, folder.preregistration_data, digest)
 
