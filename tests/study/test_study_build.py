@@ -130,7 +130,8 @@ def test_file_names_and_layout_answers_parse_back_with_analyze(built):
     assert not answers.problems and len(answers.frame) == 60
     assert answers.models == ["nonpruned", "2pruned", "32pruned"]
     assert answers.frame["answer"].value_counts().to_dict() == {"alg1": 20, "alg2": 20, "none": 20}
-    shown = {s["file"]: (s["image"], s.get("left"), s.get("right")) for s in json.loads(run.study.manifest.read_text())["stimuli"]}
+    stimuli = json.loads(run.study.manifest.read_text())["stimuli"]
+    shown = {s["file"]: (s["image"], s.get("left"), s.get("right")) for s in stimuli}
     read = answers.frame[["url", "image", "left", "right"]].itertuples(index=False)
     assert all(shown[url] == (int(image), left, right) for url, image, left, right in read)  # the URL as given
     urls = [row["image_url"] for row in _rows(run.study.input_csv("exp2"))]
@@ -217,7 +218,8 @@ def test_a_new_experiment_in_the_spec_is_built_served_and_analysed(study_run, mo
         RECOGNISE.name, "heatmap", RECOGNISE.question)
     heat = [s for s in manifest["stimuli"] if s["experiment"] == "exp2_heatmap"]
     assert [s["name"] for s in heat] == [RECOGNISE.stimulus_name(s["image"], s["label"], (s["model"],)) for s in heat]
-    occluded = next(s["file"] for s in manifest["stimuli"] if s["experiment"] == "exp2" and s["name"] == heat[0]["name"])
+    occluded = next(s["file"] for s in manifest["stimuli"]
+                    if s["experiment"] == "exp2" and s["name"] == heat[0]["name"])
     assert run.study.stimulus(heat[0]["file"]).read_bytes() != run.study.stimulus(occluded).read_bytes()  # a heatmap
     assert SHOWN_AS["heatmap"] in run.study.layout("exp2_heatmap").read_text()
     served = load_study(run.study.root)
