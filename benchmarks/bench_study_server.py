@@ -1,9 +1,11 @@
 """Load on the self-hosted study: many participants at once against a real `prunexplain study serve`.
 
-200 simulated participants (asyncio + httpx, one connection pool each, all started together) consent
-and answer 20 tasks each through the JSON API, one in ten answers sent twice as a client retrying
-would. Each comes from its own address, as through a reverse proxy (X-Forwarded-For, which uvicorn
-trusts from 127.0.0.1), so the server's per-address limits apply to each as to a real participant.
+200 simulated participants (asyncio + httpx, one connection pool each, all started together) consent,
+pass the comprehension check (its questions fetched, the right answers posted, as a participant who
+read the instructions does) and answer 20 tasks each through the JSON API, one in ten answers sent
+twice as a client retrying would. Each comes from its own address, as through a reverse proxy
+(X-Forwarded-For, which uvicorn trusts from 127.0.0.1), so the server's per-address limits apply to
+each as to a real participant.
 Every answer is acknowledged only after its transaction committed (synchronous=FULL), so
 afterwards the database must hold exactly the acknowledged submissions: none lost, none twice.
 Prints answers per second over the whole run and the latency of answer requests (p50, p99),
@@ -112,12 +114,35 @@ def address(n: int) -> str:
     return f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}"
 
 
+def comprehension_key(study_dir: Path) -> dict[str, str]:
+    """The comprehension check's right answers for every experiment of the study folder, by question
+    id: what a participant who read the instructions answers (server/comprehension.py)."""
+    from prunexplain.study.server.catalog import load_study
+    from prunexplain.study.server.comprehension import questions
+
+    return {q.id: q.answer for q in questions(load_study(study_dir).experiments.values())}
+
+
+async def pass_comprehension(client: httpx.AsyncClient, key: dict[str, str] | None) -> None:
+    """Take the comprehension check through the API when the server asks for it, with the answers of `key`."""
+    asked = (await client.get("/api/comprehension")).raise_for_status().json()
+    if not asked["required"]:
+        return
+    if key is None:
+        raise RuntimeError("the server asks the comprehension check; pass its answers (comprehension_key)")
+    answers = {question["id"]: key[question["id"]] for question in asked["questions"]}
+    result = (await client.post("/api/comprehension", json={"answers": answers})).raise_for_status().json()
+    if not result["passed"]:
+        raise RuntimeError(f"the comprehension check refused the right answers: wrong {result['wrong']}")
+
+
 async def _participant(base: str, worker: str, tasks: int, load: Load, rng: random.Random, retry_share: float,
-                       forwarded_for: str):
+                       forwarded_for: str, key: dict[str, str] | None):
     async with httpx.AsyncClient(base_url=base, timeout=60, headers={"X-Forwarded-For": forwarded_for}) as client:
         consent = await client.post("/consent", data={"participant": worker, "source": "mturk", "agree": "yes"})
         if consent.status_code != 303:
             raise RuntimeError(f"consent of {worker}: {consent.status_code} {consent.text[:200]}")
+        await pass_comprehension(client, key)
         for _ in range(2 * tasks + 10):  # bounded even if the server never says done
             task = (await client.get("/api/task")).raise_for_status().json()
             if task["done"]:
@@ -136,19 +161,22 @@ async def _participant(base: str, worker: str, tasks: int, load: Load, rng: rand
                     load.duplicates_acknowledged += 1
 
 
-async def _all(base: str, participants: int, tasks: int, retry_share: float, seed: int) -> Load:
+async def _all(base: str, participants: int, tasks: int, retry_share: float, seed: int,
+               key: dict[str, str] | None) -> Load:
     load = Load()
     start = time.perf_counter()
     await asyncio.gather(*(_participant(base, f"sim{n:04d}", tasks, load, random.Random(seed + n), retry_share,
-                                        address(n)) for n in range(participants)))
+                                        address(n), key) for n in range(participants)))
     load.seconds = time.perf_counter() - start
     return load
 
 
 def simulate(base: str, participants: int, tasks: int, timeout: float = TIMEOUT, retry_share: float = 0.1,
-             seed: int = 0) -> Load:
-    """Run the participants against `base`; raises TimeoutError after `timeout` seconds."""
-    return asyncio.run(asyncio.wait_for(_all(base, participants, tasks, retry_share, seed), timeout))
+             seed: int = 0, comprehension: dict[str, str] | None = None) -> Load:
+    """Run the participants against `base`; raises TimeoutError after `timeout` seconds.
+    `comprehension`: the check's right answers (comprehension_key), needed unless the server runs
+    with --no-comprehension."""
+    return asyncio.run(asyncio.wait_for(_all(base, participants, tasks, retry_share, seed, comprehension), timeout))
 
 
 def check_database(database: Path, acknowledged: set[str]) -> dict[str, int]:
@@ -197,7 +225,7 @@ def main() -> None:
         env = {"PRUNEXPLAIN_ADMIN_TOKEN": "bench-admin-token-0123456789"}
         with server_process(run_dir, *options, env=env) as (base, process):
             cpu = _cpu_seconds(process.pid)
-            load = simulate(base, PARTICIPANTS, TASKS)
+            load = simulate(base, PARTICIPANTS, TASKS, comprehension=comprehension_key(run_dir / "study"))
             cpu = _cpu_seconds(process.pid) - cpu
         found = check_database(run_dir / "study" / "study.db", load.acknowledged)
         commit = commit_seconds(Path(tmp))
@@ -209,7 +237,8 @@ def main() -> None:
           f"{found['duplicated']}, unexpected {found['unexpected']}, retries answered 'duplicate' "
           f"{load.duplicates_acknowledged}, completed {load.completed}/{PARTICIPANTS}")
     print(f"{rate:.0f} answers/s over {load.seconds:.1f} s; answer latency p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-    print(f"server CPU {1000 * cpu / answers:.2f} ms per answer (its task request included); one durable commit "
+    print(f"server CPU {1000 * cpu / answers:.2f} ms per answer (its task request and a share of the consent and "
+          f"comprehension check included); one durable commit "
           f"{1000 * commit:.2f} ms here, so at most {1 / commit:.0f} answers/s: measured {rate * commit:.0%} of that")
     assert found["lost"] == found["duplicated"] == found["unexpected"] == 0 and found["integrity_ok"]
     assert answers == PARTICIPANTS * TASKS and load.completed == PARTICIPANTS

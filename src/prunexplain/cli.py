@@ -626,11 +626,22 @@ def study_serve(
     sessions_per_client: Annotated[
         int | None, typer.Option(help="Unfinished participants per client address (10).")
     ] = None,
+    comprehension: Annotated[
+        bool | None,
+        typer.Option("--comprehension/--no-comprehension",
+                     help="Questions about the task after the instructions, two tries (default: on)."),
+    ] = None,
+    completion_url: Annotated[
+        str | None,
+        typer.Option(help="Send finished participants there, {code} replaced by their code, e.g. "
+                     "https://app.prolific.com/submissions/complete?cc={code}."),
+    ] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
 ) -> None:
     """Run the study yourself: a web server for participants and an admin page.
 
-    Participants get consent, instructions, tasks and a completion code; the admin pages need the token
+    Participants get consent, instructions, a comprehension check, tasks and a completion code (with
+    --completion-url they are sent back to the platform with it); the admin pages need the token
     from PRUNEXPLAIN_ADMIN_TOKEN or study/admin_token. Answers go to study/study.db.
     """
     from prunexplain.study.server.app import serve
@@ -641,6 +652,7 @@ def study_serve(
             config, host=host, port=port, experiments=experiments, answers_per_stimulus=answers_per_stimulus,
             tasks_per_participant=tasks, attention_checks=attention_checks, completion_code=completion_code, seed=seed,
             consents_per_minute=consents_per_minute, sessions_per_client=sessions_per_client,
+            comprehension=comprehension, completion_url=completion_url,
         )
         serve(_study_dir(run_dir), settings, access_log)
 

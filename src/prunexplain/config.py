@@ -22,6 +22,7 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -916,6 +917,26 @@ class ServeSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     seed: int = Field(0, description="seed of the task order and of the attention-check draws")
+    comprehension: bool = Field(
+        True, description="a comprehension check after the instructions: questions about the task, two tries; "
+        "a participant who fails both is thanked and ends there, their tasks go to others"
+    )
+    completion_url: str | None = Field(
+        None, description="where /done sends the participant with their code, e.g. Prolific's "
+        "https://app.prolific.com/submissions/complete?cc={code} ({code}: the completion code); None: show the code"
+    )
+
+    @field_validator("completion_url")
+    @classmethod
+    def _completion_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{url!r} is no http(s) URL")
+        if "{" in url.replace("{code}", "") or "}" in url.replace("{code}", ""):
+            raise ValueError(f"{url!r}: only {{code}} may stand in braces (the completion code goes there)")
+        return url
 
 
 # Which way each metric of the evaluate stage reads better: +1 higher, -1 lower, 0 no direction (a sharp

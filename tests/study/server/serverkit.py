@@ -1,5 +1,7 @@
 """Helpers of the study-server tests: a study folder built by hand after the `study build` contract,
-the server over it as a real `prunexplain study serve` process, and a participant's page forms."""
+the server over it as a real `prunexplain study serve` process, and a participant's page forms.
+`join` consents and passes the comprehension check through the API (the right answers come from the
+experiment spec, as for a participant who read the instructions)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from benchmarks.bench_study_server import server_process
+from prunexplain.study.server.comprehension import questions
 
 CLASSES = ["0-disk", "1-square", "2-triangle", "3-plus"]
 MODELS = ["nonpruned", "2pruned", "32pruned"]
@@ -57,10 +60,31 @@ def browser(client: TestClient) -> TestClient:
     return TestClient(client.app)
 
 
-def join(client: TestClient, worker: str = "", source: str = "mturk") -> httpx.Response:
-    """Consent as `worker` (empty: a generated id); the session cookie stays in the client."""
-    return client.post("/consent", data={"participant": worker, "source": source, "agree": "yes"},
-                       follow_redirects=False)
+def join(client: TestClient, worker: str = "", source: str = "mturk", comprehend: bool = True) -> httpx.Response:
+    """Consent as `worker` (empty: a generated id), then pass the comprehension check if the server
+    asks it (unless not `comprehend`); the session cookie stays in the client. Returns the consent's response."""
+    response = client.post("/consent", data={"participant": worker, "source": source, "agree": "yes"},
+                           follow_redirects=False)
+    if comprehend and response.status_code == 303 and response.headers["location"] == "/instructions":
+        pass_comprehension(client)
+    return response
+
+
+def answer_key(study) -> dict[str, str]:
+    """The comprehension check's right answers for every experiment of `study` (a catalog.Study), by question id."""
+    return {q.id: q.answer for q in questions(study.experiments.values())}
+
+
+def pass_comprehension(client: TestClient | httpx.Client, key: dict[str, str] | None = None) -> bool:
+    """Take the comprehension check through the API with the right answers (`key`; a TestClient's own
+    study by default) when the server asks for it; whether it asked."""
+    asked = client.get("/api/comprehension").json()
+    if not asked["required"]:
+        return False
+    key = key if key is not None else answer_key(client.app.state.study)
+    result = client.post("/api/comprehension", json={"answers": {q["id"]: key[q["id"]] for q in asked["questions"]}})
+    assert result.status_code == 200 and result.json()["passed"], result.text
+    return True
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from serverkit import TOKEN, answer_all, browser, build_study, join, live_server, task_form
+from serverkit import TOKEN, answer_all, browser, build_study, join, live_server, pass_comprehension, task_form
 
 from prunexplain.config import ServeSettings, UserError
 from prunexplain.study.server.app import create_app
@@ -158,6 +158,7 @@ def test_a_generated_id_continues_elsewhere_with_id_and_code(make_client, study_
 def test_the_platforms_session_binds_the_id(make_client, study_dir, link, other):
     client = make_client()
     _consent_from_link(client, link)
+    assert pass_comprehension(client)
     _answer_one(client)
     again = browser(client)  # the same worker in another browser, with the same assignment / session
     assert _consent_from_link(again, link).headers["location"] == "/task"
@@ -174,10 +175,11 @@ def _consent_from_link(client, query: str) -> httpx.Response:
     return client.post("/consent", data={**form, "agree": "yes"}, follow_redirects=False)
 
 
-def test_an_mturk_preview_binds_nothing(make_client):
+def test_an_mturk_preview_binds_nothing(make_client, study_dir):
     client = make_client()
     page = client.get("/?workerId=M9&assignmentId=ASSIGNMENT_ID_NOT_AVAILABLE&hitId=H1")
-    assert 'name="binding" value=""' in page.text
+    assert page.status_code == 200 and "(preview)" in page.text
+    assert "<form" not in page.text and "set-cookie" not in page.headers and _participants(study_dir) == []
 
 
 # --- oversized bodies ----------------------------------------------------------------------------------

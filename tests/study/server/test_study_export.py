@@ -20,6 +20,7 @@ from tests.study.databases import BROKEN, copy_study, count_answers, serving, sn
 
 HEAD = ["HITId", "AssignmentId", "WorkerId", "AssignmentStatus", "AcceptTime", "SubmitTime", "WorkTimeInSeconds",
         "Input.image_url"]
+PLATFORM = ["Platform", "Platform.StudyId", "Platform.SessionId"]
 runner = CliRunner()
 
 
@@ -68,13 +69,15 @@ def answered(make_client, study_dir):
 def test_export_is_the_mturk_format_and_analyze_reads_it_unchanged(answered, study_dir, tmp_path):
     result = export_study(study_dir)
     assert set(result.files) == {"exp1", "exp1_heatmap", "exp2", "checks"}
+    assert result.flow == study_dir / "export" / "flow.json"
     with sqlite3.connect(study_dir / "study.db") as db:
         counts = dict(db.execute("SELECT experiment, COUNT(*) FROM answers WHERE NOT is_check GROUP BY experiment"))
     assert {key: result.rows[key] for key in counts} == counts and result.rows["checks"] == 8
     exp1, exp2 = _read(result.files["exp1"]), _read(result.files["exp2"])
-    assert list(exp1[0]) == HEAD + ["Answer.algorithms.alg1", "Answer.algorithms.alg2", "Answer.algorithms.none"]
+    assert list(exp1[0]) == HEAD + ["Answer.algorithms.alg1", "Answer.algorithms.alg2", "Answer.algorithms.none",
+                                    *PLATFORM]
     classes = answered.app.state.study.classes
-    assert list(exp2[0]) == HEAD + [f"Answer.classes.{label}" for label in classes] + ["Answer.classes.none"]
+    assert list(exp2[0]) == HEAD + [f"Answer.classes.{label}" for label in classes] + ["Answer.classes.none", *PLATFORM]
     for row in exp1 + exp2:
         answers = [value for key, value in row.items() if key.startswith("Answer.")]
         assert set(answers) <= {"true", "false"} and answers.count("true") == 1
@@ -174,7 +177,7 @@ def test_export_of_a_copy_writes_nothing_into_it(study_dir, tmp_path, monkeypatc
     out = tmp_path / "cli"
     result = runner.invoke(app, ["study", "export", "--run", str(copy.parent), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{key}_results.csv" for key in wanted)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{key}_results.csv" for key in wanted), "flow.json"])
     assert set(snapshot(copy)) == set(before)
 
 
@@ -213,9 +216,10 @@ def test_the_server_never_writes_into_a_foreign_database(study_dir, admin_env):
 def test_a_stopped_server_leaves_a_database_whole_without_its_wal(run_dir, tmp_path):
     """SIGTERM ends `prunexplain study serve` through its lifespan: the store records a clean shutdown and
     moves the WAL into study.db, so a copy of study.db alone exports every answer."""
-    with live_server(run_dir, "--tasks", "3", "--attention-checks", "0") as (base, _):
+    with live_server(run_dir, "--tasks", "3", "--attention-checks", "0", "--no-comprehension") as (base, _):
         with httpx.Client(base_url=base, timeout=10) as client:
             client.post("/consent", data={"participant": "w0", "source": "mturk", "agree": "yes"})
+            assert client.get("/api/comprehension").json()["required"] is False  # switched off
             while not (task := client.get("/api/task").json())["done"]:
                 body = {"submission_id": str(uuid.uuid4()), "position": task["position"], "answer": task["options"][0]}
                 assert client.post("/api/answers", json=body).json()["status"] == "stored"

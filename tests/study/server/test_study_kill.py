@@ -5,9 +5,9 @@ import threading
 import uuid
 
 import httpx
-from serverkit import build_study, live_server
+from serverkit import build_study, live_server, pass_comprehension
 
-from benchmarks.bench_study_server import check_database
+from benchmarks.bench_study_server import check_database, comprehension_key
 from prunexplain.runs import KILL_AFTER
 
 PARTICIPANTS, TASKS, KILLED_AFTER = 6, 10, 20
@@ -16,12 +16,12 @@ PARTICIPANTS, TASKS, KILLED_AFTER = 6, 10, 20
 class Participant(threading.Thread):
     """Answers as fast as the server lets it; remembers what was acknowledged and what was in flight."""
 
-    def __init__(self, base: str, worker: str, acknowledged: set) -> None:
+    def __init__(self, base: str, worker: str, acknowledged: set, key: dict[str, str]) -> None:
         super().__init__(daemon=True)
         self.client = httpx.Client(base_url=base, timeout=10)
         self.worker, self.acknowledged, self.in_flight = worker, acknowledged, None
         consent = self.client.post("/consent", data={"participant": worker, "source": "mturk", "agree": "yes"})
-        assert consent.status_code == 303
+        assert consent.status_code == 303 and pass_comprehension(self.client, key)
 
     def run(self) -> None:
         try:
@@ -43,7 +43,8 @@ def test_sigkill_mid_study_loses_no_acknowledged_answer(tmp_path):
     acknowledged: set[str] = set()
     # the server SIGKILLs itself right after committing its 20th answer, before acknowledging it
     with live_server(run_dir, *options, env={KILL_AFTER: f"answer:{KILLED_AFTER}"}) as (base, process):
-        participants = [Participant(base, f"w{n}", acknowledged) for n in range(PARTICIPANTS)]
+        key = comprehension_key(run_dir / "study")
+        participants = [Participant(base, f"w{n}", acknowledged, key) for n in range(PARTICIPANTS)]
         for participant in participants:
             participant.start()
         for participant in participants:

@@ -1,4 +1,5 @@
-"""Admin pages behind the study's token: progress per experiment, stimulus and participant.
+"""Admin pages behind the study's token: progress per experiment, stimulus and participant, and the
+participant flow (consented, comprehension, completed, excluded and why).
 
 The token is sent as `Authorization: Bearer <token>` (scripts) or, after the login form, in an
 HttpOnly, SameSite=Strict cookie (browsers); a participant's session cookie never opens these
@@ -35,7 +36,8 @@ def _page(request: Request, template: str, status: int = 200, **values) -> HTMLR
 
 
 def progress(request: Request) -> dict:
-    """Everything the admin pages show, as JSON-ready values."""
+    """Everything the admin pages show, as JSON-ready values; `flow` is the participant flow
+    (server/flow.py), as `study export` writes it to flow.json."""
     study: Study = request.app.state.study
     settings: ServeSettings = request.app.state.settings
     store = request.app.state.store
@@ -54,7 +56,7 @@ def progress(request: Request) -> dict:
     people = store.participant_progress()
     secret = store.secret
     rows = [
-        {**row, "completed": row["completed_at"] is not None,
+        {**row, "completed": row["completed_at"] is not None, "comprehension_passed": bool(row["comprehension_passed"]),
          "started": dt.datetime.fromtimestamp(row["created_at"], dt.UTC).strftime("%Y-%m-%d %H:%M"),
          "code": completion_code(settings.completion_code, secret, row["id"]) if row["completed_at"] else ""}
         for row in people
@@ -63,7 +65,7 @@ def progress(request: Request) -> dict:
     return {
         "participants": {"started": len(people), "completed": sum(r["completed"] for r in rows)},
         "checks": {"answered": answered, "passed": passed, "pass_rate": passed / answered if answered else None},
-        "experiments": experiments, "stimuli": stimuli, "participant_rows": rows,
+        "experiments": experiments, "stimuli": stimuli, "participant_rows": rows, "flow": store.flow(),
     }
 
 

@@ -6,7 +6,14 @@ Input.image_url (the stimulus file name) and one true/false column per option:
 (exp2 kinds). A HIT is a stimulus (its id derives from the stimulus, so it is stable across exports);
 an assignment is one answer. Status is `Approved` when the participant finished and passed every
 attention check, else `Submitted`; both count in the analysis, which drops only rejected ones.
-Attention checks never enter these files; they go to `attention_checks.csv`.
+Attention checks never enter these files; they go to `attention_checks.csv`. After the answer
+columns come the platform's ids of the participant (empty where there are none): `Platform` (mturk,
+prolific or generated), `Platform.StudyId` (MTurk's hitId, Prolific's STUDY_ID) and
+`Platform.SessionId` (MTurk's assignmentId, Prolific's SESSION_ID), to match the answers with the
+platform's submissions; the analysis ignores them. (HITId and AssignmentId stay per stimulus and per
+answer, as the analysis counts one assignment per answer.)
+
+`flow.json` beside the files: the participant flow (server/flow.py), for the report's diagram.
 
 The database is read only (`store.read_only`): the export works on a read-only copy of a study
 folder and never writes into it, except the export itself where asked. A database nobody has
@@ -24,9 +31,9 @@ from pathlib import Path
 
 from prunexplain.errors import UserError
 from prunexplain.experiments import KINDS
-from prunexplain.runs import StudyFolder, write_csv
+from prunexplain.runs import StudyFolder, write_csv, write_json
 from prunexplain.study.server.catalog import Experiment, load_study
-from prunexplain.study.server.store import read_answers
+from prunexplain.study.server.store import read_export
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +48,11 @@ class NoAnswers(UserError):
 class ExportResult:
     files: dict[str, Path]  # experiment key (or 'checks') -> file
     rows: dict[str, int]
+    flow: Path | None = None  # flow.json
 
     def summary(self) -> str:
-        return "\n".join(f"{key}: {self.rows[key]} answers -> {path}" for key, path in self.files.items())
+        lines = [f"{key}: {self.rows[key]} answers -> {path}" for key, path in self.files.items()]
+        return "\n".join(lines + ([f"participant flow -> {self.flow}"] if self.flow else []))
 
 
 def _id(*parts: str) -> str:
@@ -76,6 +85,9 @@ def export_row(experiment: Experiment, classes: list[str], answer: dict, image_u
     }
     chosen = (str(option == answer["answer"]).lower() for option in kind.options(classes))
     row.update(zip(kind.columns(classes), chosen))
+    row.update({"Platform": answer.get("source") or "",
+                "Platform.StudyId": spreadsheet_safe(answer.get("study_id") or ""),
+                "Platform.SessionId": spreadsheet_safe(answer.get("session_id") or "")})
     return row
 
 
@@ -83,7 +95,7 @@ def export_study(study_dir: Path, out: Path | None = None, experiment: str | Non
     """Write `<key>_results.csv` per experiment with answers (into `out`, a folder, default
     `study/export/`), or one experiment into `out` when it names a .csv file."""
     folder = StudyFolder(study_dir)
-    answers = _answers(folder.database)
+    answers, flow = _answers(folder.database)
     study = load_study(folder.root, [experiment] if experiment else None)
     by_key: dict[str, list[dict]] = {}
     checks = []
@@ -101,22 +113,24 @@ def export_study(study_dir: Path, out: Path | None = None, experiment: str | Non
     result = ExportResult({}, {})
     for key, path in paths.items():
         result.files[key], result.rows[key] = write_csv(path, by_key[key]), len(by_key[key])
+    beside = next(iter(paths.values())).parent
     if checks:
-        beside = next(iter(paths.values())).parent / folder.attention_checks.name
-        result.files["checks"] = write_csv(beside, [_check_row(c) for c in checks])
+        result.files["checks"] = write_csv(beside / folder.attention_checks.name, [_check_row(c) for c in checks])
         result.rows["checks"] = len(checks)
+    result.flow = write_json(beside / folder.flow.name, flow)
     log.info("exported %s", ", ".join(f"{key} ({n})" for key, n in result.rows.items()))
     return result
 
 
-def _answers(database: Path) -> list[dict]:
-    """The database's answers; no database at all is NoAnswers, unless its -wal is there without it."""
+def _answers(database: Path) -> tuple[list[dict], dict]:
+    """The database's answers and participant flow; no database at all is NoAnswers, unless its -wal
+    is there without it."""
     wal = database.with_name(database.name + "-wal")
     if not os.path.lexists(database) and not os.path.lexists(wal):
         raise NoAnswers(f"{database}: no such file; nobody has answered yet (start `prunexplain study serve`)")
     if not os.path.lexists(database):
         raise UserError(f"{wal}: a -wal file without its database {database.name}; copy both")
-    return read_answers(database)
+    return read_export(database)
 
 
 def _paths(folder: StudyFolder, out: Path | None, keys: list[str]) -> dict[str, Path]:

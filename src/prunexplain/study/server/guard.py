@@ -26,7 +26,9 @@ async def _refuse(send, status: int, text: str) -> None:
 
 
 class SecurityHeaders:
-    """Adds security.HEADERS to every response that does not set them itself."""
+    """Adds security.HEADERS to every response that does not set them itself. A response that sets
+    its own Content-Security-Policy (pages in MTurk's frame, security.FRAMED_POLICY) says with its
+    `frame-ancestors` who may frame it, so it gets no X-Frame-Options: DENY would forbid every frame."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -39,6 +41,8 @@ class SecurityHeaders:
         async def with_headers(message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
+                if b"content-security-policy" in present:
+                    present.add(b"x-frame-options")
                 extra = [(name, value) for name, value in self.headers if name not in present]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)

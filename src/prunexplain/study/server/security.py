@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prunexplain.errors import UserError
 from prunexplain.runs import StudyFolder
+from prunexplain.study.server.platforms import FRAMING_ORIGINS
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,21 @@ _HIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
 # No inline script or style is allowed, so an id or text that slipped through escaping still could
 # not run; the pages are never framed, never sniffed as another type, never sent with a referrer.
+_POLICY = {"default-src": "'none'", "img-src": "'self'", "style-src": "'self'", "script-src": "'self'",
+           "form-action": "'self'", "frame-ancestors": "'none'", "base-uri": "'none'"}
+
+
+def _policy(**directives: str) -> str:
+    return "; ".join(f"{name} {value}" for name, value in {**_POLICY, **directives}.items())
+
+
+# Pages of an MTurk ExternalQuestion HIT: MTurk's pages frame them, and the last one posts the
+# completion code to MTurk's externalSubmit. Only these origins; everything else as above.
+FRAMED_POLICY = _policy(**{"frame-ancestors": " ".join(FRAMING_ORIGINS),
+                           "form-action": " ".join(["'self'", *FRAMING_ORIGINS])})
+
 HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "Content-Security-Policy": _policy(),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",

@@ -12,6 +12,11 @@ gets the same acknowledgement without a second row. UNIQUE(participant, position
 UNIQUE(participant, stimulus) make a second answer to one task, or one stimulus shown to a
 participant twice, impossible whatever the code above does.
 
+Participants: besides their session and times, the comprehension check (attempts, when passed,
+`excluded` and why: a participant excluded never gets tasks again) and the platform's ids (study,
+session, MTurk's server to submit to). The study's first answer writes the frozen pre-registration's
+hash into `meta` in its own transaction (`at_first_answer`).
+
 One connection behind a lock: writes are serialised anyway by SQLite, and a Python lock costs less
 than SQLite's busy-wait when the server's threads contend.
 
@@ -48,6 +53,7 @@ from pathlib import Path
 from prunexplain.errors import UserError
 from prunexplain.runs import fault_point
 from prunexplain.study.server.assign import Planned
+from prunexplain.study.server.flow import COMPREHENSION, participant_flow
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +71,13 @@ CREATE TABLE IF NOT EXISTS participants (
     created_at REAL NOT NULL,
     completed_at REAL,
     binding TEXT,
-    started_at REAL
+    started_at REAL,
+    comprehension_attempts INTEGER NOT NULL DEFAULT 0,
+    comprehension_passed_at REAL,
+    excluded TEXT,
+    study_id TEXT,
+    session_id TEXT,
+    submit_to TEXT
 );
 CREATE TABLE IF NOT EXISTS tasks (
     participant TEXT NOT NULL REFERENCES participants(id),
@@ -102,7 +114,14 @@ CREATE TABLE IF NOT EXISTS answers (
 _ADDED = {
     "binding": ("TEXT", None),
     "started_at": ("REAL", "(SELECT MIN(shown_at) FROM tasks t WHERE t.participant = participants.id)"),
+    "comprehension_attempts": ("INTEGER NOT NULL DEFAULT 0", None),
+    "comprehension_passed_at": ("REAL", None),
+    "excluded": ("TEXT", None),  # why the participant may not answer (flow.COMPREHENSION); NULL: may
+    "study_id": ("TEXT", None),  # MTurk hitId, Prolific STUDY_ID
+    "session_id": ("TEXT", None),  # MTurk assignmentId, Prolific SESSION_ID
+    "submit_to": ("TEXT", None),  # MTurk's checked turkSubmitTo origin (ExternalQuestion HITs)
 }
+COMPREHENSION_TRIES = 2
 
 # A task holds its stimulus while the participant is in the study: `reservation_minutes` from consent
 # once they have seen a task, only `start_minutes` for one who never opened a task (consents made to
@@ -147,6 +166,30 @@ class Session:
 
 
 @dataclass(frozen=True)
+class Standing:
+    """What the app needs to know about the participant of a session, read in one query."""
+
+    id: str
+    source: str
+    started: bool  # has opened a task
+    passed: bool  # passed the comprehension check
+    attempts: int  # comprehension attempts so far
+    excluded: str | None  # why they may not answer, e.g. flow.COMPREHENSION
+    submit_to: str | None  # MTurk's server to post the code to (ExternalQuestion HITs)
+    session_id: str | None  # the platform's session: MTurk's assignmentId, Prolific's SESSION_ID
+
+
+@dataclass(frozen=True)
+class Platform:
+    """The platform's ids a participant came with: `study` (MTurk hitId, Prolific STUDY_ID), `session`
+    (MTurk assignmentId, Prolific SESSION_ID), `submit_to` (MTurk's checked turkSubmitTo)."""
+
+    study: str | None = None
+    session: str | None = None
+    submit_to: str | None = None
+
+
+@dataclass(frozen=True)
 class Holds:
     """Seconds a reservation holds after consent: for participants who have seen a task, and for
     those who have not (yet)."""
@@ -166,7 +209,10 @@ def _digest(token: str) -> str:
 class Store:
     """The study database; open it with `with Store(path) as store:` so it is always closed."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time,
+                 at_first_answer: dict[str, str] | None = None) -> None:
+        """`at_first_answer`: meta entries written in the transaction of the study's first answer
+        (the frozen pre-registration's hash), when the database has no answer yet."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         check_existing(self.path)
@@ -186,6 +232,8 @@ class Store:
             _add_columns(db)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (secrets.token_hex(32),))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('state', ?)", (SERVING,))
+            first = db.execute("SELECT 1 FROM answers LIMIT 1").fetchone() is None
+        self._at_first_answer = dict(at_first_answer or {}) if first else {}
         with self._lock:  # study.db itself must say 'serving' before any answer goes into the WAL
             self._checkpoint()
         _make_private(self.path)
@@ -256,12 +304,22 @@ class Store:
         rows = self._read("SELECT id FROM participants WHERE session = ?", (_digest(token),))
         return rows[0][0] if rows else None
 
+    def standing(self, token: str | None) -> Standing | None:
+        """The participant whose session `token` is, with what decides which pages they may see."""
+        if not token:
+            return None
+        rows = self._read(
+            """SELECT id, source, started_at IS NOT NULL, comprehension_passed_at IS NOT NULL,
+                      comprehension_attempts, excluded, submit_to, session_id FROM participants WHERE session = ?""",
+            (_digest(token),))
+        return _standing(rows[0]) if rows else None
+
     def known(self, participant: str) -> bool:
         return bool(self._read("SELECT 1 FROM participants WHERE id = ?", (participant,)))
 
     def start(
         self, participant: str, source: str, plan: Callable[[dict[str, int]], list[Planned]], holds: Holds,
-        binding: str | None = None, trusted: bool = False,
+        binding: str | None = None, trusted: bool = False, platform: Platform = Platform(),
     ) -> Session | None:
         """Begin a participant's session, or resume it; None when no stimulus is left to give out.
 
@@ -269,7 +327,8 @@ class Store:
         session cookie or resume code) or the platform `binding` their first consent came with
         (MTurk's assignment, Prolific's session); otherwise Refused(409), so knowing someone's id is
         not enough to take over their session. Refused(503) when every free place is only held by
-        open reservations. Tasks are reserved in the same transaction that counts loads."""
+        open reservations. Tasks are reserved in the same transaction that counts loads. The
+        `platform` ids are recorded at the first consent; a resumed session fills only those missing."""
         token, now = secrets.token_urlsafe(24), self._clock()
         bound = _digest(binding) if binding else None
         with self._transaction() as db:
@@ -277,7 +336,10 @@ class Store:
             if row is not None:
                 if not (trusted or (row[0] is not None and row[0] == bound)):
                     raise Refused(409, "this participant id is already taking part in another browser")
-                db.execute("UPDATE participants SET session = ? WHERE id = ?", (_digest(token), participant))
+                db.execute(
+                    """UPDATE participants SET session = ?, study_id = COALESCE(study_id, ?),
+                       session_id = COALESCE(session_id, ?), submit_to = COALESCE(submit_to, ?) WHERE id = ?""",
+                    (_digest(token), platform.study, platform.session, platform.submit_to, participant))
                 return Session(token, resumed=True)
             tasks = plan(self._loads(db, holds.cutoffs(now)))
             if not tasks:
@@ -285,8 +347,9 @@ class Store:
                     raise Refused(503, "every free picture is reserved by people taking part right now")
                 return None
             db.execute(
-                "INSERT INTO participants (id, source, session, created_at, binding) VALUES (?, ?, ?, ?, ?)",
-                (participant, source, _digest(token), now, bound),
+                "INSERT INTO participants (id, source, session, created_at, binding, study_id, session_id, submit_to) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (participant, source, _digest(token), now, bound, platform.study, platform.session, platform.submit_to),
             )
             db.executemany(
                 "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, NULL)",
@@ -337,6 +400,38 @@ class Store:
                 else:
                     db.execute("DELETE FROM participants WHERE id = ?", (participant,))
         return len(gone)
+
+    def comprehension(self, participant: str, passed: bool) -> Standing:
+        """Record one attempt at the comprehension check. The COMPREHENSION_TRIES-th failed attempt
+        excludes the participant (flow.COMPREHENSION) and gives their unanswered tasks back at once,
+        so others get those stimuli. An attempt after passing, or after exclusion, changes nothing."""
+        now = self._clock()
+        with self._transaction() as db:
+            attempts, done, excluded = db.execute(
+                "SELECT comprehension_attempts, comprehension_passed_at IS NOT NULL, excluded FROM participants "
+                "WHERE id = ?", (participant,)).fetchone()
+            if not done and excluded is None:
+                attempts += 1
+                if passed:
+                    db.execute("UPDATE participants SET comprehension_attempts = ?, comprehension_passed_at = ? "
+                               "WHERE id = ?", (attempts, now, participant))
+                elif attempts >= COMPREHENSION_TRIES:
+                    db.execute("UPDATE participants SET comprehension_attempts = ?, excluded = ? WHERE id = ?",
+                               (attempts, COMPREHENSION, participant))
+                    released = db.execute(
+                        """DELETE FROM tasks WHERE participant = ? AND NOT EXISTS (SELECT 1 FROM answers a
+                           WHERE a.participant = tasks.participant AND a.position = tasks.position)""",
+                        (participant,)).rowcount
+                    log.info("participant %r failed the comprehension check; released %d tasks", participant,
+                             released)
+                else:
+                    db.execute("UPDATE participants SET comprehension_attempts = ? WHERE id = ?",
+                               (attempts, participant))
+            row = db.execute(
+                """SELECT id, source, started_at IS NOT NULL, comprehension_passed_at IS NOT NULL,
+                          comprehension_attempts, excluded, submit_to, session_id FROM participants WHERE id = ?""",
+                (participant,)).fetchone()
+        return _standing(row)
 
     # --- tasks and answers --------------------------------------------------------------------
 
@@ -403,9 +498,13 @@ class Store:
                 (submission, participant, position, experiment, stimulus, answer, int(check_answer is not None),
                  passed, shown_at or reserved_at, now),
             )
+            first = self._at_first_answer
+            if first:  # the study's first answer: what it was collected under
+                db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)", list(first.items()))
             done = self._first_open(db, participant) is None
             if done:
                 db.execute("UPDATE participants SET completed_at = ? WHERE id = ?", (now, participant))
+        self._at_first_answer = {}
         self._stored += 1
         fault_point(f"answer:{self._stored}")  # committed, not yet acknowledged
         return Ack("stored", position, done)
@@ -432,22 +531,35 @@ class Store:
         return {stimulus: (answers, held or 0) for stimulus, answers, held in rows}
 
     def participant_progress(self) -> list[dict]:
-        """One dict per participant: id, source, times, tasks, answered, checks, checks_passed."""
+        """One dict per participant: id, source, times, tasks, answered, checks, checks_passed,
+        comprehension attempts, whether they passed it, why they are excluded (None: they are not)."""
         rows = self._read(
             """SELECT p.id, p.source, p.created_at, p.completed_at,
                       (SELECT COUNT(*) FROM tasks t WHERE t.participant = p.id),
                       (SELECT COUNT(*) FROM answers a WHERE a.participant = p.id),
                       (SELECT COUNT(*) FROM answers a WHERE a.participant = p.id AND a.is_check),
-                      (SELECT COUNT(*) FROM answers a WHERE a.participant = p.id AND a.passed = 1)
+                      (SELECT COUNT(*) FROM answers a WHERE a.participant = p.id AND a.passed = 1),
+                      p.comprehension_attempts, p.comprehension_passed_at IS NOT NULL, p.excluded
                FROM participants p ORDER BY p.created_at"""
         )
-        keys = ("id", "source", "created_at", "completed_at", "tasks", "answered", "checks", "checks_passed")
+        keys = ("id", "source", "created_at", "completed_at", "tasks", "answered", "checks", "checks_passed",
+                "comprehension_attempts", "comprehension_passed", "excluded")
         return [dict(zip(keys, row)) for row in rows]
+
+    def flow(self) -> dict:
+        """The participant flow (flow.participant_flow)."""
+        with self._lock:
+            return participant_flow(self._db)
 
     def answer_rows(self) -> list[dict]:
         """Every answer with what the export needs about its participant."""
         with self._lock:
             return _answer_rows(self._db)
+
+
+def _standing(row: tuple) -> Standing:
+    participant, source, started, passed, attempts, excluded, submit_to, session_id = row
+    return Standing(participant, source, bool(started), bool(passed), attempts, excluded, submit_to, session_id)
 
 
 def _add_columns(db: sqlite3.Connection) -> None:
@@ -473,12 +585,13 @@ def _answer_rows(db: sqlite3.Connection) -> list[dict]:
     rows = db.execute(
         """SELECT a.participant, a.position, a.experiment, a.stimulus, a.answer, t.check_answer, a.passed,
                   a.shown_at, a.answered_at, a.submission, p.completed_at IS NOT NULL,
-                  (SELECT COUNT(*) FROM answers c WHERE c.participant = a.participant AND c.passed = 0)
+                  (SELECT COUNT(*) FROM answers c WHERE c.participant = a.participant AND c.passed = 0),
+                  p.source, p.study_id, p.session_id
            FROM answers a JOIN participants p ON p.id = a.participant
            JOIN tasks t ON t.participant = a.participant AND t.position = a.position ORDER BY a.id"""
     ).fetchall()
     keys = ("participant", "position", "experiment", "stimulus", "answer", "check_answer", "passed", "shown_at",
-            "answered_at", "submission", "completed", "checks_failed")
+            "answered_at", "submission", "completed", "checks_failed", "source", "study_id", "session_id")
     return [dict(zip(keys, row)) for row in rows]
 
 
@@ -498,6 +611,34 @@ def read_answers(path: Path) -> list[dict]:
     """Every answer of the study database at `path` (as `Store.answer_rows`), read only."""
     with read_only(path) as db:
         return _answer_rows(db)
+
+
+def read_flow(path: Path) -> dict:
+    """The participant flow of the study database at `path` (flow.participant_flow), read only."""
+    with read_only(path) as db:
+        return participant_flow(db)
+
+
+def read_export(path: Path) -> tuple[list[dict], dict]:
+    """Every answer and the participant flow, read only from one snapshot (a running server may
+    add answers meanwhile: the flow counts the same participants the answers come from)."""
+    with read_only(path) as db:
+        db.execute("BEGIN")
+        try:
+            return _answer_rows(db), participant_flow(db)
+        finally:
+            db.execute("ROLLBACK")
+
+
+def recorded(path: Path) -> tuple[int, dict[str, str]]:
+    """(answers, meta table) of the study database a server is about to carry on from, read only and
+    checked as `check_existing` does; (0, {}) when there is none yet (no file, or an empty one)."""
+    path = Path(path)
+    if not os.path.lexists(path) or (path.is_file() and path.stat().st_size == 0):
+        return 0, {}
+    with read_only(path, whole=False) as db:
+        answers = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+        return answers, dict(db.execute("SELECT key, value FROM meta").fetchall())
 
 
 @contextlib.contextmanager
