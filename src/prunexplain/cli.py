@@ -551,8 +551,9 @@ def study_build(
     """Build the stimuli of a human study from a run's models, with MTurk files and a manifest.
 
     N test images per class that every model gets right, experiment 1 panels (occlusion maps and
-    heatmaps) and experiment 2 occlusion maps named as the study named them, MTurk input CSVs and HIT
-    layouts, and study/manifest.json to trace and rebuild it.
+    heatmaps) and experiment 2 occlusion maps, with opaque file names and study/key.csv to map them
+    back (study.stimulus_names="study": the original's names), MTurk input CSVs and HIT layouts, and
+    study/manifest.json (with the verified counterbalancing) to trace and rebuild it.
     """
     from prunexplain.study.build import rebuild_study
 
@@ -599,6 +600,34 @@ def _study_dir(run_dir: Path) -> Path:
     if not study.manifest.is_file():
         raise UserError(f"{run_dir}: no study/manifest.json; run `prunexplain study build` first")
     return study.root
+
+
+@study_app.command("preregister")
+def study_preregister(
+    run_dir: StudyRun,
+    serve_config: Annotated[
+        Path | None,
+        typer.Option("--serve-config", exists=True, dir_okay=False,
+                     help="TOML file whose 'serve' table holds the study's serve settings (answers, tasks, checks)."),
+    ] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Write the study's plan and freeze it before the first answer.
+
+    Writes study/preregistration.md (AsPredicted's questions: hypotheses, outcomes, analyses with the
+    verdict's margins and alpha, exclusion rules, sample size and where it came from: the power analysis
+    of `study predict` where the run has one) and preregistration.json, and puts the file's SHA-256 into
+    study/manifest.json. Refused once anyone has answered; the server then refuses to collect if the file
+    changes, and the report names every setting that departs from the plan.
+    """
+    from prunexplain.study.preregistration import preregister
+    from prunexplain.study.server.settings import load_serve_settings
+
+    with user_errors():
+        _study_dir(run_dir)
+        settings = _stage_settings(run_dir, config, overrides, None)
+        typer.echo(preregister(settings, Run(settings.run_dir), load_serve_settings(serve_config)).summary())
 
 
 @study_app.command("serve")

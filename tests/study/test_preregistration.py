@@ -103,5 +103,25 @@ def test_the_report_draws_the_participant_flow(planned):
     write_json(run.study.flow, flow)
     html = render_section(plan_section(run, ReportSettings()))
     assert "Participant flow" in html and 'alt="participant flow"' in html and "data:image/png;base64," in html
-    assert "<td>failed the comprehension check (session ended)</td><td>4</td>" in html
-    assert "<td>analysed</td><td>31</td>" in html
+    assert "<td>failed the comprehension check twice (session ended, no answers)</td><td>4</td>" in html
+    assert "<td>analysed (answers exported to the analysis)</td><td>31</td>" in html
+
+
+def test_the_command_freezes_the_plan_and_names_what_is_missing(built, tmp_path):
+    from typer.testing import CliRunner
+
+    from prunexplain.cli import app
+
+    settings, run = copy_run(*built[:2], tmp_path)
+    serve = tmp_path / "serve.toml"
+    serve.write_text("[serve]\nanswers_per_stimulus = 3\ntasks_per_participant = 30\n")
+    result = CliRunner().invoke(app, ["study", "preregister", "--run", str(run.root), "--serve-config", str(serve)])
+    assert result.exit_code == 0, result.output
+    assert "pre-registered in" in result.output and "frozen in the manifest" in result.output
+    sample = json.loads(run.study.preregistration_data.read_text())["sample"]
+    assert sample["answers"] == {"exp1": 180, "exp2": 180} and sample["participants"] == 12
+    empty = tmp_path / "runs" / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(app, ["study", "preregister", "--run", str(empty)])
+    assert result.exit_code == 2 and "no study/manifest.json; run `prunexplain study build` first" in result.output
+    assert "Traceback" not in result.output

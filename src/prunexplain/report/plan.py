@@ -53,24 +53,32 @@ def _departures(run: Run) -> list[str]:
 
 
 def _steps(flow: dict) -> list[tuple[str, int]]:
-    """The flow's counts in the order a participant meets them."""
-    steps = [("consented", flow.get("consented", 0)), ("failed the comprehension check (session ended)",
-                                                       flow.get("comprehension_failed", 0)),
+    """The flow's counts in the order a participant meets them (`study.server.flow`'s definitions)."""
+    steps = [("consented", flow.get("consented", 0)),
+             ("failed the comprehension check twice (session ended, no answers)", flow.get("comprehension_failed", 0)),
              ("passed the comprehension check", flow.get("comprehension_passed", 0)),
-             ("left before the end", flow.get("abandoned", 0)), ("completed", flow.get("completed", 0)),
-             ("failed an attention check", flow.get("failed_attention_check", 0))]
+             ("opened a task", flow.get("started_tasks", 0)),
+             ("left before the end (or still answering)", flow.get("abandoned", 0)),
+             ("of whom answered some (answers kept)", flow.get("abandoned_answered", 0)),
+             ("completed", flow.get("completed", 0)),
+             ("failed an attention check (answers kept)", flow.get("failed_attention_check", 0))]
     steps += [(f"excluded: {reason}", n) for reason, n in flow.get("excluded", {}).items()]
-    return [*steps, ("analysed", flow.get("analysed", 0))]
+    return [*steps, ("analysed (answers exported to the analysis)", flow.get("analysed", 0))]
 
 
 def flow_figure(flow: dict) -> Figure:
-    """Boxes down the middle (consented, passed comprehension, completed, analysed), the ones who
-    left at each step to the right, joined by arrows: the CONSORT diagram's shape."""
+    """Boxes down the middle (consented, passed comprehension, completed, analysed), beside each step
+    those who left there or what was noted, joined by arrows: the CONSORT diagram's shape."""
+    partial = flow.get("abandoned_answered", 0)
     main = [("Consented", flow.get("consented", 0)), ("Passed comprehension", flow.get("comprehension_passed", 0)),
-            ("Completed", flow.get("completed", 0)), ("Analysed", flow.get("analysed", 0))]
-    excluded = "\n".join(f"{reason}: {n}" for reason, n in flow.get("excluded", {}).items()) or "none"
-    side = [f"Failed comprehension: {flow.get('comprehension_failed', 0)}", f"Left before the end: "
-            f"{flow.get('abandoned', 0)}", f"Excluded:\n{excluded}"]
+            ("Completed", flow.get("completed", 0)),
+            ("Analysed" + (f" (with {partial} who left)" if partial else ""), flow.get("analysed", 0))]
+    side = [f"Excluded: failed comprehension twice\nn = {flow.get('comprehension_failed', 0)}",
+            f"Left before the end: n = {flow.get('abandoned', 0)}\n(answers kept from {partial})",
+            f"Failed an attention check: n = {flow.get('failed_attention_check', 0)}\n(answers kept, as "
+            "pre-registered)"]
+    if not flow.get("comprehension_passed") and not flow.get("comprehension_failed"):  # no check was asked
+        main, side = [main[0], *main[2:]], side[1:]
     figure = Figure(figsize=(7, 1.3 * len(main)), dpi=100)
     axis = figure.add_axes((0, 0, 1, 1))
     axis.set_xlim(0, 10)
@@ -80,9 +88,9 @@ def flow_figure(flow: dict) -> Figure:
     aside = {"boxstyle": "round,pad=0.4", "facecolor": "#fbf1ee", "edgecolor": "#8f4a35"}
     for row, (label, n) in enumerate(main):
         y = len(main) - row - 0.5
-        axis.text(3, y, f"{label}\nn = {n}", ha="center", va="center", fontsize=10, bbox=box)
+        axis.text(2.5, y, f"{label}\nn = {n}", ha="center", va="center", fontsize=10, bbox=box)
         if row + 1 < len(main):
-            axis.annotate("", (3, y - 0.72), (3, y - 0.28), arrowprops={"arrowstyle": "->"})
-            axis.annotate("", (6.1, y - 0.5), (3, y - 0.5), arrowprops={"arrowstyle": "->", "color": "#8f4a35"})
-            axis.text(6.2, y - 0.5, side[row], ha="left", va="center", fontsize=9, bbox=aside)
+            axis.annotate("", (2.5, y - 0.72), (2.5, y - 0.28), arrowprops={"arrowstyle": "->"})
+            axis.annotate("", (5.1, y - 0.5), (2.5, y - 0.5), arrowprops={"arrowstyle": "->", "color": "#8f4a35"})
+            axis.text(5.2, y - 0.5, side[row], ha="left", va="center", fontsize=9, bbox=aside)
     return figure

@@ -182,11 +182,12 @@ def test_the_flow_counts_every_participant_once(make_client, study_dir):
     flow = client.get("/admin/api/progress", headers=BEARER).json()["flow"]
     assert flow == {
         "consented": 7, "comprehension_passed": 5, "comprehension_failed": 1, "started_tasks": 4, "completed": 3,
-        "abandoned": 3, "abandoned_answered": 1, "failed_attention_check": 1, "analysed": 3,
+        "abandoned": 3, "abandoned_answered": 1, "failed_attention_check": 1, "analysed": 4,
         "excluded": {COMPREHENSION: 1},
     }
     assert list(flow) == list(KEYS)
     assert flow["consented"] == flow["comprehension_failed"] + flow["abandoned"] + flow["completed"]
+    assert flow["analysed"] == flow["completed"] + flow["abandoned_answered"]  # whose answers are exported
     overview = client.get("/admin", headers=BEARER).text
     assert '<table id="flow">' in overview and f"{COMPREHENSION} 1" in overview
     result = export_study(study_dir)

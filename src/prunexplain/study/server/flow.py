@@ -21,8 +21,9 @@ participants (rows of the participants table):
   to at least once. Reported, not excluded: the pre-registered rule (study/preregistration.py,
   `exclusions.attention_rule`) keeps their answers, and so do the export (`Submitted`, not
   rejected) and the analysis.
-- `analysed`: the completed participants, whose answers the export hands to the analysis (which
-  applies its own row rules, e.g. a minimum median work time, and reports what they leave out).
+- `analysed`: the participants whose answers the export hands to the analysis: the completed and
+  the abandoned who answered (the analysis applies its own row rules, e.g. a minimum median work
+  time, and reports what they leave out).
 - `excluded`: per reason, the consented participants whose answers never reach the analysis:
   `failed comprehension check` (= comprehension_failed; they end before any task). Abandoned
   participants are counted under `abandoned`, not here.
@@ -54,6 +55,6 @@ def participant_flow(db: sqlite3.Connection) -> dict:
     return {
         "consented": consented, "comprehension_passed": passed, "comprehension_failed": failed,
         "started_tasks": started, "completed": completed, "abandoned": consented - completed - failed,
-        "abandoned_answered": partial, "failed_attention_check": inattentive, "analysed": completed,
+        "abandoned_answered": partial, "failed_attention_check": inattentive, "analysed": completed + partial,
         "excluded": {COMPREHENSION: failed},
     }
