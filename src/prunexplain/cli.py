@@ -723,20 +723,43 @@ YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for con
 
 
 @mturk_app.command("create")
-def mturk_create(run_dir: StudyRun, live: LiveOption = False, experiments: MTurkExperiments = None,
-                 yes: YesOption = False, config: ConfigOption = None, overrides: SetOption = None) -> None:
-    """Create one HIT per stimulus: the input CSVs' rows shown with the layouts, under the mturk settings.
+def mturk_create(
+    run_dir: StudyRun, live: LiveOption = False, experiments: MTurkExperiments = None,
+    external: Annotated[
+        str | None,
+        typer.Option("--external", metavar="URL",
+                     help="The self-hosted study's https URL (`study serve` behind HTTPS): one ExternalQuestion HIT "
+                     "for the whole study instead of one HIT per stimulus."),
+    ] = None,
+    participants: Annotated[
+        int | None,
+        typer.Option(help="Assignments of the --external HIT, one per participant. Default: the "
+                     "pre-registered sample of study/preregistration.json."),
+    ] = None,
+    yes: YesOption = False, config: ConfigOption = None, overrides: SetOption = None,
+) -> None:
+    """Create one HIT per stimulus (the input CSVs' rows shown with the layouts), or one for the self-hosted study.
 
     Prints the cost (rewards plus MTurk's fee) and asks before creating. Each HIT is recorded in
     study/hits/EXPERIMENT.csv as it is made, so a create that stopped creates only the rest when run
     again. The image URLs must be public http(s) URLs: `study publish`, then build with study.url_prefix.
+
+    With --external URL: one HIT that shows the self-hosted study, each participant one assignment paid
+    mturk.session_reward for the session, recorded in study/hits/external.csv (one per sandbox and live).
+    `status` follows it; `collect` and `approve` are not for it: its answers are in the server's database
+    (`study export`), and MTurk approves its assignments after mturk.auto_approval_delay_seconds.
     """
     from prunexplain.study import hits
 
     with user_errors():
+        if (participants is not None and external is None) or (external is not None and experiments):
+            raise UserError("study mturk create: --participants goes with --external, --experiment without it")
         settings = _stage_settings(run_dir, config, overrides, None)
         folder = Run(_study_dir(run_dir).parent).study
-        plan = hits.plan_create(folder, settings.mturk, experiments, live)
+        if external is not None:
+            plan = hits.plan_external(folder, settings.mturk, external, participants, live)
+        else:
+            plan = hits.plan_create(folder, settings.mturk, experiments, live)
         typer.echo(plan.summary())
         if not plan.hits:
             return
@@ -749,7 +772,8 @@ def mturk_create(run_dir: StudyRun, live: LiveOption = False, experiments: MTurk
 
 @mturk_app.command("status")
 def mturk_status(run_dir: StudyRun, live: LiveOption = False, experiments: MTurkExperiments = None) -> None:
-    """Per experiment: HITs, assignments available, pending and completed, work awaiting review, approved, rejected."""
+    """Per experiment and external HIT: HITs, assignments available, pending, completed; work to review, approved,
+    rejected."""
     from prunexplain.study import hits
 
     with user_errors():
@@ -763,6 +787,7 @@ def mturk_collect(run_dir: StudyRun, live: LiveOption = False, experiments: MTur
 
     Live answers go to study/answers/EXPERIMENT_mturk.csv, where `prunexplain run` takes them as the
     study's; sandbox answers to study/hits/EXPERIMENT_sandbox_answers.csv, never taken for real ones.
+    The external HIT's answers are in the study server's database: `study export` writes them.
     """
     from prunexplain.study import hits
 

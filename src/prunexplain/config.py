@@ -517,8 +517,27 @@ class MTurkSettings(_Section):
         description="who may accept (the study's are not in its published files): by default an approval rate of "
         "95 %, 100 approved HITs and an English-speaking country",
     )
+    # The self-hosted study as one ExternalQuestion HIT (`study mturk create --external`): one assignment
+    # per participant, who does a whole session. The study paid per stimulus HIT, so these are our choices.
+    session_reward: float = Field(
+        1.00, ge=0.01, description="USD per participant of the external HIT, for a whole session (consent, "
+        "instructions, 20 tasks at the study's 15 s median: some 6 minutes, $10 an hour); whole cents. "
+        "prunexplain's choice: the study paid $0.01 per stimulus HIT"
+    )
+    session_duration_seconds: int = Field(
+        3600, ge=30, le=31_536_000, description="time a participant has for the whole session (prunexplain's choice)"
+    )
+    session_title: str = Field(
+        "Judge what image classifiers look at", min_length=1, max_length=128,
+        description="the external HIT's title (MTurk allows 128 characters)",
+    )
+    session_description: str = Field(
+        "This study investigates how people judge the decisions of image classifiers. On our study website you "
+        "will see images with the parts an algorithm used for its decision and answer a question about each.",
+        min_length=1, max_length=2000, description="the external HIT's description workers read",
+    )
 
-    @field_validator("reward")
+    @field_validator("reward", "session_reward")
     @classmethod
     def _whole_cents(cls, reward: float) -> float:
         if abs(reward * 100 - round(reward * 100)) > 1e-6:

@@ -22,6 +22,7 @@ from prunexplain.experiments import COMPARE, EXPERIMENTS, RECOGNISE
 from prunexplain.runs import Run, StudyFolder, write_csv, write_json
 from prunexplain.study import hits
 from prunexplain.study.mturk import write_input, write_layout
+from prunexplain.study.server.platforms import external_question
 
 CLASSES = ["0-fish", "1-dog", "2-cassetteplayer"]
 PREFIX = "https://stimuli.s3.amazonaws.com/pilot/"
@@ -524,3 +525,116 @@ def test_cli_help_has_no_square_brackets():
     for command in group.commands.values():
         texts = [command.help or "", *(getattr(p, "help", "") or "" for p in command.params)]
         assert not any("[" in text for text in texts), command.name
+
+
+# --- the self-hosted study as one ExternalQuestion HIT -----------------------------------------------
+
+STUDY_URL = "https://study.example.org/"
+
+
+def preregister_sample(folder: StudyFolder, participants: int) -> None:
+    write_json(folder.preregistration_data, {"sample": {"participants": participants}})
+
+
+def expected_external(participants: int, url: str = STUDY_URL) -> dict:
+    mturk = Settings().mturk
+    return {**expected_create(COMPARE, url), "MaxAssignments": participants, "Reward": "1.00",
+            "AssignmentDurationInSeconds": 3600, "Title": mturk.session_title,
+            "Description": mturk.session_description, "Question": external_question(url)}
+
+
+def test_external_create_shows_the_study_to_the_preregistered_participants(study, mturk):
+    client, stubber = mturk
+    preregister_sample(study, 12)
+    plan = hits.plan_external(study, Settings().mturk, STUDY_URL)
+    (hit,) = plan.hits
+    assert f"<ExternalURL>{STUDY_URL}</ExternalURL>" in hit.request["Question"]
+    assert plan.cost == hits.Cost(1, 12, Decimal("1.00")) and plan.cost.total == Decimal("16.80")  # 40 %: 10 or more
+    assert plan.summary().startswith("external: 1 HITs to create, 0 created before (sandbox)")
+    stubber.add_response("create_hit", created(0), expected_external(12))
+    result = hits.create_hits(client, plan, study)
+    assert result.created == {"external": 1}
+    assert records(study, "external") == [{"HITId": hit_id(0), "HITTypeId": "3TYPEEXP", "image_url": STUDY_URL,
+                                           "created": T0.isoformat(), "endpoint": "sandbox"}]
+
+
+def test_a_second_external_hit_is_refused_per_endpoint(study, mturk):
+    client, stubber = mturk
+    preregister_sample(study, 3)
+    write_csv(study.hits("external"), [{"HITId": hit_id(9), "HITTypeId": "3TYPEEXP", "image_url": STUDY_URL,
+                                        "created": T0.isoformat(), "endpoint": "sandbox"}])
+    with pytest.raises(UserError, match=rf"external.csv: the study has its sandbox HIT {hit_id(9)} for "
+                                        rf"{STUDY_URL} already; one external HIT per study and endpoint"):
+        hits.plan_external(study, Settings().mturk, STUDY_URL)
+    other = "https://other.example.org/study"
+    with pytest.raises(UserError, match=rf"HIT {hit_id(9)} for {STUDY_URL}, not {other}; one external HIT"):
+        hits.plan_external(study, Settings().mturk, other)
+    live = hits.plan_external(study, Settings().mturk, STUDY_URL, live=True)  # the live one is still to make
+    stubber.add_response("create_hit", created(1), expected_external(3))
+    hits.create_hits(client, live, study)
+    assert [(r["HITId"], r["endpoint"]) for r in records(study, "external")] == [(hit_id(9), "sandbox"),
+                                                                                  (hit_id(1), "live")]
+
+
+@pytest.mark.parametrize("url", ["http://study.example.org/", "https:///study", "study.example.org"])
+def test_external_urls_must_be_https(study, url):
+    with pytest.raises(UserError, match=r"^study mturk create --external: .*only https:// URLs.*behind HTTPS$"):
+        hits.plan_external(study, Settings().mturk, url, participants=5)
+
+
+def test_without_a_preregistration_participants_are_required(study, caplog):
+    with pytest.raises(UserError, match=r"how many participants\? Give --participants N, or run `prunexplain "
+                                        r"study preregister` to plan them in .*preregistration.json$"):
+        hits.plan_external(study, Settings().mturk, STUDY_URL)
+    mturk = load_settings(None, ["mturk.session_reward=2.5", "mturk.session_duration_seconds=1800"]).mturk
+    request = hits.plan_external(study, mturk, STUDY_URL, participants=7).hits[0].request
+    assert (request["MaxAssignments"], request["Reward"], request["AssignmentDurationInSeconds"]) == (7, "2.50", 1800)
+    preregister_sample(study, 12)
+    assert hits.plan_external(study, mturk, STUDY_URL, participants=7).cost.assignments == 7
+    assert "7 participants, where the pre-registration plans 12" in caplog.text
+    with pytest.raises(UserError, match=r"mturk.session_reward: 1.005 is not a whole number of cents"):
+        load_settings(None, ["mturk.session_reward=1.005"])
+
+
+def test_status_follows_the_external_hit_and_collect_leaves_it_to_export(study, mturk, caplog):
+    client, stubber = mturk
+    write_csv(study.hits("external"), [{"HITId": hit_id(9), "HITTypeId": "3TYPEEXP", "image_url": STUDY_URL,
+                                        "created": T0.isoformat(), "endpoint": "sandbox"}])
+    stubber.add_response("get_hit", {"HIT": {"HITId": hit_id(9), "NumberOfAssignmentsAvailable": 20,
+                                             "NumberOfAssignmentsPending": 2, "NumberOfAssignmentsCompleted": 8}},
+                         {"HITId": hit_id(9)})
+    stubber.add_response("list_assignments_for_hit", {"Assignments": [
+        assignment(hit_id(9), 1, "W1", answer_xml(plain={"code": "X"}), 300),
+        assignment(hit_id(9), 2, "W2", answer_xml(plain={"code": "Y"}), 400, "Approved")]}, listed(hit_id(9)))
+    stubber.add_response("get_account_balance", {"AvailableBalance": "10000.00"}, {})
+    assert hits.status(client, study).summary().splitlines() == [
+        "MTurk sandbox; balance: $10000.00", "exp1: no HITs created", "exp2: no HITs created",
+        "external: 1 HITs; assignments 20 available, 2 pending, 8 completed; work 1 awaiting review, 1 approved, "
+        "0 rejected",
+    ]
+    caplog.set_level("INFO", logger=hits.__name__)
+    result = hits.collect(client, study)  # the Stubber fails any call: collect asks MTurk nothing
+    assert result.files == {} and result.answers == {"exp1": 0, "exp2": 0}
+    assert f"HIT {hit_id(9)} shows the self-hosted study; its answers are in" in caplog.text
+    assert "`prunexplain study export`, not collect" in caplog.text
+
+
+def test_cli_create_external(cli, study):
+    invoke, stubber = cli
+    unplanned = invoke("create", "--external", STUDY_URL, "--yes")
+    assert unplanned.exit_code == 2 and "Give --participants N" in unplanned.output
+    plain = invoke("create", "--external", "http://study.example.org/", "--participants", "5")
+    assert plain.exit_code == 2 and len(plain.output.strip().splitlines()) == 1
+    assert plain.output.startswith("error: study mturk create --external: 'http://study.example.org/'")
+    alone = invoke("create", "--participants", "5")
+    assert alone.exit_code == 2 and "--participants goes with --external" in alone.output
+    preregister_sample(study, 30)
+    stubber.add_response("get_account_balance", {"AvailableBalance": "10000.00"}, {})
+    stubber.add_response("create_hit", created(0), expected_external(30))
+    done = invoke("create", "--external", STUDY_URL, input="y\n")
+    assert done.exit_code == 0, done.output
+    assert "cost: 1 HITs x 30 assignments x $1.00 = $30.00 in rewards + $12.00 MTurk fee (40 %" in done.output
+    assert "Create 1 HITs on MTurk sandbox for $42.00?" in done.output
+    assert "external: 1 HITs created (sandbox)" in done.output and "preview: https://workersandbox" in done.output
+    again = invoke("create", "--external", STUDY_URL, "--yes")
+    assert again.exit_code == 2 and f"sandbox HIT {hit_id(0)} for {STUDY_URL} already" in again.output

@@ -6,6 +6,11 @@
   recorded in `study/hits/<experiment>.csv` as soon as MTurk made it, so an interrupted create
   resumes with the rows still missing; each request carries a UniqueRequestToken derived from its
   content, so a HIT made just before a crash (made, not yet recorded) is found again, not made twice.
+- `plan_external`: instead, the self-hosted study (`study serve` behind HTTPS) as ONE ExternalQuestion
+  HIT, one assignment per participant (the pre-registered sample), paid `session_reward` for a whole
+  session; recorded in `study/hits/external.csv`, at most one per endpoint. `status` follows it; its
+  answers are in the server's database (`study export`), so `collect` and `approve` leave it alone
+  (MTurk approves its assignments after `auto_approval_delay_seconds`).
 - `status`: per experiment the HITs' assignments (available, pending, completed) and the submitted
   work (awaiting review, approved, rejected).
 - `collect`: every submitted assignment in MTurk's batch-results format (the columns `prunexplain
@@ -51,6 +56,7 @@ from prunexplain.config import MTurkSettings, QualificationSetting, read_json
 from prunexplain.errors import UserError
 from prunexplain.experiments import Kind, kind
 from prunexplain.runs import StudyFolder, write_csv
+from prunexplain.study.server.platforms import external_question
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,7 @@ PREVIEW = {
 }
 HTML_QUESTION = "http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2011-11-11/HTMLQuestion.xsd"
 STATUSES = ("Submitted", "Approved", "Rejected")
+EXTERNAL = "external"  # the record name of the self-hosted study's HIT: study/hits/external.csv
 NO_CREDENTIALS = ("study mturk: no AWS credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) "
                   "in the environment")
 
@@ -183,6 +190,12 @@ def _recorded(folder: StudyFolder, experiment: str, here: str) -> list[dict[str,
     return records
 
 
+def external_records(folder: StudyFolder, here: str) -> list[dict[str, str]]:
+    """The external HIT of endpoint `here`, if made: its file holds one per endpoint, so a sandbox trial
+    and the live HIT live side by side (a single row each cannot be confused)."""
+    return [record for record in read_records(folder.hits(EXTERNAL)) if record.get("endpoint") == here]
+
+
 # --- create -----------------------------------------------------------------------------------------
 
 
@@ -248,22 +261,22 @@ def html_question(layout: str, row: dict[str, str]) -> str:
             "<FrameHeight>0</FrameHeight>\n</HTMLQuestion>\n")
 
 
-def hit_request(settings: MTurkSettings, task: Kind, layout: str, row: dict[str, str]) -> dict[str, Any]:
-    """CreateHIT's parameters for one input row. The UniqueRequestToken is a digest of the rest: the same
-    HIT asked for again within MTurk's 24 hours is answered with the one made before."""
-    url = row["image_url"]
+def hit_request(settings: MTurkSettings, question: str, url: str, **fields: Any) -> dict[str, Any]:
+    """CreateHIT's parameters: `question` showing `url` under the settings, `fields` (CreateHIT's names:
+    Title, Description, and whatever differs from a stimulus HIT's settings) on top. The UniqueRequestToken
+    is a digest of the rest: the same HIT asked for again within MTurk's 24 hours is answered with the
+    one made before."""
     request = {
         "MaxAssignments": settings.assignments,
         "AutoApprovalDelayInSeconds": settings.auto_approval_delay_seconds,
         "LifetimeInSeconds": settings.lifetime_seconds,
         "AssignmentDurationInSeconds": settings.assignment_duration_seconds,
         "Reward": reward_text(settings.reward),
-        "Title": task.title,
         "Keywords": settings.keywords,
-        "Description": settings.descriptions.get(task.name, task.question),
-        "Question": html_question(layout, row),
+        "Question": question,
         "RequesterAnnotation": url[:255],  # MTurk's limit; the records hold the whole URL
         "QualificationRequirements": [qualification_requirement(q) for q in settings.qualifications],
+        **fields,
     }
     request["UniqueRequestToken"] = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
     return request
@@ -337,10 +350,52 @@ def plan_create(folder: StudyFolder, settings: MTurkSettings, keys: Sequence[str
         for row in experiment.rows:
             row = {**row, "image_url": row["image_url"].strip()}
             if row["image_url"] not in done:
-                planned.append(PlannedHIT(experiment.key, row["image_url"],
-                                          hit_request(settings, experiment.kind, experiment.layout, row)))
+                task = experiment.kind
+                request = hit_request(settings, html_question(experiment.layout, row), row["image_url"],
+                                      Title=task.title, Description=settings.descriptions.get(task.name, task.question))
+                planned.append(PlannedHIT(experiment.key, row["image_url"], request))
     cost = Cost(len(planned), settings.assignments, Decimal(reward_text(settings.reward)))
     return CreatePlan(here, planned, recorded, cost)
+
+
+def plan_external(folder: StudyFolder, settings: MTurkSettings, url: str, participants: int | None = None,
+                  live: bool = False) -> CreatePlan:
+    """The self-hosted study at `url` as one ExternalQuestion HIT of `participants` assignments (default:
+    the pre-registered sample), paid and timed per session; refused when this endpoint has one."""
+    here = where(live)
+    try:
+        question = external_question(url)
+    except ValueError as error:
+        raise UserError(f"study mturk create --external: {error}; serve the study behind HTTPS") from None
+    for record in external_records(folder, here):
+        made = f"{folder.hits(EXTERNAL)}: the study has its {here} HIT {record['HITId']}"
+        if record["image_url"] == url:
+            raise UserError(f"{made} for {url} already; one external HIT per study and endpoint")
+        raise UserError(f"{made} for {record['image_url']}, not {url}; one external HIT per study and endpoint: "
+                        "expire that HIT on MTurk and move its record away to make another")
+    if participants is not None and participants < 1:
+        raise UserError(f"study mturk create --participants {participants}: give 1 or more")
+    planned = planned_participants(folder)
+    count = participants or planned
+    if not count:
+        raise UserError("study mturk create --external: how many participants? Give --participants N, or run "
+                        f"`prunexplain study preregister` to plan them in {folder.preregistration_data}")
+    if planned and count != planned:
+        log.warning("%d participants, where the pre-registration plans %d", count, planned)
+    request = hit_request(settings, question, url, Title=settings.session_title,
+                          Description=settings.session_description, MaxAssignments=count,
+                          Reward=reward_text(settings.session_reward),
+                          AssignmentDurationInSeconds=settings.session_duration_seconds)
+    cost = Cost(1, count, Decimal(reward_text(settings.session_reward)))
+    return CreatePlan(here, [PlannedHIT(EXTERNAL, url, request)], {EXTERNAL: 0}, cost)
+
+
+def planned_participants(folder: StudyFolder) -> int | None:
+    """The pre-registered sample, None without one: ceil(stimuli x answers_per_stimulus, summed over the
+    served experiments, / tasks_per_participant), as `study preregister` wrote it."""
+    path = folder.preregistration_data
+    participants = (read_json(path).get("sample") or {}).get("participants") if path.is_file() else None
+    return participants if isinstance(participants, int) and participants > 0 else None
 
 
 def account_balance(client, plan: CreatePlan | None = None) -> str:
@@ -348,8 +403,9 @@ def account_balance(client, plan: CreatePlan | None = None) -> str:
     with mturk_errors("balance"):
         balance = Decimal(client.get_account_balance()["AvailableBalance"])
     if plan is not None and plan.endpoint == "live" and balance < plan.cost.total:
+        fewer = "fewer participants (--participants)" if EXTERNAL in plan.recorded else "fewer HITs (--experiment)"
         raise UserError(f"study mturk create: the account's balance ${balance} is less than the estimate "
-                        f"${plan.cost.total}; add funds or create fewer HITs (--experiment)")
+                        f"${plan.cost.total}; add funds or ask for {fewer}")
     return f"balance: ${balance}"
 
 
@@ -368,7 +424,7 @@ class CreateResult:
 def create_hits(client, plan: CreatePlan, folder: StudyFolder) -> CreateResult:
     """Create the planned HITs, recording each in `study/hits/<experiment>.csv` as soon as it exists."""
     result = CreateResult(plan.endpoint, {key: 0 for key in plan.recorded})
-    records = {key: _recorded(folder, key, plan.endpoint) for key in plan.recorded}
+    records = {key: read_records(folder.hits(key)) for key in plan.recorded}  # the plan checked their endpoints
     for hit in tqdm(plan.hits, desc="create HITs", unit="HIT", disable=None):
         try:
             made = _create(client, hit)
@@ -530,13 +586,14 @@ class StatusResult:
 
 
 def status(client, folder: StudyFolder, keys: Sequence[str] | None = None, live: bool = False) -> StatusResult:
-    """Per experiment its HITs' assignments (GetHIT) and the work submitted to them."""
+    """Per experiment its HITs' assignments (GetHIT) and the work submitted to them; the external HIT's too."""
     here = where(live)
+    external = external_records(folder, here)
+    chosen = [(e.key, _recorded(folder, e.key, here)) for e in _with_records(folder, keys, here, bool(external))]
     result = StatusResult(here, [])
-    for experiment in _with_records(folder, keys, here):
-        state = ExperimentStatus(experiment.key)
-        for record in tqdm(_recorded(folder, experiment.key, here), desc=f"status {experiment.key}", unit="HIT",
-                           disable=None):
+    for key, records in [*chosen, *([(EXTERNAL, external)] if external else [])]:
+        state = ExperimentStatus(key)
+        for record in tqdm(records, desc=f"status {key}", unit="HIT", disable=None):
             with mturk_errors(f"status of {record['HITId']}"):
                 hit = client.get_hit(HITId=record["HITId"])["HIT"]
             state.hits += 1
@@ -552,10 +609,11 @@ def status(client, folder: StudyFolder, keys: Sequence[str] | None = None, live:
     return result
 
 
-def _with_records(folder: StudyFolder, keys: Sequence[str] | None, here: str) -> list[StudyExperiment]:
-    """The chosen experiments, refusing when none has a recorded HIT."""
+def _with_records(folder: StudyFolder, keys: Sequence[str] | None, here: str,
+                  external: bool = False) -> list[StudyExperiment]:
+    """The chosen experiments, refusing when none has a recorded HIT (and there is no `external` one)."""
     chosen = study_experiments(folder, keys)
-    if not any(_recorded(folder, experiment.key, here) for experiment in chosen):
+    if not external and not any(_recorded(folder, experiment.key, here) for experiment in chosen):
         names = ", ".join(e.key for e in chosen) or "the study"
         raise UserError(f"{folder.hit_decisions.parent}: no {here} HITs recorded for {names}; run `prunexplain "
                         "study mturk create` first")
@@ -612,8 +670,12 @@ def collect(client, folder: StudyFolder, keys: Sequence[str] | None = None, live
     `study/answers/<experiment>_mturk.csv` (what the analysis reads), sandbox HITs into
     `study/hits/<experiment>_sandbox_answers.csv`."""
     here = where(live)
+    external = external_records(folder, here)
+    for record in external:
+        log.info("%s: HIT %s shows the self-hosted study; its answers are in %s, written by `prunexplain study "
+                 "export`, not collect", folder.hits(EXTERNAL), record["HITId"], folder.database)
     result = CollectResult(here, {}, {}, {})
-    for experiment in _with_records(folder, keys, here):
+    for experiment in _with_records(folder, keys, here, bool(external)):
         rows = []
         for record in tqdm(_recorded(folder, experiment.key, here), desc=f"collect {experiment.key}", unit="HIT",
                            disable=None):
