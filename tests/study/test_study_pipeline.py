@@ -3,6 +3,8 @@
 import json
 import shutil
 
+import pandas as pd
+
 from prunexplain.pipeline import STAGES, fingerprints, run_pipeline
 from prunexplain.report import write_report
 from prunexplain.runs import Run
@@ -62,6 +64,19 @@ def test_answers_of_the_self_hosted_study_replace_the_observers(study_run, monke
     assert "analysis: exp2: 6 real answers" in again
     assert json.loads(run.analysis_source.read_text())["exp2"]["files"] == [
         str(run.study.exported("exp2"))]
+    # blind names round-trip: the export names each opaque file, the key says what each showed
+    from prunexplain.analysis.load import read_answers, read_key
+
+    answers = read_answers("exp2", [run.study.exported("exp2")], key=read_key(run.study.key)).frame
+    shown = {s["file"].split("/")[-1]: s for s in json.loads(run.study.manifest.read_text())["stimuli"]}
+    assert answers["url"].str.fullmatch(r"[0-9a-f]{20}\.png").all()
+    for row in answers.itertuples():
+        stimulus = shown[row.url]
+        assert (int(row.image), row.label, row.model, row.item) == (
+            stimulus["image"], stimulus["label"], stimulus["model"], stimulus["name"])
+        assert row.correct == (row.answer == stimulus["label"])
+    items = pd.read_csv(run.analysis("exp2") / "items.csv")
+    assert set(items["item"]) == set(answers["item"])  # the stage read them through the run's key
 
 
 def test_preregistering_a_finished_study_keeps_it_finished(study_run):
