@@ -125,3 +125,12 @@ def test_the_command_freezes_the_plan_and_names_what_is_missing(built, tmp_path)
     result = CliRunner().invoke(app, ["study", "preregister", "--run", str(empty)])
     assert result.exit_code == 2 and "no study/manifest.json; run `prunexplain study build` first" in result.output
     assert "Traceback" not in result.output
+
+
+def test_preregistering_again_keeps_an_unchanged_plan_and_refreezes_a_changed_one(planned):
+    settings, run, first = planned
+    again = preregister(settings, run, ServeSettings(answers_per_stimulus=5, tasks_per_participant=20))
+    assert again.sha256 == first.sha256 and "2026-12-03T20:00:00Z" in run.study.preregistration.read_text()
+    other = preregister(settings, run, ServeSettings(answers_per_stimulus=3), now="2026-12-04T09:00:00Z")
+    assert other.sha256 != first.sha256
+    assert json.loads(run.study.manifest.read_text())["preregistration"]["frozen_at"] == "2026-12-04T09:00:00Z"

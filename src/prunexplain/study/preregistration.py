@@ -91,6 +91,10 @@ def preregister(settings: Settings, run: Run, serve: ServeSettings, now: str | N
     _refuse_after_answers(folder)
     manifest = read_json(folder.manifest)
     plan = _plan(settings, run, serve, manifest, now or _now())
+    if _same_plan(folder, manifest, plan):  # frozen already: a rerun (`make demo` again) keeps date and hash
+        record = manifest["preregistration"]
+        log.info("pre-registration unchanged since %s: %s", record["frozen_at"], folder.preregistration)
+        return Preregistration(folder.preregistration, folder.preregistration_data, record["sha256"])
     write_json(folder.preregistration_data, plan)
     write_text(folder.preregistration, render_markdown(plan))
     digest = file_sha256(folder.preregistration)
@@ -100,6 +104,16 @@ def preregister(settings: Settings, run: Run, serve: ServeSettings, now: str | N
         write_json(folder.manifest, manifest)
     log.info("pre-registration frozen: %s, SHA-256 %s", folder.preregistration, digest)
     return Preregistration(folder.preregistration, folder.preregistration_data, digest)
+
+
+def _same_plan(folder: StudyFolder, manifest: dict, plan: dict) -> bool:
+    """The frozen plan is intact and says what `plan` says (its date aside)."""
+    record = manifest.get("preregistration")
+    intact = record and file_sha256(folder.preregistration) == record["sha256"]
+    if not intact or not folder.preregistration_data.is_file():
+        return False
+    frozen_plan = read_json(folder.preregistration_data)
+    return {**frozen_plan, "date": None} == {**_plain(plan), "date": None}
 
 
 def _now() -> str:
