@@ -181,7 +181,7 @@ def _hypotheses(settings: Settings, manifest: dict) -> list[str]:
     if "exp2" in kinds and "recognition" in margins:
         said.append(f"Recognition: with each pruned model's map ({', '.join(pruned)}) people name the image's class "
                     f"no less often than with the dense model's, up to a margin of {margins['recognition']:g} (share "
-                    "of right answers); the highest rate that holds is the breaking point's predecessor.")
+                    "of right answers); the breaking point is the lowest rate where this fails.")
     if "exp1" in kinds and "preference" in margins:
         said.append(f"Preference: shown a pruned and the dense model's maps side by side, people prefer the dense "
                     f"model's by no more than {margins['preference']:g} (share preferring the pruned minus share "
@@ -256,7 +256,7 @@ def render_markdown(plan: dict) -> str:
     section(5, "Analyses", [f"Primary: {analyses['primary']}.", "",
                             f"Margins: {', '.join(f'{k} {v:g}' for k, v in analyses['margins'].items())}; "
                             f"alpha {analyses['alpha']:g}.", "", f"Secondary: {analyses['secondary']}."])
-    section(6, "Outliers and exclusions", [f"- {key.replace('_', ' ')}: {value}"
+    section(6, "Outliers and exclusions", [f"- {key.replace('_', ' ')}: {'none' if value is None else value}"
                                            for key, value in plan["exclusions"].items()])
     sample = plan["sample"]
     body = [f"{sample['answers_per_stimulus']} distinct participants per stimulus: "
