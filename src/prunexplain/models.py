@@ -18,7 +18,6 @@ rebuild the architecture, so any stage can load any checkpoint without being tol
 from __future__ import annotations
 
 import difflib
-import hashlib
 import http.client
 import logging
 import urllib.parse
@@ -33,7 +32,7 @@ from torch import nn
 from torchvision import models as tv
 
 from prunexplain.config import ModelSettings, UserError
-from prunexplain.runs import write_with
+from prunexplain.runs import file_digest, write_with
 
 log = logging.getLogger(__name__)
 
@@ -437,15 +436,6 @@ def select_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"runtime.device={name!r}: CUDA is not available on this machine")
     return device
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file: ties later results to the exact checkpoint they came from."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_settings(checkpoint: dict[str, Any]) -> ModelSettings:

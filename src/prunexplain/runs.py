@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import hashlib
 import json
 import math
 import os
@@ -108,6 +109,16 @@ def _safe_name(name: str) -> bool:
 
 def sorted_keys(keys) -> list[ModelKey]:
     return sorted(keys, key=ModelKey.sort_key)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read in blocks: ties later results to the exact file (a checkpoint, a
+    stimulus, a frozen plan) they came from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class StudyFolder:

@@ -12,7 +12,6 @@ the frozen pre-registration of the manifest it replaces.
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -27,8 +26,8 @@ from prunexplain.data import dataset_root, splits_of
 from prunexplain.data.loaders import ImageSet, as_trained, image_dataset, stacked
 from prunexplain.experiments import EXPERIMENTS, RENDERINGS, study_model_name
 from prunexplain.explain import maps_and_predictions
-from prunexplain.models import file_digest, load_checkpoint, select_device
-from prunexplain.runs import ModelKey, Run, StudyFolder, write_csv, write_json
+from prunexplain.models import load_checkpoint, select_device
+from prunexplain.runs import ModelKey, Run, StudyFolder, file_digest, write_csv, write_json
 from prunexplain.study.balance import check_balance
 from prunexplain.study.mturk import write_input, write_layout
 from prunexplain.study.select import Selection, from_csv, read_selection, select, study_key
@@ -140,10 +139,6 @@ def _experiments(settings: Settings, classes: list[str], folder: StudyFolder) ->
             "options": kind.options(classes), "question": kind.question,
         }
     return described
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _remove_stale(folder: StudyFolder, experiments: list[str], stimuli: list[Stimulus]) -> None:
@@ -315,8 +310,8 @@ def _write_manifest(folder: StudyFolder, settings: Settings, run: Run, chosen, c
             for name, (key, path) in chosen.items()
         },
         "experiments": experiments,
-        "files": {name: _sha256(folder.stimulus(name)) for name in files},
-        "stimuli": [{**s.record(), "sha256": _sha256(folder.stimulus(s.file))} for s in stimuli],
+        "files": {name: file_digest(folder.stimulus(name)) for name in files},
+        "stimuli": [{**s.record(), "sha256": file_digest(folder.stimulus(s.file))} for s in stimuli],
         **extra,
     }
     return write_json(folder.manifest, manifest)
@@ -369,7 +364,7 @@ def rebuild_study(manifest_path: Path, run: Run, out: Path) -> RebuildResult:
     folder = StudyFolder(out)
     expected = {**manifest["files"], **{s["file"]: s["sha256"] for s in manifest["stimuli"]}}
     different = [name for name, digest in expected.items()
-                 if not folder.stimulus(name).is_file() or _sha256(folder.stimulus(name)) != digest]
+                 if not folder.stimulus(name).is_file() or file_digest(folder.stimulus(name)) != digest]
     return RebuildResult(folder.root, len(expected), different)
 
 

@@ -10,7 +10,6 @@ Torch-free: the server imports it.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import math
@@ -21,15 +20,14 @@ from pathlib import Path
 from prunexplain.config import ServeSettings, Settings, read_json
 from prunexplain.errors import UserError
 from prunexplain.experiments import DENSE_NAME
-from prunexplain.runs import Run, StudyFolder, write_json, write_text
+from prunexplain.runs import Run, StudyFolder, file_digest, write_json, write_text
 
 log = logging.getLogger(__name__)
 
 
 def file_sha256(path: Path) -> str | None:
     """The SHA-256 of a file, None when there is no such file."""
-    path = Path(path)
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return file_digest(path) if Path(path).is_file() else None
 
 
 def frozen(folder: StudyFolder) -> dict | None:
